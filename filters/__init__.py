@@ -1,0 +1,1 @@
+"""Per-sample checks: pure functions over one record, so they test without Ray."""

@@ -1,0 +1,1 @@
+"""Tokens -> 2D packer -> WebDataset shard writer, and the reader/loader."""
