@@ -65,6 +65,24 @@ class IngestConfig(StageConfig):
     max_line_bytes: int = Field(8 << 20, ge=1024)
 
 
+class DownloadConfig(StageConfig):
+    """Concurrent, bounded fetching of URL media into the store (curate.stages.download)."""
+
+    concurrency: int = Field(16, ge=1, le=512, description="fetches in flight per worker")
+    per_host: int = Field(4, ge=1, description="politeness: fetches in flight per host")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0)
+    total_timeout_s: float = Field(60.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+    max_bytes: int = Field(64 << 20, ge=1)
+    max_redirects: int = Field(5, ge=0)
+    allow_hosts: list[str] | None = None
+    deny_hosts: list[str] = Field(default_factory=list)
+    resize_max_side: int | None = None
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class MediaConfig(StageConfig):
     """Resolution, validation and probing of media (curate.stages.media)."""
 
@@ -153,6 +171,7 @@ class ShardConfig(StageConfig):
 
 class StagesConfig(_Strict):
     ingest: IngestConfig = IngestConfig()
+    download: DownloadConfig = DownloadConfig()
     media: MediaConfig = MediaConfig()
     filter: FilterConfig = FilterConfig()
     dedupe: DedupeConfig = DedupeConfig()
