@@ -166,7 +166,6 @@ class PackConfig(StageConfig):
 
 class ShardConfig(StageConfig):
     max_sequences: int = Field(256, ge=1, description="packed sequences per shard")
-    max_bytes: int = Field(1 << 30, ge=1 << 16)
 
 
 class StagesConfig(_Strict):

@@ -55,7 +55,7 @@ CORE_SCHEMA = pa.schema(
     ]
 )
 
-REJECT_COLUMNS = ["id", "source", "manifest", "line", "reject_stage", "reject_reason", "reject_detail"]
+REJECT_COLUMNS = ["id", "source", "origin", "modality", "manifest", "line", "reject_stage", "reject_reason", "reject_detail"]
 
 
 def record_id(source: str, key: str) -> str:

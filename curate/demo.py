@@ -1,0 +1,282 @@
+"""The built-in demo corpus, made offline from real generators.
+
+- text: Python's own documentation (pydoc topics) as instruction/answer pairs;
+- image: Pillow-drawn bar charts and text pages at several aspect ratios, with questions
+  whose answers come from what was drawn;
+- multi-image: two or three charts compared;
+- video: ffmpeg's test sources (testsrc, smptebars, mandelbrot, ...), some with audio;
+- audio: espeak-ng speech of documentation sentences with their transcripts;
+plus deliberate defects so the later stages have work: exact and near duplicates,
+repetitive answers, broken and hostile files (truncated, empty, not an image, a
+decompression bomb, paths escaping the corpus, an unreachable URL, invalid JSON, bytes
+that are not UTF-8, placeholder mismatches). A small BPE tokenizer is trained on the text.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+VIDEO_SOURCES = {
+    "testsrc": "a test pattern with colour bars, a gradient and a running counter",
+    "testsrc2": "a test pattern with moving coloured shapes and a counter",
+    "smptebars": "SMPTE colour bars",
+    "rgbtestsrc": "red, green and blue vertical bars",
+    "mandelbrot": "a zoom into the Mandelbrot fractal",
+    "life": "Conway's Game of Life",
+}
+
+
+def prose_topics(limit: int | None = None) -> list[tuple[str, str]]:
+    from pydoc_data.topics import topics
+
+    items = []
+    for key in sorted(topics):
+        text = re.sub(r"\n{3,}", "\n\n", topics[key]).strip()
+        if len(text) < 400:
+            continue
+        cut = text[:1500]
+        cut = cut[: cut.rfind("\n\n")] if "\n\n" in cut[400:] else cut
+        items.append((key, cut.strip()))
+    return items[:limit] if limit else items
+
+
+def sentences(text: str) -> list[str]:
+    flat = " ".join(text.split())
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", flat) if 30 <= len(s.strip()) <= 140 and s[0].isupper()
+            and not any(c in s for c in "*`|=_[]{}<>")]
+
+
+def turn(q: str, a: str) -> list[dict[str, str]]:
+    return [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+
+
+def font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def draw_chart(rng: random.Random, size: tuple[int, int]) -> tuple[Image.Image, dict[str, int]]:
+    labels = list("ABCDEF")[: rng.randint(3, 6)]
+    values = {lab: rng.randint(5, 95) for lab in labels}
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    w, h = size
+    bar_w = w // (len(labels) * 2 + 1)
+    f = font(max(12, h // 20))
+    for i, lab in enumerate(labels):
+        x0 = bar_w * (2 * i + 1)
+        top = h - 40 - int((h - 80) * values[lab] / 100)
+        d.rectangle([x0, top, x0 + bar_w, h - 40], fill=(40 + 30 * i, 90, 200 - 25 * i))
+        d.text((x0, h - 35), lab, fill="black", font=f)
+        d.text((x0, top - 25), str(values[lab]), fill="black", font=f)
+    return img, values
+
+
+def draw_page(text: str, size: tuple[int, int]) -> Image.Image:
+    img = Image.new("RGB", size, (250, 250, 245))
+    d = ImageDraw.Draw(img)
+    f = font(max(14, size[0] // 40))
+    words, lines, line = text.split(), [], ""
+    per_line = max(20, size[0] // (f.size // 2 + 1) if hasattr(f, "size") else 60)
+    for word in words:
+        if len(line) + len(word) + 1 > per_line:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    y = 20
+    for ln in lines:
+        if y > size[1] - 30:
+            break
+        d.text((20, y), ln, fill="black", font=f)
+        y += int(getattr(f, "size", 12) * 1.4)
+    return img
+
+
+def run_ffmpeg(args: list[str]) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-nostdin", *args], check=True)
+
+
+class DemoBuilder:
+    def __init__(self, out: Path, small: bool, seed: int = 0) -> None:
+        self.out, self.small, self.rng = out, small, random.Random(seed)
+        for sub in ("images", "videos", "audio", "bad"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        self.manifests: dict[str, list[Any]] = {}
+
+    def add(self, manifest: str, record: dict[str, Any] | bytes | str) -> None:
+        self.manifests.setdefault(manifest, []).append(record)
+
+    # ------------------------------------------------------------------ text
+    def text(self) -> None:
+        topics = prose_topics(24 if self.small else 110)
+        for key, body in topics:
+            self.add("text", {"id": f"doc-{key}", "conversations": turn(
+                f"Explain the Python documentation topic '{key}'.", body)})
+        for key, body in topics[:3]:  # exact duplicates (whitespace and case differ)
+            self.add("text", {"id": f"dup-{key}", "conversations": turn(
+                f"explain the python documentation topic  '{key}'.", body)})
+        for key, body in topics[3:6]:  # near duplicates: one word changed
+            words = body.split(" ")
+            words[len(words) // 2] = "notably"
+            self.add("text", {"id": f"near-{key}", "conversations": turn(
+                f"Explain the Python documentation topic '{key}'.", " ".join(words))})
+        for key, body in topics[6:10]:  # repetitive answers, the defect InternVL 2.5 warns about
+            first = sentences(body)[:1] or ["The value is returned unchanged."]
+            self.add("text", {"id": f"loop-{key}", "conversations": turn(
+                f"Summarise the topic '{key}'.", body[:300] + " " + " ".join(first * 12))})
+        self.add("text", {"id": "loop-alternating", "conversations": turn(
+            "Prove that the sequence converges.",
+            "Assume the limit exists. " + "Then the terms are bounded. Hence the limit exists. " * 10)})
+        # structurally broken lines
+        self.add("text", '{"id": "bad-json", "conversations": [{"from": "human", "value": "hi"}')
+        self.add("text", b'{"id": "bad-utf8", "conversations": [{"from": "human", "value": "caf\xe9"}]}')
+        self.add("text", {"id": "no-conversations", "text": "a record without turns"})
+        self.add("text", {"id": "bad-turn", "conversations": [{"speaker": "human", "text": "hello"}]})
+        self.add("text", {"id": "only-human", "conversations": [{"from": "human", "value": "hello?"}]})
+
+    # ------------------------------------------------------------------ images
+    def images(self) -> None:
+        sizes = [(800, 800), (1600, 400), (500, 1400), (1024, 768), (448, 448), (2000, 1000), (300, 200)]
+        n = 16 if self.small else 60
+        for i in range(n):
+            size = sizes[i % len(sizes)]
+            if i % 3 == 2:
+                body = prose_topics()[i % 50][1]
+                first = (sentences(body) or ["Untitled page."])[0]
+                img = draw_page(body, size)
+                q, a = "What is the first complete sentence on this page?", first
+            else:
+                img, values = draw_chart(self.rng, size)
+                best = max(values, key=values.get)
+                q = "Which bar in the chart is the tallest, and what is its value?"
+                a = f"Bar {best} is the tallest, with a value of {values[best]}."
+            name = f"images/img{i:03d}.{'png' if i % 4 == 0 else 'jpg'}"
+            img.save(self.out / name, quality=90)
+            self.add("image", {"id": f"img-{i}", "image": name, "conversations": turn(f"<image>\n{q}", a)})
+            if i < 2:  # the same picture re-encoded: a near-duplicate image with the same question
+                dup = f"images/img{i:03d}-recoded.jpg"
+                img.convert("RGB").save(self.out / dup, quality=60)
+                self.add("image", {"id": f"img-{i}-recoded", "image": dup, "conversations": turn(f"<image>\n{q}", a)})
+        self.add("image", {"id": "img-no-placeholder", "image": "images/img001.jpg",
+                           "conversations": turn("How many bars are there?", "There are several bars.")})
+        self.bad_images()
+
+    def bad_images(self) -> None:
+        bad = self.out / "bad"
+        good = (self.out / "images/img001.jpg").read_bytes()
+        (bad / "truncated.jpg").write_bytes(good[: len(good) // 3])
+        (bad / "not-an-image.jpg").write_bytes(b"this is plain text, not a JPEG\n" * 20)
+        (bad / "empty.png").write_bytes(b"")
+        Image.new("1", (20000, 20000)).save(bad / "bomb.png")  # 400 Mpx in a few KB
+        cases = {"truncated": "bad/truncated.jpg", "not-image": "bad/not-an-image.jpg", "empty": "bad/empty.png",
+                 "bomb": "bad/bomb.png", "missing": "images/does-not-exist.jpg",
+                 "escape": "../../../../etc/passwd", "absolute": "/etc/hostname",
+                 "scheme": "ftp://127.0.0.1/x.jpg", "unreachable": "http://127.0.0.1:9/unreachable.jpg"}
+        for name, ref in cases.items():
+            self.add("image", {"id": f"bad-{name}", "image": ref,
+                               "conversations": turn("<image>\nDescribe the image.", "An image.")})
+        self.add("image", {"id": "bad-placeholders", "image": "images/img001.jpg",
+                           "conversations": turn("<image>\n<image>\nCompare them.", "They are the same.")})
+
+    def multi_images(self) -> None:
+        n = 5 if self.small else 20
+        for i in range(n):
+            k = 2 + i % 2
+            names, maxima = [], []
+            for j in range(k):
+                img, values = draw_chart(self.rng, (640, 480))
+                name = f"images/multi{i:03d}-{j}.jpg"
+                img.save(self.out / name, quality=90)
+                names.append(name)
+                maxima.append(max(values.values()))
+            best = maxima.index(max(maxima)) + 1
+            q = "".join(f"Image-{j + 1}: <image>\n" for j in range(k)) + "Which chart has the largest maximum value?"
+            self.add("multi_image", {"id": f"multi-{i}", "image": names, "conversations": turn(
+                q, f"Image-{best} has the largest maximum, {max(maxima)}.")})
+
+    # ------------------------------------------------------------------ video and audio
+    def videos(self) -> None:
+        items = list(VIDEO_SOURCES.items())[: 3 if self.small else 6]
+        for i, (src, desc) in enumerate(items):
+            for variant in range(1 if self.small else 2):
+                name = f"videos/{src}-{variant}.mp4"
+                args = ["-f", "lavfi", "-i", f"{src}=size=320x240:rate=10", "-t", str(2 + variant)]
+                if variant == 1:
+                    args += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000", "-t", "3", "-shortest"]
+                run_ffmpeg([*args, "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast",
+                            str(self.out / name)])
+                self.add("video", {"id": f"vid-{src}-{variant}", "video": name, "conversations": turn(
+                    "<video>\nWhat does this video show?", f"The video shows {desc}.")})
+        (self.out / "bad/broken.mp4").write_bytes(bytes(self.rng.getrandbits(8) for _ in range(4096)))
+        self.add("video", {"id": "bad-video", "video": "bad/broken.mp4",
+                           "conversations": turn("<video>\nWhat happens?", "Nothing.")})
+
+    def audio(self) -> None:
+        lines = [s for _, body in prose_topics() for s in sentences(body)][: 6 if self.small else 24]
+        voices = ["en-us", "en", "en+f3", "en+m3"]
+        for i, text in enumerate(lines):
+            name = f"audio/speech{i:03d}.wav"
+            subprocess.run(["espeak-ng", "-v", voices[i % len(voices)], "-s", "160", "-w",
+                            str(self.out / name), text], check=True, capture_output=True)
+            self.add("audio", {"id": f"asr-{i}", "audio": name, "conversations": turn(
+                "<audio>\nTranscribe the speech.", text)})
+        (self.out / "bad/broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 10)
+        self.add("audio", {"id": "bad-audio", "audio": "bad/broken.wav",
+                           "conversations": turn("<audio>\nTranscribe the speech.", "Nothing.")})
+
+    # ------------------------------------------------------------------ output
+    def write(self) -> dict[str, int]:
+        counts = {}
+        for name, records in self.manifests.items():
+            with open(self.out / f"{name}.jsonl", "wb") as f:
+                for r in records:
+                    line = r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode()
+                    f.write(line + b"\n")
+            counts[name] = len(records)
+        return counts
+
+
+def build_tokenizer(out_dir: Path, texts: list[str], vocab_size: int = 4000) -> Path:
+    """A small byte-level BPE with the chat and media special tokens, saved as an HF folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from curate.stages.tokenize import SPECIAL_TOKENS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", *SPECIAL_TOKENS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token=None, additional_special_tokens=SPECIAL_TOKENS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def build_demo(out_dir: str | Path, small: bool = False, seed: int = 0) -> dict[str, Any]:
+    out = Path(out_dir)
+    b = DemoBuilder(out, small, seed)
+    b.text()
+    b.images()
+    b.multi_images()
+    b.videos()
+    b.audio()
+    counts = b.write()
+    texts = [body for _, body in prose_topics()] + [json.dumps(r) for rs in b.manifests.values() for r in rs
+                                                    if isinstance(r, dict)]
+    build_tokenizer(out / "tokenizer", texts, vocab_size=2000 if small else 4000)
+    return {"out": str(out), "manifests": counts, "samples": sum(counts.values()), "tokenizer": str(out / "tokenizer")}

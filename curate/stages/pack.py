@@ -1,0 +1,175 @@
+"""Mixture, 2D packing and shard writing: the composite step at the end of a run.
+
+1. Plan (driver, on four small columns): drop duplicate ids, draw the mixture (repeat
+   factors, modality targets), pack (n_tokens, n_tiles) items with packing.pack_2d under
+   both budgets, cut the packed sequences into shards.
+2. Write (Ray): attach each record's (shard, sequence, position) placements, group rows
+   by shard with Ray's groupby, and write each shard in its own task.
+The plan depends only on the input and the seed, so the same recipe gives the same shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from curate.records import REJECT_COLUMNS
+from packing.shards import SHARD_PATTERN, pack_sequence, write_index, write_shard
+
+log = logging.getLogger("curate")
+PLAN_COLUMNS = ["id", "source", "origin", "modality", "manifest", "line", "n_tokens", "n_tiles"]
+
+
+def draw_counts(sources: list[str], modalities: list[str], repeat: dict[str, float],
+                targets: dict[str, float] | None, seed: int) -> np.ndarray:
+    from packing.mixture import draw_counts as _draw
+
+    return np.asarray(_draw(sources, modalities, repeat, targets or None, seed), dtype=np.int64)
+
+
+def plan(meta: pa.Table, recipe: Any) -> dict[str, Any]:
+    """Decide, for every record, how many copies go where. Pure: no I/O, no Ray."""
+    from packing import pack_2d
+
+    meta = meta.sort_by([("source", "ascending"), ("id", "ascending")])
+    ids = meta.column("id").to_pylist()
+    seen: set[str] = set()
+    dup_mask = []
+    for i in ids:
+        dup_mask.append(i in seen)
+        seen.add(i)
+    dup_mask_arr = pa.array(dup_mask)
+    duplicates = meta.filter(dup_mask_arr)
+    meta = meta.filter(pc.invert(dup_mask_arr))
+
+    sources = meta.column("source").to_pylist()
+    counts = draw_counts(sources, meta.column("modality").to_pylist(),
+                         {s.name: s.repeat for s in recipe.sources}, recipe.modality_targets, recipe.seed)
+    tokens = meta.column("n_tokens").to_numpy()
+    tiles = meta.column("n_tiles").to_numpy()
+    rows = np.repeat(np.arange(len(meta)), counts)
+    pack = recipe.stages.pack
+    bins = pack_2d(list(zip(tokens[rows].tolist(), tiles[rows].tolist())), pack.max_tokens, pack.max_tiles,
+                   **pack.options)
+    per_shard = recipe.stages.shard.max_sequences
+    kept_ids = meta.column("id").to_pylist()
+    placements: dict[str, list[tuple[int, int, int]]] = {}
+    for seq, members in enumerate(bins):
+        for pos, item in enumerate(members):
+            placements.setdefault(kept_ids[rows[item]], []).append((seq // per_shard, seq, pos))
+    return {"meta": meta, "counts": counts, "bins": bins, "placements": placements, "duplicates": duplicates}
+
+
+def _attach(batch: pa.Table, placements_ref: list[Any]) -> pa.Table:
+    """One output row per placement (a record repeated r times appears r times)."""
+    import ray
+
+    placements = ray.get(placements_ref[0])
+    idx, shard, seq, pos = [], [], [], []
+    for i, rid in enumerate(batch.column("id").to_pylist()):
+        for s, q, p in placements.get(rid, ()):
+            idx.append(i)
+            shard.append(s)
+            seq.append(q)
+            pos.append(p)
+    out = batch.take(pa.array(idx, type=pa.int64()))
+    return out.append_column("shard", pa.array(shard, pa.int64())).append_column(
+        "sequence", pa.array(seq, pa.int64())).append_column("position", pa.array(pos, pa.int64()))
+
+
+def _write_group(group: pa.Table, shard_dir: str) -> pa.Table:
+    group = group.sort_by([("sequence", "ascending"), ("position", "ascending")])
+    shard = group.column("shard")[0].as_py()
+    rows = group.to_pylist()
+    sequences = []
+    start = 0
+    while start < len(rows):
+        end = start
+        while end < len(rows) and rows[end]["sequence"] == rows[start]["sequence"]:
+            end += 1
+        seq = rows[start]["sequence"]
+        sequences.append(pack_sequence(f"{shard:06d}-{seq:08d}", seq, rows[start:end]))
+        start = end
+    entry = write_shard(Path(shard_dir) / SHARD_PATTERN.format(shard), sequences)
+    return pa.table({"entry": [json.dumps(entry)]})
+
+
+class PackStep:
+    name = "pack"
+
+    def __init__(self, recipe: Any, ctx: Any, out_dir: Path) -> None:
+        self.recipe, self.ctx, self.out = recipe, ctx, Path(out_dir)
+        self.shard_dir = self.out / "shards"
+
+    def run(self, tokenized_dir: Path, upstream: str, summary: dict[str, Any]) -> None:
+        import ray
+
+        config_hash = self.recipe.stage_hash("pack", self.recipe.stage_hash("shard", upstream))
+        marker = self.shard_dir / "_DONE.json"
+        if marker.exists() and json.loads(marker.read_text()).get("hash") == config_hash:
+            log.info("stage pack: done in an earlier run, skipping")
+            summary["stages"].append(json.loads(marker.read_text()) | {"resumed": True})
+            return
+        t0 = time.perf_counter()
+        alive = pc.field("reject_reason").is_null()
+        meta = pads.dataset(str(tokenized_dir), format="parquet").to_table(columns=PLAN_COLUMNS, filter=alive)
+        p = plan(meta, self.recipe)
+        self.write_rejects(p)
+        shutil.rmtree(self.shard_dir, ignore_errors=True)
+        tmp_dir = self.out / "shards.tmp"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir(parents=True)
+        entries: list[dict[str, Any]] = []
+        if p["bins"]:
+            ref = ray.put(p["placements"])
+            ds = ray.data.read_parquet(str(tokenized_dir)).map_batches(
+                _attach, batch_format="pyarrow", fn_kwargs={"placements_ref": [ref]})
+            written = ds.groupby("shard").map_groups(_write_group, batch_format="pyarrow",
+                                                     fn_kwargs={"shard_dir": str(tmp_dir)})
+            entries = [json.loads(r["entry"]) for r in written.take_all()]
+        pack_cfg = self.recipe.stages.pack
+        write_index(tmp_dir, entries, {"max_tokens": pack_cfg.max_tokens, "max_tiles": pack_cfg.max_tiles})
+        self.write_contents(p, tmp_dir)
+        os.replace(tmp_dir, self.shard_dir)
+        info = {"stage": "pack", "hash": config_hash, "rows": len(meta),
+                "kept": int((p["counts"] > 0).sum()),
+                "rejected": {"not_drawn": int((p["counts"] == 0).sum()), "duplicate_id": len(p["duplicates"])},
+                "sequences": len(p["bins"]), "shards": len(entries), "seconds": round(time.perf_counter() - t0, 3)}
+        (self.shard_dir / "_DONE.json").write_text(json.dumps(info, indent=2))
+        summary["stages"].append(info)
+        log.info("stage pack: %d samples -> %d sequences in %d shards (%.1fs)", info["kept"], info["sequences"],
+                 info["shards"], info["seconds"])
+
+    def write_rejects(self, p: dict[str, Any]) -> None:
+        meta, counts = p["meta"], p["counts"]
+        not_drawn = meta.filter(pa.array(counts == 0))
+        parts = []
+        for table, reason, detail in ((not_drawn, "not_drawn", "down-sampled by the mixture (repeat < 1 or "
+                                       "modality target)"), (p["duplicates"], "duplicate_id", "another record "
+                                                              "of this source has the same id")):
+            n = len(table)
+            parts.append(table.select([c for c in REJECT_COLUMNS if c in table.column_names]).append_column(
+                "reject_stage", pa.array(["pack"] * n, pa.string())).append_column(
+                "reject_reason", pa.array([reason] * n, pa.string())).append_column(
+                "reject_detail", pa.array([detail] * n, pa.string())))
+        rejects = pa.concat_tables(parts).select(REJECT_COLUMNS)
+        self.out.joinpath("rejects").mkdir(parents=True, exist_ok=True)
+        pq.write_table(rejects, self.out / "rejects" / "pack.parquet")
+
+    def write_contents(self, p: dict[str, Any], shard_dir: Path) -> None:
+        """Which distinct sample sits in the shards, with its copy count (for stats and audits)."""
+        meta, counts = p["meta"], p["counts"]
+        kept = meta.filter(pa.array(counts > 0)).select(["id", "source", "origin", "modality", "n_tokens", "n_tiles"])
+        kept = kept.append_column("copies", pa.array(counts[counts > 0], pa.int64()))
+        pq.write_table(kept, shard_dir / "contents.parquet")

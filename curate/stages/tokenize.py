@@ -1,0 +1,136 @@
+"""Tokenize: ChatML template, media placeholders expanded into their token spans, labels masked.
+
+Each image becomes `<img>` + tiles x tokens_per_tile `<IMG_CONTEXT>` tokens + `</img>`
+(multi-image samples tag them `Image-1: ...`), each video frame `Frame-k: <img>...</img>`
+with one tile per frame, each audio clip `<audio_start>` + audio tokens + `<audio_end>`
+where audio tokens = ceil(seconds * frames_per_second / pooling) (M2-omni: Whisper's
+50 Hz encoder, 1x3 pooling). Labels are -100 everywhere except assistant replies and
+their closing `<|im_end|>`, so the loss never trains on prompts or media tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from curate.records import reject
+from curate.stages.base import Stage
+
+IGNORE = -100
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
+AUDIO_START, AUDIO_END, AUDIO_CONTEXT = "<audio_start>", "<audio_end>", "<AUDIO_CONTEXT>"
+SPECIAL_TOKENS = [IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT, AUDIO_START, AUDIO_END, AUDIO_CONTEXT]
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+PLACEHOLDER_RE = re.compile(r"(<image>|<video>|<audio>)")
+
+
+def audio_token_count(seconds: float, frames_per_second: float, pooling: int) -> int:
+    return max(1, math.ceil(seconds * frames_per_second / pooling))
+
+
+def load_tokenizer(path: str):
+    """A local HF tokenizer folder; the media/chat special tokens must be in its vocabulary."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    missing = [t for t in SPECIAL_TOKENS if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
+    if missing:
+        raise ValueError(f"tokenizer {path} lacks special tokens {missing}; add them "
+                         f"(tokenizer.add_special_tokens) and save it, so the trainer sees the same ids")
+    return tok
+
+
+class ChatEncoder:
+    """Turns one record into (input_ids, labels, n_tiles); a pure function of tokenizer + config."""
+
+    def __init__(self, tokenizer: Any, tokens_per_tile: int, audio_fps: float, audio_pooling: int,
+                 system_prompt: str | None = None) -> None:
+        self.tok = tokenizer
+        self.tokens_per_tile = tokens_per_tile
+        self.audio_fps, self.audio_pooling = audio_fps, audio_pooling
+        self.system_prompt = system_prompt
+        self.ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+        self._nl = self.encode_text("\n")
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False) if text else []
+
+    def encode(self, row: dict[str, Any]) -> tuple[list[int], list[int], int, int]:
+        ids: list[int] = []
+        labels: list[int] = []
+        media = iter(row.get("media") or [])
+        n_images = sum(m["kind"] == "image" for m in row.get("media") or [])
+        counter = {"image": 0, "tiles": 0, "audio": 0}
+
+        def add(tokens: list[int], train: bool) -> None:
+            ids.extend(tokens)
+            labels.extend(tokens if train else [IGNORE] * len(tokens))
+
+        turns = list(row["conversations"])
+        if self.system_prompt and not any(t["from"] == "system" for t in turns):
+            turns.insert(0, {"from": "system", "value": self.system_prompt})
+        for turn in turns:
+            train = turn["from"] == "gpt"
+            add([self.ids[IM_START]] + self.encode_text(f"{ROLES[turn['from']]}\n"), False)
+            for piece in PLACEHOLDER_RE.split(turn["value"]):
+                if piece in ("<image>", "<video>", "<audio>"):
+                    add(self.media_tokens(next(media), n_images, counter), False)
+                elif piece:
+                    add(self.encode_text(piece), train)
+            add([self.ids[IM_END]], train)
+            add(self._nl, False)
+        return ids, labels, counter["tiles"], counter["audio"]
+
+    def media_tokens(self, item: dict[str, Any], n_images: int, counter: dict[str, int]) -> list[int]:
+        ctx, start, end = self.ids[IMG_CONTEXT], self.ids[IMG_START], self.ids[IMG_END]
+        if item["kind"] == "image":
+            counter["image"] += 1
+            counter["tiles"] += item["tiles"]
+            tag = self.encode_text(f"Image-{counter['image']}: ") if n_images > 1 else []
+            return tag + [start] + [ctx] * (item["tiles"] * self.tokens_per_tile) + [end] + self._nl
+        if item["kind"] == "video":
+            out: list[int] = []
+            for k in range(len(item["frames"])):
+                counter["tiles"] += 1
+                out += self.encode_text(f"Frame-{k + 1}: ") + [start] + [ctx] * self.tokens_per_tile + [end] + self._nl
+            return out
+        n = audio_token_count(item["duration"], self.audio_fps, self.audio_pooling)
+        counter["audio"] += n
+        return [self.ids[AUDIO_START]] + [self.ids[AUDIO_CONTEXT]] * n + [self.ids[AUDIO_END]]
+
+
+class TokenizeStage(Stage):
+    name: ClassVar[str] = "tokenize"
+    batch_size: ClassVar[int] = 128
+
+    def __init__(self, config: Any, ctx: Any, max_tokens: int, max_tiles: int) -> None:
+        super().__init__(config, ctx)
+        self.max_tokens, self.max_tiles = max_tokens, max_tiles
+
+    def inputs(self) -> list[str]:
+        return ["conversations", "media"]
+
+    def outputs(self) -> dict[str, pa.DataType]:
+        return {"input_ids": pa.list_(pa.int32()), "labels": pa.list_(pa.int32()), "n_tokens": pa.int32(),
+                "n_tiles": pa.int32(), "n_audio_tokens": pa.int32(), "n_response_tokens": pa.int32()}
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.encoder = ChatEncoder(load_tokenizer(cfg.tokenizer), cfg.tokens_per_tile,
+                                   cfg.audio_frames_per_second, cfg.audio_pooling, cfg.system_prompt)
+
+    def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for row in rows:
+            ids, labels, tiles, audio = self.encoder.encode(row)
+            row.update(input_ids=ids, labels=labels, n_tokens=len(ids), n_tiles=tiles, n_audio_tokens=audio,
+                       n_response_tokens=sum(lab != IGNORE for lab in labels))
+            if len(ids) > self.max_tokens or tiles > self.max_tiles:
+                reject(row, self.name, "too_long",
+                       f"{len(ids)} tokens / {tiles} tiles exceed the packing budgets "
+                       f"{self.max_tokens} / {self.max_tiles} (stages.pack.max_tokens / max_tiles)")
+                row.update(input_ids=None, labels=None)
+        return rows

@@ -1,0 +1,122 @@
+"""Run statistics: the funnel (in, synthesized, out, rejected by reason) and packing fill.
+
+Invariant (DESIGN.md): samples_in + synthesized = samples_out + sum(rejected), where
+samples_out counts distinct samples in the shards; copies from repeat factors > 1 are
+reported as `repeats` and stay out of the invariant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+
+def _run_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if (path / "index.json").exists() and not (path / "shards").exists():
+        return path.parent  # given the shard folder itself
+    return path
+
+
+def compute_stats(run_dir: str | Path) -> dict[str, Any]:
+    run = _run_dir(run_dir)
+    shards = run / "shards"
+    index_path = shards / "index.json"
+    if not index_path.exists():
+        raise FileNotFoundError(f"{run}: no shards/index.json (is this a finished run folder?)")
+    index = json.loads(index_path.read_text())
+    contents = pq.read_table(shards / "contents.parquet")
+    rejects = _read_rejects(run / "rejects")
+
+    samples_in = _ingested(run)
+    synthesized_ids = set()
+    for table in (contents, rejects):
+        if len(table):
+            mask = pc.starts_with(pc.fill_null(table.column("origin"), ""), "synthesized")
+            synthesized_ids.update(table.filter(mask).column("id").to_pylist())
+    rejected: dict[str, int] = {}
+    by_stage: dict[str, dict[str, int]] = {}
+    for r in rejects.select(["reject_stage", "reject_reason"]).to_pylist():
+        rejected[r["reject_reason"]] = rejected.get(r["reject_reason"], 0) + 1
+        stage = by_stage.setdefault(r["reject_stage"], {})
+        stage[r["reject_reason"]] = stage.get(r["reject_reason"], 0) + 1
+
+    budgets = index["budgets"]
+    totals = index["totals"]
+    sequences = totals["sequences"]
+    copies = contents.column("copies").to_numpy() if len(contents) else []
+    modalities: dict[str, int] = {}
+    for m in contents.column("modality").to_pylist():
+        modalities[m] = modalities.get(m, 0) + 1
+    samples_out = len(contents)
+    stats = {
+        "samples_in": samples_in,
+        "synthesized": len(synthesized_ids),
+        "samples_out": samples_out,
+        "repeats": int(sum(copies) - samples_out) if samples_out else 0,
+        "rejected": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
+        "rejected_by_stage": by_stage,
+        "shards": len(index["shards"]),
+        "sequences": sequences,
+        "tokens": totals["tokens"],
+        "tiles": totals["tiles"],
+        "bytes": totals["bytes"],
+        "token_fill": round(totals["tokens"] / (sequences * budgets["max_tokens"]), 4) if sequences else 0.0,
+        "tile_fill": round(totals["tiles"] / (sequences * budgets["max_tiles"]), 4) if sequences else 0.0,
+        "modalities": dict(sorted(modalities.items())),
+        "budgets": budgets,
+        "stage_seconds": _stage_seconds(run),
+    }
+    stats["invariant_ok"] = (stats["samples_in"] + stats["synthesized"]
+                             == stats["samples_out"] + sum(rejected.values()))
+    return stats
+
+
+def _read_rejects(folder: Path) -> pa.Table:
+    tables = [pq.read_table(p) for p in sorted(folder.glob("*.parquet"))] if folder.exists() else []
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return pa.table({"id": pa.array([], pa.string()), "origin": pa.array([], pa.string()),
+                         "reject_stage": pa.array([], pa.string()), "reject_reason": pa.array([], pa.string())})
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _ingested(run: Path) -> int:
+    """Rows that came from manifests: the ingest stage's row count."""
+    for marker in sorted((run / "work").glob("*-ingest/_DONE.json")):
+        return int(json.loads(marker.read_text())["rows"])
+    return 0
+
+
+def _stage_seconds(run: Path) -> dict[str, float]:
+    out = {}
+    for marker in sorted((run / "work").glob("*/_DONE.json")) + [run / "shards" / "_DONE.json"]:
+        if marker.exists():
+            info = json.loads(marker.read_text())
+            out[info["stage"]] = info["seconds"]
+    return out
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    lines = [
+        f"samples in      {stats['samples_in']:>10,}",
+        f"synthesized     {stats['synthesized']:>10,}",
+        f"samples out     {stats['samples_out']:>10,}   (+{stats['repeats']:,} repeats)",
+        f"rejected        {sum(stats['rejected'].values()):>10,}",
+    ]
+    lines += [f"  {reason:<28}{n:>8,}" for reason, n in stats["rejected"].items()]
+    lines += [
+        f"invariant       {'ok' if stats['invariant_ok'] else 'BROKEN'} (in + synthesized = out + rejected)",
+        f"shards          {stats['shards']:>10,}",
+        f"sequences       {stats['sequences']:>10,}",
+        f"token fill      {stats['token_fill']:>10.1%}   of {stats['budgets']['max_tokens']} per sequence",
+        f"tile fill       {stats['tile_fill']:>10.1%}   of {stats['budgets']['max_tiles']} per sequence",
+        "modalities      " + ", ".join(f"{k} {v}" for k, v in stats["modalities"].items()),
+        "stage seconds   " + ", ".join(f"{k} {v:.1f}" for k, v in stats["stage_seconds"].items()),
+    ]
+    return "\n".join(lines)

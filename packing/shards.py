@@ -1,0 +1,142 @@
+"""Write packed sequences as WebDataset tar shards, plus the shard index.
+
+One WebDataset sample = one packed sequence:
+  <key>.json           {"sequence", "n_tokens", "n_tiles", "samples": [...]} (see pack_sequence)
+  <key>.input_ids.npy  int32 token ids of all samples, concatenated
+  <key>.labels.npy     int32 labels (-100 = no loss)
+  <key>.m000.jpg ...   media members (images as stored, video frames as JPEG, audio as FLAC)
+No pickle members, ever. A shard is written to a temporary name and renamed when complete,
+members are sorted and carry a fixed mtime, so the same input gives byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+FIXED_MTIME = 1_700_000_000.0  # reproducible tars
+SHARD_PATTERN = "shard-{:06d}.tar"
+
+
+def npy_bytes(values: Iterable[int]) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(list(values), dtype=np.int32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def pack_sequence(key: str, sequence_index: int, samples: list[dict[str, Any]]) -> dict[str, bytes | str]:
+    """Build one WebDataset sample from tokenized records (dicts with input_ids, labels, media)."""
+    members: dict[str, bytes | str] = {"__key__": key}
+    ids: list[int] = []
+    labels: list[int] = []
+    described = []
+    tile_offset = 0
+    n_media = 0
+    for s in samples:
+        media_desc = []
+        for m in s.get("media") or []:
+            entry: dict[str, Any] = {"kind": m["kind"], "sha256": m["sha256"]}
+            if m["kind"] == "video":
+                entry["frames"] = []
+                for frame in m["frames"]:
+                    name = f"m{n_media:03d}.jpg"
+                    members[name] = Path(frame).read_bytes()
+                    entry["frames"].append(name)
+                    n_media += 1
+                entry.update(tiles=len(m["frames"]), duration=m["duration"])
+            else:
+                name = f"m{n_media:03d}{Path(m['path']).suffix}"
+                members[name] = Path(m["path"]).read_bytes()
+                n_media += 1
+                entry["member"] = name
+                if m["kind"] == "image":
+                    entry.update(grid=[m["grid_w"], m["grid_h"]], tiles=m["tiles"], size=[m["width"], m["height"]])
+                else:
+                    entry.update(duration=m["duration"])
+            media_desc.append(entry)
+        described.append({
+            "id": s["id"], "source": s["source"], "modality": s["modality"],
+            "token_offset": len(ids), "n_tokens": len(s["input_ids"]),
+            "tile_offset": tile_offset, "n_tiles": int(s["n_tiles"]),
+            "n_response_tokens": int(s.get("n_response_tokens") or 0), "media": media_desc,
+        })
+        ids.extend(s["input_ids"])
+        labels.extend(s["labels"])
+        tile_offset += int(s["n_tiles"])
+    members["json"] = json.dumps({"sequence": sequence_index, "n_tokens": len(ids), "n_tiles": tile_offset,
+                                  "samples": described}, ensure_ascii=False, sort_keys=True)
+    members["input_ids.npy"] = npy_bytes(ids)
+    members["labels.npy"] = npy_bytes(labels)
+    return members
+
+
+def write_shard(path: str | Path, sequences: list[dict[str, bytes | str]]) -> dict[str, Any]:
+    """Write sequences to `path` atomically; returns the shard's index entry."""
+    import webdataset as wds
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        writer = wds.TarWriter(f, encoder=False, mtime=FIXED_MTIME, user="omnicurate", group="omnicurate")
+        for seq in sequences:
+            writer.write({k: (v.encode() if isinstance(v, str) else v) for k, v in seq.items() if k != "__key__"}
+                         | {"__key__": seq["__key__"]})
+        writer.close()
+    os.replace(tmp, path)
+    metas = [json.loads(s["json"]) for s in sequences]
+    return {
+        "shard": path.name,
+        "sequences": len(sequences),
+        "samples": sum(len(m["samples"]) for m in metas),
+        "tokens": sum(m["n_tokens"] for m in metas),
+        "tiles": sum(m["n_tiles"] for m in metas),
+        "bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
+    }
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_index(shard_dir: str | Path, entries: list[dict[str, Any]], budgets: dict[str, int]) -> Path:
+    entries = sorted(entries, key=lambda e: e["shard"])
+    index = {"format": "omnicurate-packed-v1", "budgets": budgets, "shards": entries,
+             "totals": {k: sum(e[k] for e in entries) for k in ("sequences", "samples", "tokens", "tiles", "bytes")}}
+    path = Path(shard_dir) / "index.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(index, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def verify_shards(shard_dir: str | Path) -> list[str]:
+    """Check every shard against index.json (presence, size, sha256); returns the problems found."""
+    shard_dir = Path(shard_dir)
+    index_path = shard_dir / "index.json"
+    if not index_path.exists():
+        return [f"{index_path}: missing"]
+    index = json.loads(index_path.read_text())
+    problems = []
+    for entry in index["shards"]:
+        p = shard_dir / entry["shard"]
+        if not p.exists():
+            problems.append(f"{p.name}: missing")
+        elif p.stat().st_size != entry["bytes"]:
+            problems.append(f"{p.name}: {p.stat().st_size} bytes, index says {entry['bytes']}")
+        elif file_sha256(p) != entry["sha256"]:
+            problems.append(f"{p.name}: sha256 differs from the index")
+    listed = {e["shard"] for e in index["shards"]}
+    problems += [f"{p.name}: not in index.json" for p in sorted(shard_dir.glob("*.tar")) if p.name not in listed]
+    return problems
