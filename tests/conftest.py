@@ -21,3 +21,21 @@ def ray_session():
                  log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_small(tmp_path_factory):
+    """The small demo corpus (real images, ffmpeg videos, espeak-ng speech, broken files)."""
+    from curate.demo import build_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    build_demo(out, small=True)
+    return out
+
+
+def demo_overrides(demo_dir, *extra: str) -> list[str]:
+    """Point sft-stage3's sources and tokenizer at a demo folder."""
+    sets = [f"stages.tokenize.tokenizer={demo_dir}/tokenizer"]
+    for name in ("text", "image", "multi-image", "video", "audio"):
+        sets.append(f"sources.demo-{name}.manifests=[{demo_dir}/{name.replace('-', '_')}.jsonl]")
+    return sets + list(extra)

@@ -84,7 +84,10 @@ class MediaStage(Stage):
 
     def prepare_video(self, item: dict[str, Any], path: str, n_max: int) -> None:
         cfg = self.config
-        probe = mediaio.probe_streams(path)
+        try:
+            probe = mediaio.probe_streams(path)
+        except MediaError as e:
+            raise MediaError("broken_video", str(e)) from None
         if "video" not in probe["kinds"]:
             raise MediaError("broken_video", "no video stream")
         if probe["duration"] > cfg.max_video_seconds:

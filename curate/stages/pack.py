@@ -135,7 +135,8 @@ class PackStep:
             ref = ray.put(p["placements"])
             ds = ray.data.read_parquet(str(tokenized_dir)).map_batches(
                 _attach, batch_format="pyarrow", fn_kwargs={"placements_ref": [ref]})
-            written = ds.groupby("shard").map_groups(_write_group, batch_format="pyarrow",
+            n_shards = p["bins"] and (len(p["bins"]) - 1) // self.recipe.stages.shard.max_sequences + 1
+            written = ds.groupby("shard", num_partitions=max(1, min(n_shards, 64))).map_groups(_write_group, batch_format="pyarrow",
                                                      fn_kwargs={"shard_dir": str(tmp_dir)})
             entries = [json.loads(r["entry"]) for r in written.take_all()]
         pack_cfg = self.recipe.stages.pack

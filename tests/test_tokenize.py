@@ -1,0 +1,76 @@
+"""Chat template, media token expansion and label masks."""
+
+import pytest
+
+from curate.demo import build_tokenizer, prose_topics
+from curate.recipe import SourceConfig, TokenizeConfig
+from curate.stages.base import RunContext
+from curate.stages.tokenize import (AUDIO_CONTEXT, IGNORE, IM_END, IMG_CONTEXT, ChatEncoder, TokenizeStage,
+                                    audio_token_count, load_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    return build_tokenizer(tmp_path_factory.mktemp("tok"), [b for _, b in prose_topics(30)], vocab_size=800)
+
+
+def image(tiles):
+    return {"kind": "image", "tiles": tiles, "frames": None, "duration": None}
+
+
+def test_text_labels_cover_only_the_answer(tok_dir):
+    tok = load_tokenizer(str(tok_dir))
+    enc = ChatEncoder(tok, 256, 50, 3)
+    row = {"conversations": [{"from": "human", "value": "What is 2+2?"}, {"from": "gpt", "value": "It is 4."}],
+           "media": []}
+    ids, labels, tiles, audio = enc.encode(row)
+    assert len(ids) == len(labels) and tiles == 0 and audio == 0
+    trained = [i for i, lab in zip(ids, labels) if lab != IGNORE]
+    assert tok.decode(trained) == "It is 4." + IM_END
+    assert tok.decode(ids).startswith("<|im_start|>user\nWhat is 2+2?<|im_end|>")
+
+
+def test_media_expansion_and_masks(tok_dir):
+    tok = load_tokenizer(str(tok_dir))
+    enc = ChatEncoder(tok, 256, 50, 3)
+    ctx_id, aud_id = tok.convert_tokens_to_ids(IMG_CONTEXT), tok.convert_tokens_to_ids(AUDIO_CONTEXT)
+    row = {"conversations": [
+        {"from": "human", "value": "<image>\n<image>\nCompare. <video> and <audio>"},
+        {"from": "gpt", "value": "Same."},
+        {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes."}],
+        "media": [image(5), image(1),
+                  {"kind": "video", "tiles": 3, "frames": ["a", "b", "c"], "duration": 2.0},
+                  {"kind": "audio", "tiles": 0, "frames": None, "duration": 3.0}]}
+    ids, labels, tiles, audio = enc.encode(row)
+    assert tiles == 5 + 1 + 3
+    assert ids.count(ctx_id) == tiles * 256
+    assert audio == audio_token_count(3.0, 50, 3) == 50 and ids.count(aud_id) == 50
+    assert all(lab == IGNORE for i, lab in zip(ids, labels) if i in (ctx_id, aud_id))
+    text = tok.decode(ids)
+    assert "Image-1: <img>" in text and "Image-2: <img>" in text and "Frame-3: <img>" in text
+    trained = tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE])
+    assert trained == f"Same.{IM_END}Yes.{IM_END}"
+
+
+def test_stage_rejects_samples_over_budget(tok_dir):
+    ctx = RunContext(out_dir="/tmp/o", media_dir="/tmp/o/m", sources={"s": SourceConfig(name="s", manifests=["m"])})
+    st = TokenizeStage(TokenizeConfig(tokenizer=str(tok_dir)), ctx, max_tokens=1000, max_tiles=4)
+    st.setup()
+    rows = [{"id": str(i), "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}],
+             "media": [image(t)], "reject_reason": None} for i, t in enumerate((1, 3, 5))]
+    out = st.process_rows(rows)
+    assert [r["reject_reason"] for r in out] == [None, None, "too_long"]
+    assert out[0]["n_tiles"] == 1 and out[0]["n_tokens"] == len(out[0]["input_ids"]) > 256
+    assert out[1]["n_response_tokens"] >= 1 and "max_tiles" in out[2]["reject_detail"]
+
+
+def test_tokenizer_without_special_tokens_is_refused(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel()
+    t.train_from_iterator(["plain text only"], trainers.BpeTrainer(vocab_size=300, show_progress=False))
+    PreTrainedTokenizerFast(tokenizer_object=t).save_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match="lacks special tokens"):
+        load_tokenizer(str(tmp_path))
