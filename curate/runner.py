@@ -51,7 +51,14 @@ MARKER = "_DONE.json"
 
 def load_class(spec: str) -> type:
     module, _, cls = spec.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        key = module.rsplit(".", 1)[-1]
+        raise ValueError(f"stage '{key}' is enabled but {module} is not part of this install; "
+                         f"set stages.{key}.enabled=false") from None
 
 
 def build_stages(recipe: Recipe, ctx: RunContext) -> list[Stage]:
@@ -238,6 +245,7 @@ class Runner:
                     shutil.rmtree(d, ignore_errors=True)
                     stage = d.name.split("-", 1)[-1].removesuffix(".tmp")
                     (self.rejects / f"{stage}.parquet").unlink(missing_ok=True)
+        (self.out / "shards" / MARKER).unlink(missing_ok=True)  # packing reads what we recompute
 
     def finish_stage(self, name: str, stage_dir: Path, config_hash: str, seconds: float) -> dict[str, Any]:
         import pyarrow.compute as pc

@@ -1,0 +1,118 @@
+"""End to end on Ray: the small demo corpus through the default recipe, then resume."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from curate.cli import main
+from curate.recipe import load_recipe
+from curate.runner import Runner
+from tests.conftest import demo_overrides
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sft-stage3.yaml"
+EXTRA = ("stages.shard.max_sequences=2",)
+
+
+def shard_hashes(out):
+    return {e["shard"]: e["sha256"] for e in json.loads((out / "shards" / "index.json").read_text())["shards"]}
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_session, demo_small, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    recipe = load_recipe(RECIPE, demo_overrides(demo_small, *EXTRA))
+    stats = Runner(recipe, out).run()
+    return recipe, out, stats, shard_hashes(out)
+
+
+def test_counts_add_up_and_every_bad_input_is_a_reject(first_run):
+    _, out, stats, _ = first_run
+    assert stats["invariant_ok"]
+    assert stats["samples_in"] + stats["synthesized"] == stats["samples_out"] + sum(stats["rejected"].values())
+    for reason in ("invalid_json", "bad_encoding", "missing_conversations", "malformed_conversations",
+                   "placeholder_mismatch", "broken_image", "empty_file", "image_too_large", "missing_file",
+                   "path_outside_roots", "bad_scheme", "broken_video", "broken_audio"):
+        assert stats["rejected"].get(reason, 0) >= 1, reason
+    assert {"text", "image", "multi_image", "video", "audio"} <= set(stats["modalities"])
+    assert stats["repeats"] >= stats["modalities"]["video"] - 1  # demo-video has repeat 2.0
+    assert 0 < stats["token_fill"] <= 1 and 0 < stats["tile_fill"] <= 1
+
+
+def test_shards_load_with_plain_webdataset_within_budgets(first_run):
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    recipe, out, stats, _ = first_run
+    seen = {}
+    n_seq = 0
+    for sample in wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")), shardshuffle=False).decode():
+        meta = sample["json"]
+        n_seq += 1
+        assert meta["n_tokens"] == len(sample["input_ids.npy"]) <= recipe.stages.pack.max_tokens
+        assert meta["n_tiles"] <= recipe.stages.pack.max_tiles
+        for s in meta["samples"]:
+            seen[s["id"]] = seen.get(s["id"], 0) + 1
+            for m in s["media"]:
+                members = m.get("frames") or [m["member"]]
+                assert all(name in sample for name in members)
+    contents = pq.read_table(out / "shards" / "contents.parquet").to_pylist()
+    assert seen == {r["id"]: r["copies"] for r in contents}
+    assert n_seq == stats["sequences"] and len(seen) == stats["samples_out"]
+
+
+def test_rerun_skips_every_finished_stage(first_run):
+    recipe, out, _, hashes = first_run
+    runner = Runner(recipe, out)
+    runner.run()
+    assert all(s.get("resumed") for s in runner.summary["stages"])
+    assert shard_hashes(out) == hashes
+
+
+def test_interrupted_stage_is_recomputed_and_gives_the_same_shards(first_run):
+    recipe, out, _, hashes = first_run
+    tok_dir = next((out / "work").glob("*-tokenize"))
+    (tok_dir / "_DONE.json").unlink()  # as if the run died while writing this stage
+    next(tok_dir.glob("*.parquet")).unlink()
+    runner = Runner(recipe, out)
+    runner.run()
+    resumed = {s["stage"]: bool(s.get("resumed")) for s in runner.summary["stages"]}
+    assert resumed["ingest"] and resumed["media"] and not resumed["tokenize"] and not resumed["pack"]
+    assert shard_hashes(out) == hashes
+
+
+def test_changed_budget_reruns_only_packing(first_run, demo_small, tmp_path):
+    _, out, stats, _ = first_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    recipe = load_recipe(RECIPE, demo_overrides(demo_small, *EXTRA, "stages.pack.max_tokens=8192"))
+    runner = Runner(recipe, copy)
+    new = runner.run()
+    assert [s["stage"] for s in runner.summary["stages"] if not s.get("resumed")] == ["pack"]
+    assert new["sequences"] > stats["sequences"] and new["invariant_ok"]
+
+
+def test_cli_stats_json_and_verify(first_run):
+    _, out, stats, _ = first_run
+    result = CliRunner().invoke(main, ["stats", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    for key in ("samples_in", "synthesized", "samples_out", "repeats", "rejected", "shards", "sequences",
+                "token_fill", "tile_fill", "modalities"):
+        assert key in data
+    assert data["samples_out"] == stats["samples_out"]
+    assert CliRunner().invoke(main, ["verify", str(out)]).exit_code == 0
+    shard = sorted((out / "shards").glob("*.tar"))[0]
+    result = CliRunner().invoke(main, ["inspect", str(shard), "--limit", "1"])
+    assert result.exit_code == 0 and "tokens" in result.output and "cu_seqlens" in result.output
+
+
+def test_bad_recipe_fails_before_any_work(demo_small, tmp_path):
+    out = tmp_path / "never"
+    result = CliRunner().invoke(main, ["run", str(RECIPE), "--out", str(out), "--set", "stages.pack.max_token=1",
+                                       *sum((["--set", s] for s in demo_overrides(demo_small)), [])])
+    assert result.exit_code != 0 and "stages.pack.max_token" in result.output and not out.exists()
+    result = CliRunner().invoke(main, ["run", str(RECIPE), "--out", str(out), "--input", str(tmp_path / "no.jsonl")])
+    assert result.exit_code != 0 and "manifest not found" in result.output and not out.exists()
