@@ -22,22 +22,31 @@ class RecipeError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, use_attribute_docstrings=True)
 
 
 # ---------------------------------------------------------------------------- sources
 class SourceConfig(_Strict):
     """One dataset: manifests plus the InternVL 2.5 per-dataset settings (sec. 4.1)."""
 
-    name: str
-    manifests: list[str] = Field(min_length=1, description="JSONL/Parquet paths or globs")
+    name: str = Field(examples=["docvqa"])
+    """unique source name (letters, digits, - and _); used in ids, rejects and stats"""
+    manifests: list[str] = Field(min_length=1, examples=[["data/docvqa/*.jsonl"]])
+    """JSONL/Parquet manifest paths or globs (relative to the working directory)"""
     modality: Literal["auto", "text", "image", "multi_image", "video", "audio", "interleaved"] = "auto"
-    domain: str = "general"
-    n_max: int = Field(12, ge=1, le=64, description="max image tiles per sample (InternVL)")
-    repeat: float = Field(1.0, gt=0, le=4, description="repeat factor r in (0, 4]")
+    """modality of the source's samples; auto infers it per sample from its media"""
+    domain: str = Field("general", examples=["mathematics"])
+    """domain label (used by LLM scoring prompts and thresholds)"""
+    n_max: int = Field(12, ge=1, le=64)
+    """max image tiles per sample (InternVL: 6-12 ordinary images, 24-36 documents, 1 video)"""
+    repeat: float = Field(1.0, gt=0, le=4)
+    """repeat factor r in (0, 4]: r < 1 down-samples, r > 1 repeats the source"""
     augment: bool = False
+    """random JPEG re-compression (quality 75-100) for image sources, never for video"""
     exempt_repetition: bool = False
-    languages: list[str] | None = None  # keep only these fastText language codes
+    """skip the repetition pass (curated academic datasets, as InternVL 2.5 does)"""
+    languages: list[str] | None = Field(None, examples=[["en", "zh"]])
+    """keep only these fastText language codes (null keeps all)"""
 
     @field_validator("name")
     @classmethod
@@ -59,10 +68,12 @@ class SourceConfig(_Strict):
 # ---------------------------------------------------------------------------- stages
 class StageConfig(_Strict):
     enabled: bool = True
+    """run this stage (false skips it)"""
 
 
 class IngestConfig(StageConfig):
     max_line_bytes: int = Field(8 << 20, ge=1024)
+    """a manifest line longer than this is rejected (line_too_long)"""
 
 
 class DownloadConfig(StageConfig):
@@ -86,19 +97,26 @@ class DownloadConfig(StageConfig):
 class MediaConfig(StageConfig):
     """Resolution, validation and probing of media (curate.stages.media)."""
 
-    allowed_roots: list[str] = Field(default_factory=list, description="extra folders media may be read from")
-    allow_http: bool = True
-    http_timeout_s: float = Field(10.0, gt=0)
-    http_retries: int = Field(2, ge=0, le=10)
+    allowed_roots: list[str] = Field(default_factory=list, examples=[["/data/media"]])
+    """extra folders local media may be read from (besides each manifest's folder)"""
     max_bytes: int = Field(256 << 20, ge=1)
-    max_pixels: int = Field(178_956_970, ge=1, description="decompression-bomb cap")
+    """a media file larger than this is rejected (file_too_large)"""
+    max_pixels: int = Field(178_956_970, ge=1)
+    """decompression-bomb cap: images with more pixels are rejected (image_too_large)"""
     min_side: int = Field(8, ge=1)
+    """images with a side shorter than this are rejected (image_too_small)"""
     tile_size: int = Field(448, ge=14)
+    """ViT tile side S in pixels (InternVL 448; IXC-2.5 560)"""
     n_min: int = Field(1, ge=1)
+    """smallest tile grid considered by the dynamic-resolution rule"""
     video_frames: int = Field(8, ge=1, le=512)
+    """frames sampled evenly per video, one tile each"""
     max_video_seconds: float = Field(3600.0, gt=0)
+    """longer videos are rejected (video_too_long)"""
     max_audio_seconds: float = Field(600.0, gt=0)
+    """longer audio is rejected (audio_too_long)"""
     audio_sample_rate: int = 16000
+    """audio is stored as mono FLAC at this rate"""
 
 
 class FilterConfig(StageConfig):
@@ -149,23 +167,32 @@ class AudioQAConfig(StageConfig):
 
 
 class TokenizeConfig(StageConfig):
-    tokenizer: str = Field("models/demo-tokenizer", description="local HF tokenizer folder")
+    tokenizer: str = "data/demo/tokenizer"
+    """local Hugging Face tokenizer folder (must hold the chat and media special tokens)"""
     tokens_per_tile: int = Field(256, ge=1)
-    audio_frames_per_second: float = Field(50.0, gt=0, description="audio encoder frame rate")
-    audio_pooling: int = Field(3, ge=1, description="frames pooled into one audio token")
-    system_prompt: str | None = None
-    max_tokens: int | None = Field(None, description="defaults to stages.pack.max_tokens")
+    """LLM tokens per image tile (InternVL: 1024 ViT tokens, pixel-unshuffle x0.5; IXC-2.5: 400)"""
+    audio_frames_per_second: float = Field(50.0, gt=0)
+    """audio encoder frame rate (Whisper: 50 Hz)"""
+    audio_pooling: int = Field(3, ge=1)
+    """encoder frames average-pooled into one audio token (M2-omni: 3)"""
+    system_prompt: str | None = Field(None, examples=["You are a helpful assistant."])
+    """system turn added to samples that have none (null: no system turn)"""
+    max_tokens: int | None = Field(None, examples=[8192])
+    """longest tokenized sample kept (null: stages.pack.max_tokens)"""
 
 
 class PackConfig(StageConfig):
-    max_tokens: int = Field(16384, ge=16, description="l_max")
-    max_tiles: int = Field(48, ge=1, description="t_max")
-    oversize: Literal["reject", "truncate"] = "reject"
-    options: dict[str, Any] = Field(default_factory=dict)
+    max_tokens: int = Field(16384, ge=16)
+    """l_max: token budget of one packed sequence (InternVL 2.5: 16384)"""
+    max_tiles: int = Field(48, ge=1)
+    """t_max: image-tile budget of one packed sequence (InternVL 2.5: 48)"""
+    options: dict[str, Any] = Field(default_factory=dict, examples=[{}])
+    """extra keyword arguments for packing.pack_2d"""
 
 
 class ShardConfig(StageConfig):
-    max_sequences: int = Field(256, ge=1, description="packed sequences per shard")
+    max_sequences: int = Field(256, ge=1)
+    """packed sequences per shard"""
 
 
 class StagesConfig(_Strict):
@@ -183,19 +210,29 @@ class StagesConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    address: str | None = None  # None: RAY_ADDRESS or a local ray.init()
-    num_cpus: int | None = Field(None, ge=1)
-    object_store_memory: int | None = Field(None, ge=78_643_200)
-    concurrency: int | None = Field(None, ge=1, description="workers per CPU stage")
+    address: str | None = Field(None, examples=["auto"])
+    """Ray cluster address (null: RAY_ADDRESS, else a local Ray)"""
+    num_cpus: int | None = Field(None, ge=1, examples=[8])
+    """CPUs of the local Ray (null: all)"""
+    object_store_memory: int | None = Field(None, ge=78_643_200, examples=[2_000_000_000])
+    """object store bytes of the local Ray (null: Ray's default)"""
+    concurrency: int | None = Field(None, ge=1, examples=[4])
+    """workers per CPU stage and actors per model stage (null: Ray decides; model stages 1)"""
 
 
 class Recipe(_Strict):
-    name: str
+    name: str = Field(examples=["sft-stage3"])
+    """recipe name; the default run folder is runs/<name>"""
     description: str = ""
+    """free text"""
     seed: int = 0
+    """seed for every random choice (mixture, augmentation, voices): same seed, same shards"""
     sources: list[SourceConfig] = Field(min_length=1)
-    source_defaults: dict[str, Any] = Field(default_factory=dict, description="settings for --input sources")
-    modality_targets: dict[str, float] = Field(default_factory=dict)
+    """the datasets (see sources[].*)"""
+    source_defaults: dict[str, Any] = Field(default_factory=dict, examples=[{"n_max": 6}])
+    """source settings used for manifests given with --input"""
+    modality_targets: dict[str, float] = Field(default_factory=dict, examples=[{"text": 0.25}])
+    """target fraction of samples per modality, met by down-sampling (M2-omni: ~25% text)"""
     stages: StagesConfig = StagesConfig()
     ray: RayConfig = RayConfig()
 
@@ -297,3 +334,60 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
 def _source_name(manifest: str, index: int) -> str:
     stem = Path(manifest).name.split(".")[0] or f"input{index}"
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)
+
+
+# ---------------------------------------------------------------------------- documentation
+def iter_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, Any, str, Any]]:
+    """(dotted key, type, default, description, example) for every recipe key, for the README."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if sub is None and getattr(ann, "__origin__", None) is list:
+            (inner,) = ann.__args__
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                rows.append((key, "list", None, field.description or "", None))
+                rows += iter_keys(inner, f"{key}[].")
+                continue
+        if sub is not None:
+            rows += iter_keys(sub, f"{key}.")
+            continue
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        example = field.examples[0] if field.examples else default
+        if getattr(ann, "__origin__", None) is Literal:
+            type_name = "one of " + ", ".join(map(str, ann.__args__))
+        else:
+            type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        rows.append((key, type_name, default, field.description or "", example))
+    return rows
+
+
+def keys_markdown() -> str:
+    lines = ["| key | type | default | example | what |", "| --- | --- | --- | --- | --- |"]
+    for key, type_name, default, desc, example in iter_keys():
+        if type_name == "list" and example is None and default is None:
+            lines.append(f"| `{key}` | list | | see below | {desc} |")
+            continue
+        ex = "" if example is None else f"`{key.replace('[]', '.NAME')}={json.dumps(example)}`"
+        lines.append(f"| `{key}` | {type_name.replace('|', 'or').replace('NoneType', 'null')} | `{json.dumps(default)}` | {ex} | {desc} |")
+    return "\n".join(lines)
+
+
+def update_readme(path: str | Path = "README.md") -> bool:
+    """Rewrite the recipe-key table between the RECIPE_KEYS markers; True if it changed."""
+    path = Path(path)
+    text = path.read_text()
+    begin, end = "RECIPE_KEYS_BEGIN", "RECIPE_KEYS_END"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{begin}\n{keys_markdown()}\n{end}{tail}"
+    path.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--update-readme" in sys.argv:
+        print("README.md updated" if update_readme() else "README.md already up to date")
