@@ -8,6 +8,8 @@ Each packed sequence becomes a dict with
                          grid + thumbnail, video frames one tile each), when decode_media
   audio                  list of 16 kHz mono float32 arrays, when decode_media
   samples                the JSON description of the packed samples
+With `augment_seed` set, images of samples flagged "augment" are re-compressed as JPEG at a
+random quality in [75, 100] (InternVL 2.5), a fresh draw per call; video frames never are.
 Reading uses the plain `webdataset` package, so any WebDataset pipeline can do the same.
 """
 
@@ -45,7 +47,18 @@ def loss_weights(samples: list[dict[str, Any]], labels: np.ndarray, power: float
     return w
 
 
-def decode_media(raw: dict[str, bytes], samples: list[dict[str, Any]], tile_size: int = 448):
+def jpeg_recompress(img, rng: np.random.Generator, low: int = 75, high: int = 100):
+    """InternVL 2.5's augmentation: re-encode as JPEG at a random quality in [low, high]."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=int(rng.integers(low, high + 1)))
+    buf.seek(0)
+    return Image.open(buf)
+
+
+def decode_media(raw: dict[str, bytes], samples: list[dict[str, Any]], tile_size: int = 448,
+                 rng: np.random.Generator | None = None):
     from PIL import Image
 
     from packing.tiles import split_into_tiles
@@ -55,6 +68,8 @@ def decode_media(raw: dict[str, bytes], samples: list[dict[str, Any]], tile_size
         for m in s["media"]:
             if m["kind"] == "image":
                 img = Image.open(io.BytesIO(raw[m["member"]]))
+                if rng is not None and s.get("augment"):
+                    img = jpeg_recompress(img, rng)
                 tiles += split_into_tiles(img, m["grid"][0], m["grid"][1], tile_size)
             elif m["kind"] == "video":
                 tiles += [Image.open(io.BytesIO(raw[f])).convert("RGB").resize((tile_size, tile_size))
@@ -74,7 +89,8 @@ def decode_flac(data: bytes, sample_rate: int = 16000) -> np.ndarray:
     return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
 
 
-def to_tensors(raw: dict[str, Any], decode: bool = True, tile_size: int = 448) -> dict[str, Any]:
+def to_tensors(raw: dict[str, Any], decode: bool = True, tile_size: int = 448,
+               rng: np.random.Generator | None = None) -> dict[str, Any]:
     import torch
 
     meta = json.loads(raw["json"]) if isinstance(raw["json"], (bytes, str)) else raw["json"]
@@ -91,18 +107,20 @@ def to_tensors(raw: dict[str, Any], decode: bool = True, tile_size: int = 448) -
         "samples": meta["samples"],
     }
     if decode:
-        pixels, audio = decode_media(raw, meta["samples"], tile_size)
+        pixels, audio = decode_media(raw, meta["samples"], tile_size, rng)
         out["pixel_values"] = torch.from_numpy(np.ascontiguousarray(pixels))
         out["audio"] = audio
     return out
 
 
-def iter_packed(shards: str | Path | list[str], decode: bool = True, tile_size: int = 448) -> Iterator[dict[str, Any]]:
+def iter_packed(shards: str | Path | list[str], decode: bool = True, tile_size: int = 448,
+                augment_seed: int | None = None) -> Iterator[dict[str, Any]]:
     """Yield packed sequences as tensors from shard paths, a shard folder, or a brace pattern."""
     import webdataset as wds
 
     if isinstance(shards, (str, Path)) and Path(shards).is_dir():
         shards = sorted(str(p) for p in Path(shards).glob("*.tar"))
     dataset = wds.WebDataset(shards if isinstance(shards, list) else str(shards), shardshuffle=False, empty_check=False)
+    rng = np.random.default_rng(augment_seed) if augment_seed is not None else None
     for raw in dataset:
-        yield to_tensors(raw, decode=decode, tile_size=tile_size)
+        yield to_tensors(raw, decode=decode, tile_size=tile_size, rng=rng)

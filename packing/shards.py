@@ -30,8 +30,13 @@ def npy_bytes(values: Iterable[int]) -> bytes:
     return buf.getvalue()
 
 
-def pack_sequence(key: str, sequence_index: int, samples: list[dict[str, Any]]) -> dict[str, bytes | str]:
-    """Build one WebDataset sample from tokenized records (dicts with input_ids, labels, media)."""
+def pack_sequence(key: str, sequence_index: int, samples: list[dict[str, Any]],
+                  augment_sources: frozenset[str] = frozenset()) -> dict[str, bytes | str]:
+    """Build one WebDataset sample from tokenized records (dicts with input_ids, labels, media).
+
+    Samples of `augment_sources` are flagged `"augment": true`: the loader then applies
+    InternVL's random JPEG re-compression to their images (never to video frames).
+    """
     members: dict[str, bytes | str] = {"__key__": key}
     ids: list[int] = []
     labels: list[int] = []
@@ -65,6 +70,7 @@ def pack_sequence(key: str, sequence_index: int, samples: list[dict[str, Any]]) 
             "token_offset": len(ids), "n_tokens": len(s["input_ids"]),
             "tile_offset": tile_offset, "n_tiles": int(s["n_tiles"]),
             "n_response_tokens": int(s.get("n_response_tokens") or 0), "media": media_desc,
+            "augment": s["source"] in augment_sources,
         })
         ids.extend(s["input_ids"])
         labels.extend(s["labels"])

@@ -88,7 +88,7 @@ def _attach(batch: pa.Table, placements_ref: list[Any]) -> pa.Table:
         "sequence", pa.array(seq, pa.int64())).append_column("position", pa.array(pos, pa.int64()))
 
 
-def _write_group(group: pa.Table, shard_dir: str) -> pa.Table:
+def _write_group(group: pa.Table, shard_dir: str, augment_sources: list[str]) -> pa.Table:
     group = group.sort_by([("sequence", "ascending"), ("position", "ascending")])
     shard = group.column("shard")[0].as_py()
     rows = group.to_pylist()
@@ -99,7 +99,7 @@ def _write_group(group: pa.Table, shard_dir: str) -> pa.Table:
         while end < len(rows) and rows[end]["sequence"] == rows[start]["sequence"]:
             end += 1
         seq = rows[start]["sequence"]
-        sequences.append(pack_sequence(f"{shard:06d}-{seq:08d}", seq, rows[start:end]))
+        sequences.append(pack_sequence(f"{shard:06d}-{seq:08d}", seq, rows[start:end], frozenset(augment_sources)))
         start = end
     entry = write_shard(Path(shard_dir) / SHARD_PATTERN.format(shard), sequences)
     return pa.table({"entry": [json.dumps(entry)]})
@@ -137,7 +137,8 @@ class PackStep:
                 _attach, batch_format="pyarrow", fn_kwargs={"placements_ref": [ref]})
             n_shards = p["bins"] and (len(p["bins"]) - 1) // self.recipe.stages.shard.max_sequences + 1
             written = ds.groupby("shard", num_partitions=max(1, min(n_shards, 64))).map_groups(_write_group, batch_format="pyarrow",
-                                                     fn_kwargs={"shard_dir": str(tmp_dir)})
+                                                     fn_kwargs={"shard_dir": str(tmp_dir), "augment_sources":
+                                                                [s.name for s in self.recipe.sources if s.augment]})
             entries = [json.loads(r["entry"]) for r in written.take_all()]
         pack_cfg = self.recipe.stages.pack
         write_index(tmp_dir, entries, {"max_tokens": pack_cfg.max_tokens, "max_tiles": pack_cfg.max_tiles})

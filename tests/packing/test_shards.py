@@ -86,3 +86,13 @@ def test_boundaries_and_square_loss_weights():
     assert w[1] == pytest.approx(1 / 2**0.5) and w[4] == pytest.approx(1 / 4**0.5) and w[0] == 0
     with pytest.raises(ValueError):
         sample_boundaries(samples, 9)
+
+
+def test_augment_flag_recompresses_images_only_for_flagged_sources(tmp_path, samples):
+    write_shard(tmp_path / "s" / "shard-000000.tar", [pack_sequence("k", 0, samples, frozenset({"x"}))])
+    plain = next(iter_packed(tmp_path / "s"))
+    aug = next(iter_packed(tmp_path / "s", augment_seed=1))
+    assert [s["augment"] for s in plain["samples"]] == [True, True, False]
+    n_image_tiles = 3
+    assert not np.allclose(plain["pixel_values"][:n_image_tiles], aug["pixel_values"][:n_image_tiles])
+    assert np.allclose(plain["pixel_values"][n_image_tiles:], aug["pixel_values"][n_image_tiles:])  # video frames
