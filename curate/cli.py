@@ -67,6 +67,18 @@ def stats(run_dir: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def report(run_dir: str) -> None:
+    """Write RUN_DIR/report.html: funnel, rejects, packing fill, mix and stage-time plots."""
+    from curate.report.html import write_report
+
+    try:
+        click.echo(write_report(run_dir))
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command()
 @click.argument("shard", type=click.Path(exists=True, dir_okay=False))
 @click.option("--limit", default=3, show_default=True, help="packed sequences to show")
 @click.option("--tokenizer", default=None, help="decode the first tokens of each sample with this tokenizer")

@@ -189,6 +189,9 @@ class Runner:
         stats["wall_seconds"] = round(time.perf_counter() - start, 2)
         stats["skipped_stages"] = self.summary["skipped"]
         (self.out / "stats.json").write_text(json.dumps(stats, indent=2))
+        from curate.report.html import write_report
+
+        write_report(self.out, stats)
         return stats
 
     def read_alive(self, stage_dir: Path):

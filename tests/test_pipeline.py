@@ -104,6 +104,10 @@ def test_cli_stats_json_and_verify(first_run):
         assert key in data
     assert data["samples_out"] == stats["samples_out"]
     assert CliRunner().invoke(main, ["verify", str(out)]).exit_code == 0
+    result = CliRunner().invoke(main, ["report", str(out)])
+    assert result.exit_code == 0 and (out / "report.html").stat().st_size > 10_000
+    page = (out / "report.html").read_text()
+    assert "Funnel" in page and "Packing" in page and page.count("data:image/png;base64") >= 4
     shard = sorted((out / "shards").glob("*.tar"))[0]
     result = CliRunner().invoke(main, ["inspect", str(shard), "--limit", "1"])
     assert result.exit_code == 0 and "tokens" in result.output and "cu_seqlens" in result.output

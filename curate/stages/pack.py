@@ -68,7 +68,8 @@ def plan(meta: pa.Table, recipe: Any) -> dict[str, Any]:
     for seq, members in enumerate(bins):
         for pos, item in enumerate(members):
             placements.setdefault(kept_ids[rows[item]], []).append((seq // per_shard, seq, pos))
-    return {"meta": meta, "counts": counts, "bins": bins, "placements": placements, "duplicates": duplicates}
+    return {"meta": meta, "counts": counts, "rows": rows, "bins": bins, "placements": placements,
+            "duplicates": duplicates}
 
 
 def _attach(batch: pa.Table, placements_ref: list[Any]) -> pa.Table:
@@ -175,3 +176,13 @@ class PackStep:
         kept = meta.filter(pa.array(counts > 0)).select(["id", "source", "origin", "modality", "n_tokens", "n_tiles"])
         kept = kept.append_column("copies", pa.array(counts[counts > 0], pa.int64()))
         pq.write_table(kept, shard_dir / "contents.parquet")
+        tokens, tiles = p["meta"].column("n_tokens").to_numpy(), p["meta"].column("n_tiles").to_numpy()
+        rows = p["rows"]
+        per_shard = self.recipe.stages.shard.max_sequences
+        pq.write_table(pa.table({
+            "sequence": np.arange(len(p["bins"]), dtype=np.int64),
+            "shard": np.arange(len(p["bins"]), dtype=np.int64) // per_shard,
+            "n_samples": [len(b) for b in p["bins"]],
+            "n_tokens": [int(tokens[rows[b]].sum()) for b in p["bins"]],
+            "n_tiles": [int(tiles[rows[b]].sum()) for b in p["bins"]],
+        }), shard_dir / "sequences.parquet")
