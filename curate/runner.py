@@ -209,7 +209,7 @@ class Runner:
         shutil.rmtree(tmp, ignore_errors=True)
         out.write_parquet(str(tmp))
         tmp.mkdir(parents=True, exist_ok=True)
-        pq.write_table(schema.empty_table(), tmp / "_empty.parquet")  # keeps the schema when no row is left
+        pq.write_table(schema.empty_table(), tmp / "part-empty.parquet")  # keeps the schema when no row is left
         os.replace(tmp, stage_dir)
         marker = self.finish_stage(stage.name, stage_dir, config_hash, time.perf_counter() - t0)
         self.summary["stages"].append(marker)

@@ -120,3 +120,12 @@ def test_bad_recipe_fails_before_any_work(demo_small, tmp_path):
     assert result.exit_code != 0 and "stages.pack.max_token" in result.output and not out.exists()
     result = CliRunner().invoke(main, ["run", str(RECIPE), "--out", str(out), "--input", str(tmp_path / "no.jsonl")])
     assert result.exit_code != 0 and "manifest not found" in result.output and not out.exists()
+
+
+def test_a_manifest_of_only_bad_lines_finishes_with_no_shards(ray_session, demo_small, tmp_path):
+    manifest = tmp_path / "bad.jsonl"
+    manifest.write_bytes(b'{"broken": \n\xff\xfe\n{"id": 1}\n')
+    recipe = load_recipe(RECIPE, [f"stages.tokenize.tokenizer={demo_small}/tokenizer"], inputs=[str(manifest)])
+    stats = Runner(recipe, tmp_path / "run").run()
+    assert stats["samples_in"] == 3 and stats["samples_out"] == 0 and stats["shards"] == 0
+    assert stats["invariant_ok"] and sum(stats["rejected"].values()) == 3

@@ -49,7 +49,7 @@ def plan(meta: pa.Table, recipe: Any) -> dict[str, Any]:
     for i in ids:
         dup_mask.append(i in seen)
         seen.add(i)
-    dup_mask_arr = pa.array(dup_mask)
+    dup_mask_arr = pa.array(dup_mask, pa.bool_())
     duplicates = meta.filter(dup_mask_arr)
     meta = meta.filter(pc.invert(dup_mask_arr))
 
