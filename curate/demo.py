@@ -119,10 +119,16 @@ class DemoBuilder:
 
     # ------------------------------------------------------------------ text
     def text(self) -> None:
-        topics = prose_topics(24 if self.small else 110)
+        topics = prose_topics(24 if self.small else None)
         for key, body in topics:
             self.add("text", {"id": f"doc-{key}", "conversations": turn(
                 f"Explain the Python documentation topic '{key}'.", body)})
+        if not self.small:  # multi-turn: a follow-up question about the same topic
+            for key, body in topics[10:50]:
+                parts = body.split("\n\n")
+                self.add("text", {"id": f"multi-{key}", "conversations": turn(
+                    f"What is '{key}' in Python? Answer briefly.", parts[0]) + turn(
+                    "Give more detail.", "\n\n".join(parts[1:3]) or parts[0])})
         for key, body in topics[:3]:  # exact duplicates (whitespace and case differ)
             self.add("text", {"id": f"dup-{key}", "conversations": turn(
                 f"explain the python documentation topic  '{key}'.", body)})
@@ -148,7 +154,7 @@ class DemoBuilder:
     # ------------------------------------------------------------------ images
     def images(self) -> None:
         sizes = [(800, 800), (1600, 400), (500, 1400), (1024, 768), (448, 448), (2000, 1000), (300, 200)]
-        n = 16 if self.small else 60
+        n = 16 if self.small else 90
         for i in range(n):
             size = sizes[i % len(sizes)]
             if i % 3 == 2:
@@ -190,7 +196,7 @@ class DemoBuilder:
                            "conversations": turn("<image>\n<image>\nCompare them.", "They are the same.")})
 
     def multi_images(self) -> None:
-        n = 5 if self.small else 20
+        n = 5 if self.small else 30
         for i in range(n):
             k = 2 + i % 2
             names, maxima = [], []
@@ -223,7 +229,7 @@ class DemoBuilder:
                            "conversations": turn("<video>\nWhat happens?", "Nothing.")})
 
     def audio(self) -> None:
-        lines = [s for _, body in prose_topics() for s in sentences(body)][: 6 if self.small else 24]
+        lines = [s for _, body in prose_topics() for s in sentences(body)][: 6 if self.small else 36]
         voices = ["en-us", "en", "en+f3", "en+m3"]
         for i, text in enumerate(lines):
             name = f"audio/speech{i:03d}.wav"
