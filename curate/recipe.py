@@ -177,8 +177,6 @@ class TokenizeConfig(StageConfig):
     """encoder frames average-pooled into one audio token (M2-omni: 3)"""
     system_prompt: str | None = Field(None, examples=["You are a helpful assistant."])
     """system turn added to samples that have none (null: no system turn)"""
-    max_tokens: int | None = Field(None, examples=[8192])
-    """longest tokenized sample kept (null: stages.pack.max_tokens)"""
 
 
 class PackConfig(StageConfig):

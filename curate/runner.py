@@ -68,13 +68,7 @@ def build_stages(recipe: Recipe, ctx: RunContext) -> list[Stage]:
         cfg = getattr(recipe.stages, key)
         if not cfg.enabled:
             continue
-        cls = load_class(spec)
-        if key == "tokenize":
-            pack = recipe.stages.pack
-            stage = cls(cfg, ctx, max_tokens=cfg.max_tokens or pack.max_tokens, max_tiles=pack.max_tiles)
-        else:
-            stage = cls(cfg, ctx)
-        stages.append(stage)
+        stages.append(load_class(spec)(cfg, ctx))
     return stages
 
 

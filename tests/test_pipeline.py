@@ -91,7 +91,11 @@ def test_changed_budget_reruns_only_packing(first_run, demo_small, tmp_path):
     runner = Runner(recipe, copy)
     new = runner.run()
     assert [s["stage"] for s in runner.summary["stages"] if not s.get("resumed")] == ["pack"]
-    assert new["sequences"] > stats["sequences"] and new["invariant_ok"]
+    import pyarrow.parquet as pq
+
+    assert new["invariant_ok"] and new["budgets"]["max_tokens"] == 8192
+    assert max(pq.read_table(copy / "shards" / "sequences.parquet").column("n_tokens").to_pylist()) <= 8192
+    assert new["rejected"].get("too_long", 0) >= 1  # the 24-tile multi-image samples no longer fit 8192 tokens
 
 
 def test_cli_stats_json_and_verify(first_run):

@@ -52,16 +52,17 @@ def test_media_expansion_and_masks(tok_dir):
     assert trained == f"Same.{IM_END}Yes.{IM_END}"
 
 
-def test_stage_rejects_samples_over_budget(tok_dir):
+def test_stage_counts_tokens_and_tiles(tok_dir):
     ctx = RunContext(out_dir="/tmp/o", media_dir="/tmp/o/m", sources={"s": SourceConfig(name="s", manifests=["m"])})
-    st = TokenizeStage(TokenizeConfig(tokenizer=str(tok_dir)), ctx, max_tokens=1000, max_tiles=4)
+    st = TokenizeStage(TokenizeConfig(tokenizer=str(tok_dir)), ctx)
     st.setup()
-    rows = [{"id": str(i), "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}],
-             "media": [image(t)], "reject_reason": None} for i, t in enumerate((1, 3, 5))]
+    rows = [{"id": str(i), "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": a}],
+             "media": [image(t)], "reject_reason": None} for i, (t, a) in enumerate(((1, "a"), (5, "b c")))]
     out = st.process_rows(rows)
-    assert [r["reject_reason"] for r in out] == [None, None, "too_long"]
-    assert out[0]["n_tiles"] == 1 and out[0]["n_tokens"] == len(out[0]["input_ids"]) > 256
-    assert out[1]["n_response_tokens"] >= 1 and "max_tiles" in out[2]["reject_detail"]
+    assert [r["reject_reason"] for r in out] == [None, None]
+    assert out[0]["n_tiles"] == 1 and out[1]["n_tiles"] == 5
+    assert out[0]["n_tokens"] == len(out[0]["input_ids"]) > 256 and out[1]["n_tokens"] > 5 * 256
+    assert out[0]["n_response_tokens"] >= 2  # answer + <|im_end|>
 
 
 def test_tokenizer_without_special_tokens_is_refused(tmp_path):

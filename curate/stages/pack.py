@@ -52,6 +52,11 @@ def plan(meta: pa.Table, recipe: Any) -> dict[str, Any]:
     dup_mask_arr = pa.array(dup_mask, pa.bool_())
     duplicates = meta.filter(dup_mask_arr)
     meta = meta.filter(pc.invert(dup_mask_arr))
+    pack = recipe.stages.pack
+    fits = pc.and_(pc.less_equal(meta.column("n_tokens"), pack.max_tokens),
+                   pc.less_equal(meta.column("n_tiles"), pack.max_tiles))
+    too_long = meta.filter(pc.invert(fits))
+    meta = meta.filter(fits)
 
     sources = meta.column("source").to_pylist()
     counts = draw_counts(sources, meta.column("modality").to_pylist(),
@@ -59,7 +64,6 @@ def plan(meta: pa.Table, recipe: Any) -> dict[str, Any]:
     tokens = meta.column("n_tokens").to_numpy()
     tiles = meta.column("n_tiles").to_numpy()
     rows = np.repeat(np.arange(len(meta)), counts)
-    pack = recipe.stages.pack
     bins = pack_2d(list(zip(tokens[rows].tolist(), tiles[rows].tolist())), pack.max_tokens, pack.max_tiles,
                    **pack.options)
     per_shard = recipe.stages.shard.max_sequences
@@ -69,7 +73,7 @@ def plan(meta: pa.Table, recipe: Any) -> dict[str, Any]:
         for pos, item in enumerate(members):
             placements.setdefault(kept_ids[rows[item]], []).append((seq // per_shard, seq, pos))
     return {"meta": meta, "counts": counts, "rows": rows, "bins": bins, "placements": placements,
-            "duplicates": duplicates}
+            "duplicates": duplicates, "too_long": too_long}
 
 
 def _attach(batch: pa.Table, placements_ref: list[Any]) -> pa.Table:
@@ -147,7 +151,8 @@ class PackStep:
         os.replace(tmp_dir, self.shard_dir)
         info = {"stage": "pack", "hash": config_hash, "rows": len(meta),
                 "kept": int((p["counts"] > 0).sum()),
-                "rejected": {"not_drawn": int((p["counts"] == 0).sum()), "duplicate_id": len(p["duplicates"])},
+                "rejected": {"not_drawn": int((p["counts"] == 0).sum()), "duplicate_id": len(p["duplicates"]),
+                             "too_long": len(p["too_long"])},
                 "sequences": len(p["bins"]), "shards": len(entries), "seconds": round(time.perf_counter() - t0, 3)}
         (self.shard_dir / "_DONE.json").write_text(json.dumps(info, indent=2))
         summary["stages"].append(info)
@@ -158,14 +163,20 @@ class PackStep:
         meta, counts = p["meta"], p["counts"]
         not_drawn = meta.filter(pa.array(counts == 0))
         parts = []
-        for table, reason, detail in ((not_drawn, "not_drawn", "down-sampled by the mixture (repeat < 1 or "
-                                       "modality target)"), (p["duplicates"], "duplicate_id", "another record "
-                                                              "of this source has the same id")):
+        pack = self.recipe.stages.pack
+        too_long = p["too_long"]
+        too_long_detail = [f"{t} tokens / {g} tiles exceed the budgets {pack.max_tokens} / {pack.max_tiles} "
+                           "(stages.pack.max_tokens / max_tiles)" for t, g in
+                           zip(too_long.column("n_tokens").to_pylist(), too_long.column("n_tiles").to_pylist())]
+        for table, reason, detail in (
+                (not_drawn, "not_drawn", ["down-sampled by the mixture (repeat < 1 or a modality target)"] * len(not_drawn)),
+                (p["duplicates"], "duplicate_id", ["another record of this source has the same id"] * len(p["duplicates"])),
+                (too_long, "too_long", too_long_detail)):
             n = len(table)
             parts.append(table.select([c for c in REJECT_COLUMNS if c in table.column_names]).append_column(
                 "reject_stage", pa.array(["pack"] * n, pa.string())).append_column(
                 "reject_reason", pa.array([reason] * n, pa.string())).append_column(
-                "reject_detail", pa.array([detail] * n, pa.string())))
+                "reject_detail", pa.array(detail, pa.string())))
         rejects = pa.concat_tables(parts).select(REJECT_COLUMNS)
         self.out.joinpath("rejects").mkdir(parents=True, exist_ok=True)
         pq.write_table(rejects, self.out / "rejects" / "pack.parquet")

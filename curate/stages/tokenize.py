@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from curate.records import reject
 from curate.stages.base import Stage
 
 IGNORE = -100
@@ -107,10 +106,6 @@ class TokenizeStage(Stage):
     name: ClassVar[str] = "tokenize"
     batch_size: ClassVar[int] = 128
 
-    def __init__(self, config: Any, ctx: Any, max_tokens: int, max_tiles: int) -> None:
-        super().__init__(config, ctx)
-        self.max_tokens, self.max_tiles = max_tokens, max_tiles
-
     def inputs(self) -> list[str]:
         return ["conversations", "media"]
 
@@ -128,9 +123,4 @@ class TokenizeStage(Stage):
             ids, labels, tiles, audio = self.encoder.encode(row)
             row.update(input_ids=ids, labels=labels, n_tokens=len(ids), n_tiles=tiles, n_audio_tokens=audio,
                        n_response_tokens=sum(lab != IGNORE for lab in labels))
-            if len(ids) > self.max_tokens or tiles > self.max_tiles:
-                reject(row, self.name, "too_long",
-                       f"{len(ids)} tokens / {tiles} tiles exceed the packing budgets "
-                       f"{self.max_tokens} / {self.max_tiles} (stages.pack.max_tokens / max_tiles)")
-                row.update(input_ids=None, labels=None)
         return rows
