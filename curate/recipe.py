@@ -79,19 +79,38 @@ class IngestConfig(StageConfig):
 class DownloadConfig(StageConfig):
     """Concurrent, bounded fetching of URL media into the store (curate.stages.download)."""
 
-    concurrency: int = Field(16, ge=1, le=512, description="fetches in flight per worker")
-    per_host: int = Field(4, ge=1, description="politeness: fetches in flight per host")
+    concurrency: int = Field(16, ge=1, le=512)
+    """fetches in flight per worker (threads sharing one connection pool)"""
+    per_host: int = Field(4, ge=1)
+    """politeness: fetches in flight per host within one worker"""
     connect_timeout_s: float = Field(5.0, gt=0)
+    """seconds to open a connection"""
     read_timeout_s: float = Field(10.0, gt=0)
+    """seconds without a byte before a transfer is abandoned"""
     total_timeout_s: float = Field(60.0, gt=0)
+    """seconds one fetch (all bytes, one attempt) may take"""
     retries: int = Field(2, ge=0, le=10)
+    """extra attempts for retryable failures (timeouts, 429, 5xx, resets), with backoff and jitter"""
+    backoff_s: float = Field(0.5, ge=0)
+    """base of the exponential backoff between attempts"""
     max_bytes: int = Field(64 << 20, ge=1)
+    """a transfer is aborted (too_large) once it passes this many bytes"""
     max_redirects: int = Field(5, ge=0)
-    allow_hosts: list[str] | None = None
-    deny_hosts: list[str] = Field(default_factory=list)
-    resize_max_side: int | None = None
+    """redirects followed per fetch (never to a scheme other than http/https)"""
+    allow_hosts: list[str] | None = Field(None, examples=[["images.example.org"]])
+    """if set, only these hosts (or their subdomains) are fetched"""
+    deny_hosts: list[str] = Field(default_factory=list, examples=[["tracker.example.com"]])
+    """hosts (or their subdomains) never fetched"""
+    resize_max_side: int | None = Field(None, ge=16, examples=[2048])
+    """re-encode downloaded images whose longer side exceeds this (null: keep bytes as fetched)"""
     jpeg_quality: int = Field(95, ge=1, le=100)
-    options: dict[str, Any] = Field(default_factory=dict)
+    """JPEG quality for re-encoded images"""
+    user_agent: str = "omnicurate/0.1 (+https://github.com/omnicurate/omnicurate)"
+    """User-Agent header sent with every request"""
+    retry_failed: bool = False
+    """re-fetch URLs whose last attempt failed for good (set by `curate run --retry-failed`)"""
+    options: dict[str, Any] = Field(default_factory=dict, examples=[{}])
+    """extra keyword arguments for the fsspec file systems (s3://, gs://)"""
 
 
 class MediaConfig(StageConfig):
@@ -123,47 +142,87 @@ class FilterConfig(StageConfig):
     """Per-sample filters (filters/). Thresholds live here, not in code."""
 
     repetition: bool = True
+    """reject answers that repeat themselves (n-gram, line and period signals)"""
     repetition_threshold: float = Field(0.5, ge=0, le=1)
+    """repetition score above which a sample is rejected"""
     heuristics: bool = True
+    """rule filters: empty/too short answers, symbol ratio, refusals, broken encodings"""
     language: bool = False
-    lid_model: str | None = None
-    clip_model: str | None = None
-    clip_min_score: float = 0.2
+    """keep only samples whose text is in `languages` (fastText LID)"""
+    languages: list[str] = Field(default_factory=lambda: ["en"], examples=[["en", "zh"]])
+    """language codes kept by the language filter"""
+    lid_model: str | None = Field(None, examples=["models/lid.176.ftz"])
+    """fastText LID model file (null: the one installed by `make setup`)"""
+    clip_model: str | None = Field(None, examples=["models/clip-vit-b-32"])
+    """local open_clip model folder for image-text agreement (null: off)"""
+    clip_min_score: float = Field(0.2, ge=-1, le=1)
+    """images whose caption similarity is below this are rejected"""
     write_review: bool = True
-    options: dict[str, Any] = Field(default_factory=dict, description="per-rule thresholds")
+    """also write a sample of rejects with their signals to <out>/review/ for a human"""
+    options: dict[str, Any] = Field(default_factory=dict, examples=[{"min_answer_chars": 2}])
+    """per-rule thresholds (see filters/)"""
 
 
 class DedupeConfig(StageConfig):
+    """Exact and near-duplicate removal across the whole run (curate.stages.dedupe)."""
+
     exact: bool = True
+    """drop samples whose normalised text and media hashes equal an earlier sample's"""
     near_text: bool = True
+    """MinHash LSH near-duplicate text removal"""
     threshold: float = Field(0.8, gt=0, le=1)
+    """Jaccard similarity above which two texts are near duplicates"""
     shingle: int = Field(5, ge=1)
+    """word n-gram size of the shingles"""
     num_perm: int = Field(128, ge=16)
+    """MinHash permutations"""
     near_image: bool = True
+    """perceptual-hash near-duplicate image removal"""
     image_hamming: int = Field(4, ge=0, le=64)
-    options: dict[str, Any] = Field(default_factory=dict)
+    """pHash Hamming distance at or below which two images are near duplicates"""
+    options: dict[str, Any] = Field(default_factory=dict, examples=[{}])
+    """extra settings (see curate.stages.dedupe)"""
 
 
 class ScoreConfig(StageConfig):
+    """LLM quality scoring: domain + 0-10 score (curate.stages.score)."""
+
     backend: Literal["transformers", "vllm", "http"] = "transformers"
-    model: str | None = None
-    endpoint: str | None = None
+    """transformers (CPU/GPU), vllm (GPU, extra `gpu`) or http (an OpenAI-compatible server)"""
+    model: str | None = Field(None, examples=["models/qwen2.5-0.5b-instruct"])
+    """local model folder for transformers/vllm"""
+    endpoint: str | None = Field(None, examples=["http://127.0.0.1:8000/v1"])
+    """base URL of the OpenAI-compatible server for backend http"""
     threshold: float = Field(7.0, ge=0, le=10)
+    """samples scoring below this are rejected (low_quality)"""
     repetition_check: bool = True
-    options: dict[str, Any] = Field(default_factory=dict)
+    """also ask the model whether the answer repeats itself"""
+    options: dict[str, Any] = Field(default_factory=dict, examples=[{"max_new_tokens": 64}])
+    """extra back-end settings (batch size, generation length)"""
 
 
 class TranscribeConfig(StageConfig):
-    model: str | None = None  # None: the Whisper tiny.en folder installed by `make setup`
+    """Speech transcription with faster-whisper (curate.stages.transcribe)."""
+
+    model: str | None = Field(None, examples=["models/whisper-small-ct2"])
+    """CTranslate2 Whisper folder (null: the tiny.en model installed by `make setup`)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    options: dict[str, Any] = Field(default_factory=dict)
+    """where Whisper runs"""
+    options: dict[str, Any] = Field(default_factory=dict, examples=[{"beam_size": 1}])
+    """extra faster-whisper transcribe() arguments"""
 
 
 class AudioQAConfig(StageConfig):
+    """Spoken questions for image/video QA, kept only if ASR reads them back (curate.stages.audio_qa)."""
+
     fraction: float = Field(0.0, ge=0, le=1)
+    """share of eligible image/video QA samples that get a spoken question"""
     voices: list[str] = Field(default_factory=lambda: ["en-us", "en", "en+f3", "en+m3"])
+    """espeak-ng voices drawn at random per sample"""
     max_wer: float = Field(0.1, ge=0)
-    options: dict[str, Any] = Field(default_factory=dict)
+    """synthesised questions whose ASR word error rate exceeds this are dropped"""
+    options: dict[str, Any] = Field(default_factory=dict, examples=[{"speed": 160}])
+    """extra TTS settings"""
 
 
 class TokenizeConfig(StageConfig):
