@@ -13,20 +13,24 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 
 def first_fit(items: Sequence[tuple[int, int]], max_tokens: int, max_tiles: int) -> list[list[int]]:
+    """Each item, in input order, goes to the first open bin with room in both budgets."""
+    n = len(items)
+    used_tok = np.zeros(max(n, 1), np.int64)
+    used_til = np.zeros(max(n, 1), np.int64)
     bins: list[list[int]] = []
-    used: list[list[int]] = []
     for i, (tok, til) in enumerate(items):
-        for b, u in enumerate(used):
-            if u[0] + tok <= max_tokens and u[1] + til <= max_tiles:
-                bins[b].append(i)
-                u[0] += tok
-                u[1] += til
-                break
-        else:
-            bins.append([i])
-            used.append([tok, til])
+        k = len(bins)
+        fits = np.flatnonzero((used_tok[:k] + tok <= max_tokens) & (used_til[:k] + til <= max_tiles))
+        b = int(fits[0]) if len(fits) else k
+        if b == k:
+            bins.append([])
+        bins[b].append(i)
+        used_tok[b] += tok
+        used_til[b] += til
     return bins
 
 
