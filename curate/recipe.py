@@ -243,8 +243,16 @@ class PackConfig(StageConfig):
     """l_max: token budget of one packed sequence (InternVL 2.5: 16384)"""
     max_tiles: int = Field(48, ge=1)
     """t_max: image-tile budget of one packed sequence (InternVL 2.5: 48)"""
-    options: dict[str, Any] = Field(default_factory=dict, examples=[{}])
-    """extra keyword arguments for packing.pack_2d"""
+    split: bool = True
+    """split over-budget conversations at turn boundaries into parts that fit (never inside media)"""
+    truncate: bool = False
+    """cut a single over-budget round at the budget (before any media span it would break)"""
+    mode: Literal["global", "stream", "partitioned"] = "global"
+    """global: one pack_2d over all samples; stream: bounded-memory windows; partitioned: Ray tasks"""
+    window: int = Field(50_000, ge=100)
+    """samples per window in stream mode"""
+    partitions: int = Field(4, ge=1)
+    """partitions packed in parallel Ray tasks in partitioned mode (same source mix in each)"""
 
 
 class ShardConfig(StageConfig):

@@ -72,6 +72,11 @@ def compute_stats(run_dir: str | Path) -> dict[str, Any]:
         "budgets": budgets,
         "stage_seconds": _stage_seconds(run),
     }
+    pack_marker = shards / "_DONE.json"
+    if pack_marker.exists():
+        info = json.loads(pack_marker.read_text())
+        stats["packing"] = info.get("packing", {})  # mode, lower bound, sequences / lower bound
+        stats["select"] = info.get("select", {})  # over-budget samples split / truncated / rejected
     stats["invariant_ok"] = (stats["samples_in"] + stats["synthesized"]
                              == stats["samples_out"] + sum(rejected.values()))
     return stats
@@ -117,6 +122,23 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"token fill      {stats['token_fill']:>10.1%}   of {stats['budgets']['max_tokens']} per sequence",
         f"tile fill       {stats['tile_fill']:>10.1%}   of {stats['budgets']['max_tiles']} per sequence",
         "modalities      " + ", ".join(f"{k} {v}" for k, v in stats["modalities"].items()),
+    ]
+    packing, select = stats.get("packing") or {}, stats.get("select") or {}
+    if packing:
+        line = (f"packing         {packing['mode']}: {packing['sequences']:,} sequences, lower bound "
+                f"{packing['lower_bound']:,} (x{packing['over_lower_bound']:.4f})")
+        if "partition_loss" in packing:
+            line += f", {packing['partitions']} partitions cost {packing['partition_loss']:+.2%} vs one"
+        lines.append(line)
+        mix = packing.get("mixture") or {}
+        if mix.get("achieved"):
+            lines.append("mix (copies)    " + ", ".join(
+                f"{m} {share:.1%}" + (f" (target {mix['target'][m]:.0%})" if m in mix.get("target", {}) else "")
+                for m, share in mix["achieved"].items()))
+    if select.get("over_budget"):
+        lines.append(f"over budget     {select['over_budget']:>10,}   split {select['split']} (+{select['parts_added']} "
+                     f"parts), truncated {select['truncated']}, rejected {select['rejected']}")
+    lines += [
         "stage seconds   " + ", ".join(f"{k} {v:.1f}" for k, v in stats["stage_seconds"].items()),
     ]
     return "\n".join(lines)

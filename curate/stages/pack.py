@@ -1,8 +1,11 @@
-"""Mixture, 2D packing and shard writing: the composite step at the end of a run.
+"""Select, mixture, 2D packing and shard writing: the composite step at the end of a run.
 
-1. Plan (driver, on four small columns): drop duplicate ids, draw the mixture (repeat
-   factors, modality targets), pack (n_tokens, n_tiles) items with packing.pack_2d under
-   both budgets, cut the packed sequences into shards.
+0. Select (Ray, only the over-budget rows): split them at turn boundaries or truncate
+   them (packing.select); the parts go to <out>/work/pack-select/.
+1. Plan (driver, on a few small columns): drop duplicate ids, draw the mixture (repeat
+   factors, modality targets), pack (n_tokens, n_tiles) items under both budgets
+   (packing.pack_2d; or in bounded-memory windows; or in Ray tasks per partition), cut
+   the packed sequences into shards.
 2. Write (Ray): attach each record's (shard, sequence, position) placements, group rows
    by shard with Ray's groupby, and write each shard in its own task.
 The plan depends only on the input and the seed, so the same recipe gives the same shards.
@@ -25,6 +28,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from curate.records import REJECT_COLUMNS
+from packing.select import SelectCounts, counts_from_meta, select_row
 from packing.shards import SHARD_PATTERN, pack_sequence, write_index, write_shard
 
 log = logging.getLogger("curate")
@@ -64,8 +68,11 @@ def plan(meta: pa.Table, recipe: Any) -> dict[str, Any]:
     tokens = meta.column("n_tokens").to_numpy()
     tiles = meta.column("n_tiles").to_numpy()
     rows = np.repeat(np.arange(len(meta)), counts)
-    bins = pack_2d(list(zip(tokens[rows].tolist(), tiles[rows].tolist())), pack.max_tokens, pack.max_tiles,
-                   **pack.options)
+    items = np.stack([tokens[rows], tiles[rows]], axis=1).astype(np.int64) if len(rows) else np.zeros((0, 2), np.int64)
+    bins, packing = pack_items(items, pack, recipe.seed)
+    from packing.mixture import mixture_report
+
+    packing["mixture"] = mixture_report(meta.column("modality").to_pylist(), counts, recipe.modality_targets)
     per_shard = recipe.stages.shard.max_sequences
     kept_ids = meta.column("id").to_pylist()
     placements: dict[str, list[tuple[int, int, int]]] = {}
@@ -73,16 +80,58 @@ def plan(meta: pa.Table, recipe: Any) -> dict[str, Any]:
         for pos, item in enumerate(members):
             placements.setdefault(kept_ids[rows[item]], []).append((seq // per_shard, seq, pos))
     return {"meta": meta, "counts": counts, "rows": rows, "bins": bins, "placements": placements,
-            "duplicates": duplicates, "too_long": too_long}
+            "duplicates": duplicates, "too_long": too_long, "packing": packing}
 
 
-def _attach(batch: pa.Table, placements_ref: list[Any]) -> pa.Table:
+def _pack_partition(items: np.ndarray, max_tokens: int, max_tiles: int) -> list[list[int]]:
+    from packing import pack_2d
+
+    return pack_2d(items, max_tokens, max_tiles)
+
+
+def pack_items(items: np.ndarray, pack: Any, seed: int) -> tuple[list[list[int]], dict[str, Any]]:
+    """Bins of item indices by the recipe's packing mode, and how good they are."""
+    from packing.pack2d import lower_bound, pack_2d, pack_2d_stream
+
+    info: dict[str, Any] = {"mode": pack.mode, "items": len(items),
+                            "lower_bound": lower_bound(items, pack.max_tokens, pack.max_tiles)}
+    if pack.mode == "stream":
+        bins = list(pack_2d_stream(iter(items.tolist()), pack.max_tokens, pack.max_tiles, window=pack.window))
+    elif pack.mode == "partitioned" and len(items) > pack.partitions:
+        import ray
+
+        # a seeded shuffle dealt round-robin: every partition gets the same source/modality mix
+        perm = np.random.default_rng(seed).permutation(len(items))
+        parts = [np.sort(perm[k::pack.partitions]) for k in range(pack.partitions)]
+        task = ray.remote(_pack_partition)
+        results = ray.get([task.remote(items[idx], pack.max_tokens, pack.max_tiles) for idx in parts])
+        bins = sorted(([int(idx[i]) for i in b] for idx, res in zip(parts, results) for b in res), key=lambda b: b[0])
+        global_bins = len(pack_2d(items, pack.max_tokens, pack.max_tiles))
+        info.update(partitions=pack.partitions, global_sequences=global_bins,
+                    partition_loss=round(len(bins) / max(global_bins, 1) - 1, 4))
+    else:
+        bins = pack_2d(items, pack.max_tokens, pack.max_tiles)
+    info["sequences"] = len(bins)
+    info["over_lower_bound"] = round(len(bins) / info["lower_bound"], 4) if info["lower_bound"] else 1.0
+    return bins, info
+
+
+def _select_batch(batch: pa.Table, max_tokens: int, max_tiles: int, split: bool, truncate: bool) -> pa.Table:
+    rows = [out for row in batch.to_pylist()
+            for out in select_row(row, max_tokens, max_tiles, split=split, truncate=truncate)]
+    return pa.Table.from_pylist(rows, schema=batch.schema)
+
+
+def _attach(batch: pa.Table, placements_ref: list[Any], max_tokens: int, max_tiles: int) -> pa.Table:
     """One output row per placement (a record repeated r times appears r times)."""
     import ray
 
     placements = ray.get(placements_ref[0])
     idx, shard, seq, pos = [], [], [], []
-    for i, rid in enumerate(batch.column("id").to_pylist()):
+    sizes = zip(batch.column("n_tokens").to_pylist(), batch.column("n_tiles").to_pylist())
+    for i, (rid, (tok, til)) in enumerate(zip(batch.column("id").to_pylist(), sizes)):
+        if tok > max_tokens or til > max_tiles:
+            continue  # an over-budget original: its selected parts (same id for part 1) are placed instead
         for s, q, p in placements.get(rid, ()):
             idx.append(i)
             shard.append(s)
@@ -116,6 +165,40 @@ class PackStep:
     def __init__(self, recipe: Any, ctx: Any, out_dir: Path) -> None:
         self.recipe, self.ctx, self.out = recipe, ctx, Path(out_dir)
         self.shard_dir = self.out / "shards"
+        self.select_dir = self.out / "work" / "pack-select"
+
+    def select(self, tokenized_dir: Path, meta: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+        """Run the select step on the over-budget rows; returns (plan meta, select rejects, counts)."""
+        import ray
+
+        pack = self.recipe.stages.pack
+        fits = pc.and_(pc.less_equal(meta.column("n_tokens"), pack.max_tokens),
+                       pc.less_equal(meta.column("n_tiles"), pack.max_tiles))
+        shutil.rmtree(self.select_dir, ignore_errors=True)
+        over = len(meta) - pc.sum(fits).as_py() if len(meta) else 0
+        if not over:
+            return meta, meta.schema.empty_table(), SelectCounts().as_dict()
+        alive = pc.field("reject_reason").is_null()
+        too_big = (pc.field("n_tokens") > pack.max_tokens) | (pc.field("n_tiles") > pack.max_tiles)
+        over_rows = pads.dataset(str(tokenized_dir), format="parquet").to_table(filter=alive & too_big)
+        ds = ray.data.from_arrow(over_rows).map_batches(
+            _select_batch, batch_format="pyarrow",
+            fn_kwargs={"max_tokens": pack.max_tokens, "max_tiles": pack.max_tiles,
+                       "split": pack.split, "truncate": pack.truncate})
+        tmp = self.select_dir.with_name("pack-select.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds.write_parquet(str(tmp))
+        tmp.mkdir(parents=True, exist_ok=True)
+        pq.write_table(over_rows.schema.empty_table(), tmp / "part-empty.parquet")
+        os.replace(tmp, self.select_dir)
+        selected = pads.dataset(str(self.select_dir), format="parquet").to_table(
+            columns=PLAN_COLUMNS + ["meta", "reject_reason", "reject_detail"])
+        rejected = selected.filter(pc.field("reject_reason").is_valid())
+        parts = selected.filter(pc.field("reject_reason").is_null())
+        counts = counts_from_meta(parts.column("meta").to_pylist())
+        counts.over_budget, counts.rejected = over, len(rejected)
+        plan_meta = pa.concat_tables([meta.filter(fits), parts.select(PLAN_COLUMNS)])
+        return plan_meta, rejected, counts.as_dict()
 
     def run(self, tokenized_dir: Path, upstream: str, summary: dict[str, Any]) -> None:
         import ray
@@ -129,8 +212,10 @@ class PackStep:
         t0 = time.perf_counter()
         alive = pc.field("reject_reason").is_null()
         meta = pads.dataset(str(tokenized_dir), format="parquet").to_table(columns=PLAN_COLUMNS, filter=alive)
+        n_rows = len(meta)
+        meta, select_rejects, select_counts = self.select(tokenized_dir, meta)
         p = plan(meta, self.recipe)
-        self.write_rejects(p)
+        self.write_rejects(p, select_rejects)
         shutil.rmtree(self.shard_dir, ignore_errors=True)
         tmp_dir = self.out / "shards.tmp"
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -138,8 +223,11 @@ class PackStep:
         entries: list[dict[str, Any]] = []
         if p["bins"]:
             ref = ray.put(p["placements"])
-            ds = ray.data.read_parquet(str(tokenized_dir)).map_batches(
-                _attach, batch_format="pyarrow", fn_kwargs={"placements_ref": [ref]})
+            pack_cfg = self.recipe.stages.pack
+            paths = [str(tokenized_dir)] + ([str(self.select_dir)] if self.select_dir.exists() else [])
+            ds = ray.data.read_parquet(paths).map_batches(
+                _attach, batch_format="pyarrow", fn_kwargs={"placements_ref": [ref], "max_tokens": pack_cfg.max_tokens,
+                                                            "max_tiles": pack_cfg.max_tiles})
             n_shards = p["bins"] and (len(p["bins"]) - 1) // self.recipe.stages.shard.max_sequences + 1
             written = ds.groupby("shard", num_partitions=max(1, min(n_shards, 64))).map_groups(_write_group, batch_format="pyarrow",
                                                      fn_kwargs={"shard_dir": str(tmp_dir), "augment_sources":
@@ -149,17 +237,18 @@ class PackStep:
         write_index(tmp_dir, entries, {"max_tokens": pack_cfg.max_tokens, "max_tiles": pack_cfg.max_tiles})
         self.write_contents(p, tmp_dir)
         os.replace(tmp_dir, self.shard_dir)
-        info = {"stage": "pack", "hash": config_hash, "rows": len(meta),
+        info = {"stage": "pack", "hash": config_hash, "rows": n_rows,
                 "kept": int((p["counts"] > 0).sum()),
                 "rejected": {"not_drawn": int((p["counts"] == 0).sum()), "duplicate_id": len(p["duplicates"]),
-                             "too_long": len(p["too_long"])},
+                             "too_long": len(p["too_long"]) + len(select_rejects)},
+                "select": select_counts, "packing": p["packing"],
                 "sequences": len(p["bins"]), "shards": len(entries), "seconds": round(time.perf_counter() - t0, 3)}
         (self.shard_dir / "_DONE.json").write_text(json.dumps(info, indent=2))
         summary["stages"].append(info)
         log.info("stage pack: %d samples -> %d sequences in %d shards (%.1fs)", info["kept"], info["sequences"],
                  info["shards"], info["seconds"])
 
-    def write_rejects(self, p: dict[str, Any]) -> None:
+    def write_rejects(self, p: dict[str, Any], select_rejects: pa.Table) -> None:
         meta, counts = p["meta"], p["counts"]
         not_drawn = meta.filter(pa.array(counts == 0))
         parts = []
@@ -177,6 +266,12 @@ class PackStep:
                 "reject_stage", pa.array(["pack"] * n, pa.string())).append_column(
                 "reject_reason", pa.array([reason] * n, pa.string())).append_column(
                 "reject_detail", pa.array(detail, pa.string())))
+        if len(select_rejects):
+            parts.append(select_rejects.select([c for c in REJECT_COLUMNS if c in select_rejects.column_names
+                                                and c not in ("reject_reason", "reject_detail")]).append_column(
+                "reject_stage", pa.array(["pack"] * len(select_rejects), pa.string())).append_column(
+                "reject_reason", select_rejects.column("reject_reason")).append_column(
+                "reject_detail", select_rejects.column("reject_detail")))
         rejects = pa.concat_tables(parts).select(REJECT_COLUMNS)
         self.out.joinpath("rejects").mkdir(parents=True, exist_ok=True)
         pq.write_table(rejects, self.out / "rejects" / "pack.parquet")

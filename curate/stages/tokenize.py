@@ -54,11 +54,14 @@ class ChatEncoder:
         self.system_prompt = system_prompt
         self.ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
         self._nl = self.encode_text("\n")
+        self.turn_starts: list[int] = []  # offsets of the last encoded record's turns
+        self.media_spans: list[int] = []  # [start, end) token offsets of its media items, flattened
 
     def encode_text(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False) if text else []
 
     def encode(self, row: dict[str, Any]) -> tuple[list[int], list[int], int, int]:
+        """(input_ids, labels, tiles, audio tokens); offsets land in self.turn_starts/self.media_spans."""
         ids: list[int] = []
         labels: list[int] = []
         media = iter(row.get("media") or [])
@@ -70,14 +73,20 @@ class ChatEncoder:
             labels.extend(tokens if train else [IGNORE] * len(tokens))
 
         turns = list(row["conversations"])
-        if self.system_prompt and not any(t["from"] == "system" for t in turns):
+        injected = bool(self.system_prompt) and not any(t["from"] == "system" for t in turns)
+        if injected:
             turns.insert(0, {"from": "system", "value": self.system_prompt})
-        for turn in turns:
+        self.turn_starts, self.media_spans = [], []
+        for j, turn in enumerate(turns):
+            if j >= injected:  # offsets of the record's own turns (the select step splits there)
+                self.turn_starts.append(len(ids))
             train = turn["from"] == "gpt"
             add([self.ids[IM_START]] + self.encode_text(f"{ROLES[turn['from']]}\n"), False)
             for piece in PLACEHOLDER_RE.split(turn["value"]):
                 if piece in ("<image>", "<video>", "<audio>"):
+                    start = len(ids)
                     add(self.media_tokens(next(media), n_images, counter), False)
+                    self.media_spans += [start, len(ids)]
                 elif piece:
                     add(self.encode_text(piece), train)
             add([self.ids[IM_END]], train)
@@ -111,7 +120,8 @@ class TokenizeStage(Stage):
 
     def outputs(self) -> dict[str, pa.DataType]:
         return {"input_ids": pa.list_(pa.int32()), "labels": pa.list_(pa.int32()), "n_tokens": pa.int32(),
-                "n_tiles": pa.int32(), "n_audio_tokens": pa.int32(), "n_response_tokens": pa.int32()}
+                "n_tiles": pa.int32(), "n_audio_tokens": pa.int32(), "n_response_tokens": pa.int32(),
+                "turn_starts": pa.list_(pa.int32()), "media_spans": pa.list_(pa.int32())}
 
     def setup(self) -> None:
         cfg = self.config
@@ -122,5 +132,6 @@ class TokenizeStage(Stage):
         for row in rows:
             ids, labels, tiles, audio = self.encoder.encode(row)
             row.update(input_ids=ids, labels=labels, n_tokens=len(ids), n_tiles=tiles, n_audio_tokens=audio,
-                       n_response_tokens=sum(lab != IGNORE for lab in labels))
+                       n_response_tokens=sum(lab != IGNORE for lab in labels),
+                       turn_starts=self.encoder.turn_starts, media_spans=self.encoder.media_spans)
         return rows

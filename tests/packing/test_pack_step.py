@@ -1,0 +1,78 @@
+"""The pack step on Ray: select (split/truncate), partitioned packing, counts that add up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from curate.recipe import load_recipe
+from curate.runner import Runner
+from curate.stats import format_stats
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sft-stage3.yaml"
+
+
+def multi_round_manifest(folder: Path) -> Path:
+    """Long multi-round conversations (real prose) and two-round image chats."""
+    from PIL import Image
+
+    from curate.demo import prose_topics
+
+    Image.new("RGB", (900, 450), (30, 120, 200)).save(folder / "wide.png")
+    topics = [body for _, body in prose_topics(40)]
+    lines = []
+    for k in range(8):
+        turns = []
+        for r in range(4):
+            turns += [{"from": "human", "value": f"Explain part {r + 1} of topic {k}."},
+                      {"from": "gpt", "value": " ".join(topics[(4 * k + r) % len(topics)].split()[:120])}]
+        lines.append({"id": f"text-{k}", "conversations": turns})
+    for k in range(4):
+        lines.append({"id": f"img-{k}", "image": "wide.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is this?"}, {"from": "gpt", "value": "Blue. " * 20},
+            {"from": "human", "value": "Why?"}, {"from": "gpt", "value": " ".join(topics[k].split()[:150])}]})
+    path = folder / "multi.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["partitioned", "stream"])
+def test_small_budgets_split_truncate_and_stay_within_budgets(ray_session, demo_small, tmp_path, mode):
+    max_tokens, max_tiles = 700, 6
+    manifest = multi_round_manifest(tmp_path)
+    recipe = load_recipe(RECIPE, [f"stages.tokenize.tokenizer={demo_small}/tokenizer",
+                                  f"stages.pack.max_tokens={max_tokens}", f"stages.pack.max_tiles={max_tiles}",
+                                  "stages.pack.truncate=true", f"stages.pack.mode={mode}",
+                                  "stages.pack.partitions=2", "stages.pack.window=100",
+                                  "modality_targets={}"], inputs=[str(manifest)])
+    out = tmp_path / "run"
+    stats = Runner(recipe, out).run()
+    assert stats["invariant_ok"], stats
+    sel, packing = stats["select"], stats["packing"]
+    assert sel["over_budget"] > 0 and sel["split"] > 0 and sel["parts_added"] >= sel["split"]
+    assert stats["synthesized"] == sel["parts_added"]  # later parts are new samples, so the counts add up
+    assert packing["mode"] == mode and packing["sequences"] == stats["sequences"]
+    assert packing["sequences"] >= packing["lower_bound"]
+    if mode == "partitioned":
+        assert packing["partitions"] == 2 and packing["partition_loss"] >= -0.5
+    # every part in the shards is within both budgets, and the counts match contents.parquet
+    seen: dict[str, int] = {}
+    for sample in wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")), shardshuffle=False).decode():
+        meta = sample["json"]
+        assert meta["n_tokens"] == len(sample["input_ids.npy"]) <= max_tokens and meta["n_tiles"] <= max_tiles
+        for s in meta["samples"]:
+            seen[s["id"]] = seen.get(s["id"], 0) + 1
+    contents = pq.read_table(out / "shards" / "contents.parquet").to_pylist()
+    assert seen == {r["id"]: r["copies"] for r in contents}
+    assert len([i for i in seen if "#" in i]) == sel["parts_added"]  # no mixture target: every part is drawn
+    rejects = pq.read_table(out / "rejects" / "pack.parquet").to_pylist()
+    too_long = [r for r in rejects if r["reject_reason"] == "too_long"]
+    assert len(too_long) == sel["rejected"] and all("budget" in r["reject_detail"] for r in too_long)
+    text = format_stats(stats)
+    assert "over budget" in text and "packing" in text
+    info = json.loads((out / "shards" / "_DONE.json").read_text())
+    assert info["select"] == sel
