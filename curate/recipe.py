@@ -167,9 +167,9 @@ class DedupeConfig(StageConfig):
     """Exact and near-duplicate removal across the whole run (curate.stages.dedupe)."""
 
     exact: bool = True
-    """drop samples whose normalised text and media hashes equal an earlier sample's"""
+    """drop samples whose normalised text and media bytes equal another sample's"""
     near_text: bool = True
-    """MinHash LSH near-duplicate text removal"""
+    """MinHash LSH near-duplicate removal (similar text and the same media)"""
     threshold: float = Field(0.8, gt=0, le=1)
     """Jaccard similarity above which two texts are near duplicates"""
     shingle: int = Field(5, ge=1)
@@ -177,11 +177,12 @@ class DedupeConfig(StageConfig):
     num_perm: int = Field(128, ge=16)
     """MinHash permutations"""
     near_image: bool = True
-    """perceptual-hash near-duplicate image removal"""
+    """compare images by perceptual hash (pHash), so a resized or re-encoded copy is the same image"""
     image_hamming: int = Field(4, ge=0, le=64)
     """pHash Hamming distance at or below which two images are near duplicates"""
-    options: dict[str, Any] = Field(default_factory=dict, examples=[{}])
-    """extra settings (see curate.stages.dedupe)"""
+    options: dict[str, Any] = Field(default_factory=dict, examples=[{"image_only": True}])
+    """image_only (image samples are duplicates when their images are, whatever the text; for
+    captioning corpora), video_instructions (default true), video_instruction_cosine (0.9)"""
 
 
 class ScoreConfig(StageConfig):

@@ -34,7 +34,8 @@ def test_counts_add_up_and_every_bad_input_is_a_reject(first_run):
     assert stats["samples_in"] + stats["synthesized"] == stats["samples_out"] + sum(stats["rejected"].values())
     for reason in ("invalid_json", "bad_encoding", "missing_conversations", "malformed_conversations",
                    "placeholder_mismatch", "broken_image", "empty_file", "image_too_large", "missing_file",
-                   "path_outside_roots", "bad_scheme", "broken_video", "broken_audio"):
+                   "path_outside_roots", "bad_scheme", "broken_video", "broken_audio",
+                   "exact_duplicate", "near_duplicate"):
         assert stats["rejected"].get(reason, 0) >= 1, reason
     assert {"text", "image", "multi_image", "video", "audio"} <= set(stats["modalities"])
     assert stats["repeats"] >= stats["modalities"]["video"] - 1  # demo-video has repeat 2.0

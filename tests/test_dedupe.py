@@ -1,0 +1,216 @@
+"""Dedupe: MinHash accuracy against exact Jaccard, Ray path == single-process API, keep rule,
+images (pHash) and video instructions."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curate.demo import prose_topics
+from curate.recipe import DedupeConfig
+from curate.records import CORE_SCHEMA
+from curate.stages.base import RunContext
+from curate.stages.dedupe import (WORD_RE, DedupeStage, jaccard_estimate, lsh_params, media_compatible,
+                                  near_duplicate_clusters,
+                                  normalise, signatures)
+
+THRESHOLD = 0.8
+
+
+def shingles(text, n=5):
+    words = WORD_RE.findall(normalise(text))
+    n = min(n, len(words))
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def jaccard(a, b):
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def labelled_corpus(seed=0):
+    """Real prose with small edits (near duplicates) and hard negatives (big edits, shared halves)."""
+    rng = random.Random(seed)
+    docs = [" ".join(body.split()[:220]) for _, body in prose_topics(120) if len(body.split()) >= 120]
+    texts = list(docs)
+    vocab = sorted({w for d in docs for w in d.split()})
+    for d in docs[:40]:
+        words = d.split()
+        for edit in ("substitute", "insert"):  # near duplicates: one word changed or added
+            w = list(words)
+            if edit == "substitute":
+                w[rng.randrange(len(w))] = rng.choice(vocab)
+            else:
+                w.insert(rng.randrange(len(w)), rng.choice(vocab))
+            texts.append(" ".join(w))
+        w = list(words)  # hard negative (Jaccard ~0.6): one word in twenty replaced
+        for i in range(rng.randrange(20), len(w), 20):
+            w[i] = rng.choice(vocab)
+        texts.append(" ".join(w))
+    for a, b in zip(docs[40:60], docs[60:80]):  # hard negative: half of one, half of another
+        wa, wb = a.split(), b.split()
+        texts.append(" ".join(wa[: len(wa) // 2] + wb[len(wb) // 2:]))
+    return texts
+
+
+def pair_sets(labels):
+    groups = {}
+    for i, g in enumerate(labels):
+        groups.setdefault(g, []).append(i)
+    return {p for members in groups.values() for p in itertools.combinations(sorted(members), 2)}
+
+
+def test_lsh_parameters_follow_the_threshold():
+    def candidate(s, b, r):
+        return 1 - (1 - s ** r) ** b
+
+    bands, rows = lsh_params(0.8, 128)
+    assert bands * rows <= 128
+    assert candidate(0.8, bands, rows) >= 0.99  # recall first: verification removes false candidates
+    assert candidate(0.4, bands, rows) < 0.1  # but unrelated text rarely shares a bucket
+    b5, r5 = lsh_params(0.5, 128)
+    assert r5 < rows  # a lower threshold needs shorter bands
+
+
+def test_signatures_estimate_jaccard():
+    texts = labelled_corpus()[:120]
+    sig = signatures([normalise(t) for t in texts], 256, 5)
+    errors = []
+    for i, j in itertools.combinations(range(0, 120, 3), 2):
+        errors.append(abs(jaccard_estimate(sig[i], sig[j]) - jaccard(shingles(texts[i]), shingles(texts[j]))))
+    assert np.mean(errors) < 0.02 and max(errors) < 0.15
+
+
+def test_near_duplicate_precision_and_recall_against_exact_jaccard():
+    texts = labelled_corpus()
+    sets = [shingles(t) for t in texts]
+    truth = {(i, j) for i, j in itertools.combinations(range(len(texts)), 2) if jaccard(sets[i], sets[j]) >= THRESHOLD}
+    predicted = pair_sets(near_duplicate_clusters(texts, THRESHOLD))
+    tp = len(truth & predicted)
+    precision, recall = tp / max(len(predicted), 1), tp / max(len(truth), 1)
+    print(f"pairs: truth {len(truth)} predicted {len(predicted)} precision {precision:.3f} recall {recall:.3f}")
+    assert len(truth) >= 80
+    assert precision >= 0.98 and recall >= 0.98
+
+
+def rows_from_texts(texts, source="s"):
+    return [{"id": f"{i:012d}", "source": source, "origin": "manifest", "reject_reason": None,
+             "reject_stage": None, "reject_detail": None, "media": [],
+             "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": t}]} for i, t in enumerate(texts)]
+
+
+def run_stage(ray_session, rows, sources=("s",), **cfg):
+    import ray
+
+    stage = DedupeStage(DedupeConfig(**cfg), RunContext(out_dir="/tmp", media_dir="/tmp",
+                                                        sources={s: None for s in sources}))
+    stage.validate()
+    table = pa.Table.from_pylist([{k: r.get(k) for k in CORE_SCHEMA.names} for r in rows], schema=CORE_SCHEMA)
+    out = stage.transform(ray.data.from_arrow(table)).take_all()
+    return {r["id"]: r for r in out}
+
+
+def test_ray_path_gives_the_single_process_clusters(ray_session):
+    texts = labelled_corpus()[:150]
+    out = run_stage(ray_session, rows_from_texts(texts))
+    assert len(out) == len(texts), "every row comes back"
+    labels = near_duplicate_clusters(texts, THRESHOLD)
+    kept_of = {}
+    for rid, r in out.items():
+        if r["reject_reason"]:
+            assert r["reject_stage"] == "dedupe" and r["reject_reason"] in ("near_duplicate", "exact_duplicate")
+            kept_of[int(rid)] = int(r["reject_detail"].split()[2])
+    ray_labels = [kept_of.get(i, i) for i in range(len(texts))]
+    assert pair_sets(ray_labels) == pair_sets(labels)
+    assert len(kept_of) > 10
+
+
+def draw(seed, path, size=(640, 480), quality=90):
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    img = Image.new("RGB", (640, 480), "white")
+    d = ImageDraw.Draw(img)
+    for _ in range(12):
+        x, y = rng.randrange(600), rng.randrange(440)
+        d.rectangle([x, y, x + rng.randrange(20, 200), y + rng.randrange(20, 200)],
+                    fill=tuple(rng.randrange(256) for _ in range(3)))
+    img.resize(size).save(path, quality=quality)
+
+
+def image_row(rid, path, sha, question="Describe the image.", answer="A chart with bars."):
+    return {"id": rid, "source": "s", "origin": "manifest",
+            "media": [{"kind": "image", "ref": str(path), "path": str(path), "sha256": sha}],
+            "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]}
+
+
+def video_row(rid, question, answer, sha="vid-1"):
+    return {"id": rid, "source": "s", "origin": "manifest",
+            "media": [{"kind": "video", "ref": "v.mp4", "path": None, "sha256": sha}],
+            "conversations": [{"from": "human", "value": f"<video>\n{question}"}, {"from": "gpt", "value": answer}]}
+
+
+@pytest.fixture(scope="module")
+def mixed_run(ray_session, tmp_path_factory):
+    """One Ray run over exact duplicates (two sources), images and video instructions."""
+    tmp = tmp_path_factory.mktemp("dd")
+    draw(1, tmp / "a.jpg")
+    draw(1, tmp / "a-small.jpg", size=(320, 240), quality=50)
+    draw(2, tmp / "b.jpg")
+    body = "A sentence about packing sequences for training. " * 5
+    rows = rows_from_texts([body], source="b") + rows_from_texts(["  " + body.upper() + " "], source="a")
+    rows[1]["id"] = "x-in-a"
+    rows += [image_row("a", tmp / "a.jpg", "sha-a"), image_row("a2", tmp / "a-small.jpg", "sha-a2"),
+             image_row("b", tmp / "b.jpg", "sha-b")]
+    rows += [video_row("v1", "What happens in this video?", "A man walks a dog along the beach at sunset."),
+             video_row("v2", "What happens in this video ?", "Two children build a sandcastle near the waves."),
+             video_row("v3", "How many people stand near the red car?", "Three people stand there."),
+             video_row("v4", "What happens in this video?", "A cat sleeps on a sofa.", sha="vid-2")]
+    return tmp, run_stage(ray_session, rows, sources=("a", "b"))
+
+
+def test_exact_duplicates_keep_the_first_source(mixed_run):
+    _, out = mixed_run
+    assert out["x-in-a"]["reject_reason"] is None  # source a is listed first in the recipe
+    assert out["000000000000"]["reject_reason"] == "exact_duplicate"
+    assert "duplicate of x-in-a " in out["000000000000"]["reject_detail"]
+
+
+def test_recoded_image_with_the_same_question_is_a_duplicate_other_image_is_not(mixed_run):
+    _, out = mixed_run
+    assert out["a"]["reject_reason"] is None and out["b"]["reject_reason"] is None
+    assert out["a2"]["reject_reason"] == "near_duplicate" and "duplicate of a " in out["a2"]["reject_detail"]
+
+
+def test_media_must_match_for_a_near_duplicate():
+    a = [{"kind": "image", "sha": "1", "ph": 0b1111}]
+    near = [{"kind": "image", "sha": "2", "ph": 0b0111}]
+    far = [{"kind": "image", "sha": "3", "ph": (1 << 40) - 1}]
+    assert media_compatible(a, near, 4, True) and not media_compatible(a, near, 4, False)
+    assert not media_compatible(a, far, 4, True) and not media_compatible(a, [], 4, True)
+    assert not media_compatible(a, [{"kind": "video", "sha": "1", "ph": None}], 4, True)
+
+
+def test_captioning_mode_lets_the_image_alone_decide(ray_session, mixed_run):
+    tmp, _ = mixed_run
+    out = run_stage(ray_session, [image_row("a", tmp / "a.jpg", "sha-a", answer="Bars."),
+                                  image_row("a2", tmp / "a-small.jpg", "sha-a2", answer="Colourful boxes."),
+                                  image_row("b", tmp / "b.jpg", "sha-b", answer="Bars.")],
+                    options={"image_only": True})
+    assert out["a2"]["reject_reason"] == "near_duplicate_image" and out["b"]["reject_reason"] is None
+
+
+def test_similar_instructions_about_one_video_are_deduplicated(mixed_run):
+    _, out = mixed_run
+    assert out["v2"]["reject_reason"] == "duplicate_video_instruction"
+    assert out["v1"]["reject_reason"] is None and out["v3"]["reject_reason"] is None
+    assert out["v4"]["reject_reason"] is None  # another video
+
+
+def test_unknown_option_fails_before_work():
+    stage = DedupeStage(DedupeConfig(options={"imge_only": True}), RunContext(out_dir="/tmp", media_dir="/tmp"))
+    with pytest.raises(ValueError, match="imge_only"):
+        stage.validate()
