@@ -47,8 +47,7 @@ from typing import Any
 import numpy as np
 
 WORD = re.compile(r"\w+")
-# a unit of 1-8 characters repeated back to back; the unit must hold a letter or digit (checked below)
-CHAR_LOOP = re.compile(r"(.{1,8}?)\1{4,}", re.S)
+TWO_WORDS = re.compile(r"\w+\W+\w")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +97,9 @@ def _words(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Word ids (lower-cased) with their start and end character offsets."""
     matches = list(WORD.finditer(text.lower()))
     vocab: dict[str, int] = {}
-    ids = np.fromiter((vocab.setdefault(m.group(), len(vocab)) for m in matches), dtype=np.int64,
-                      count=len(matches))
-    starts = np.fromiter((m.start() for m in matches), dtype=np.int64, count=len(matches))
-    ends = np.fromiter((m.end() for m in matches), dtype=np.int64, count=len(matches))
-    return ids, starts, ends
+    ids = np.array([vocab.setdefault(m.group(), len(vocab)) for m in matches], dtype=np.int64)
+    spans = np.array([m.span() for m in matches], dtype=np.int64).reshape(-1, 2)
+    return ids, spans[:, 0], spans[:, 1]
 
 
 def periodic_runs(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, t: Thresholds = DEFAULT
@@ -111,34 +108,35 @@ def periodic_runs(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, t: Thre
     (largest character span of one, most units and character span of one that ends the
     text, most units of one anywhere that spans at least loop_min_chars characters).
 
-    For each period p, `same[i]` says word i+p equals word i; a run of L equal pairs
-    starting at word s means words s..s+L+p-1 repeat with period p (L/p + 1 units).
+    For each period p, `same[p-1, i]` says word i+p equals word i; a run of L equal pairs
+    starting at word s means words s..s+L+p-1 repeat with period p (L/p + 1 units). All
+    periods are compared at once on a (periods x words) boolean matrix.
     """
     n = len(ids)
-    best_span, tail_units, tail_span, loop_units = 0, 0.0, 0, 0.0
-    for p in range(1, min(t.max_period, n // t.min_units) + 1):
-        same = np.concatenate(([False], ids[p:] == ids[:-p], [False]))
-        edges = np.flatnonzero(same[1:] != same[:-1])
-        if len(edges) == 0:
-            continue
-        run_starts, run_ends = edges[0::2], edges[1::2]  # run covers pair indexes [start, end)
-        lengths = run_ends - run_starts
-        span_words = lengths + p
-        ok = (span_words >= t.min_units * p) & (span_words >= t.min_span_words)
-        if not ok.any():
-            continue
-        first = run_starts[ok]
-        last = first + span_words[ok] - 1
-        spans = ends[last] - starts[first]
-        best_span = max(best_span, int(spans.max()))
-        units = span_words[ok] / p
-        if last[-1] == n - 1:
-            tail_units = max(tail_units, float(units[-1]))
-            tail_span = max(tail_span, int(spans[-1]))
-        long_enough = spans >= t.loop_min_chars
-        if long_enough.any():
-            loop_units = max(loop_units, float(units[long_enough].max()))
-    return float(best_span), tail_units, float(tail_span), loop_units
+    max_p = min(t.max_period, n // t.min_units)
+    if max_p < 1:
+        return 0.0, 0.0, 0.0, 0.0
+    padded = np.concatenate((ids, -1 - np.arange(max_p)))  # distinct pads never match a word
+    window = np.lib.stride_tricks.sliding_window_view(padded, max_p + 1)[:n]
+    same = (window[:, 1:] == window[:, :1]).T  # (period, word)
+    edges = np.diff(np.pad(same, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    period_idx, run_starts = np.nonzero(edges == 1)
+    _, run_ends = np.nonzero(edges == -1)  # same row-major order: pairs with run_starts
+    period = period_idx + 1
+    span_words = run_ends - run_starts + period
+    ok = (span_words >= t.min_units * period) & (span_words >= t.min_span_words)
+    if not ok.any():
+        return 0.0, 0.0, 0.0, 0.0
+    period, first, span_words = period[ok], run_starts[ok], span_words[ok]
+    last = first + span_words - 1
+    spans = ends[last] - starts[first]
+    units = span_words / period
+    at_tail = last == n - 1
+    long_enough = spans >= t.loop_min_chars
+    return (float(spans.max()),
+            float(units[at_tail].max()) if at_tail.any() else 0.0,
+            float(spans[at_tail].max()) if at_tail.any() else 0.0,
+            float(units[long_enough].max()) if long_enough.any() else 0.0)
 
 
 def ngram_coverage(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, total_chars: int,
@@ -166,7 +164,7 @@ def ngram_coverage(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, total_
 def dup_line_ratio(text: str, t: Thresholds = DEFAULT) -> float:
     """Share of content lines that repeat an earlier one (0 unless one line occurs >= 3 times)."""
     lines = [" ".join(line.lower().split()) for line in text.splitlines()]
-    lines = [line for line in lines if len(WORD.findall(line)) >= 2]
+    lines = [line for line in lines if TWO_WORDS.search(line)]
     if len(lines) < t.min_line_repeats:
         return 0.0
     counts = Counter(lines)
@@ -175,12 +173,24 @@ def dup_line_ratio(text: str, t: Thresholds = DEFAULT) -> float:
     return (len(lines) - len(counts)) / len(lines)
 
 
-def longest_char_run(text: str) -> int:
-    """Longest stretch of a 1-8 character unit repeated back to back (unit has a letter/digit)."""
+def longest_char_run(text: str, max_unit: int = 8, min_repeats: int = 5) -> int:
+    """Longest stretch of a 1-8 character unit repeated back to back (at least 5 times,
+    the unit holding a letter or digit): compares each character with the one k later."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     best = 0
-    for m in CHAR_LOOP.finditer(text):
-        if len(m.group()) > best and any(c.isalnum() for c in m.group(1)):
-            best = len(m.group())
+    for k in range(1, min(max_unit, len(codes) // min_repeats) + 1):
+        same = np.concatenate(([False], codes[k:] == codes[:-k], [False]))
+        edges = np.flatnonzero(same[1:] != same[:-1])
+        if len(edges) == 0:
+            continue
+        first, length = edges[0::2], edges[1::2] - edges[0::2]
+        total = length + k  # characters in the periodic stretch
+        for i in np.argsort(-total):
+            if total[i] < max(best + 1, min_repeats * k):
+                break
+            if any(c.isalnum() for c in text[first[i]:first[i] + k]):
+                best = int(total[i])
+                break
     return best
 
 
