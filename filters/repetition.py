@@ -2,14 +2,15 @@
 
 A few thousand samples whose answer repeats a sentence at the end, or loops over two
 statements, teach a model to loop (PAPERS.md, "Data filtering"). One signal alone either
-misses a pattern or flags ordinary text, so eight cheap signals are measured and each is
+misses a pattern or flags ordinary text, so nine cheap signals are measured and each is
 mapped to a strength in [0, 1] that reaches 0.5 exactly at its threshold:
 
-1. `periodic_coverage` - the longest stretch of words that repeats with a fixed period
-   (a unit of 1..MAX_PERIOD words seen at least MIN_UNITS times back to back), as a share
-   of the text's characters. Catches a clause repeated in a loop, two statements
-   alternating (period = both), runs of the same token, and n-grams separated by "....."
-   (punctuation is not a word, so separators vanish). Threshold 0.30.
+1. `periodic_coverage` - the longest stretch of tokens (words and punctuation runs) that
+   repeats with a fixed period (a unit of 1..120 tokens seen at least 3 times back to
+   back, 10 tokens or more), as a share of the text's characters. Catches a clause
+   repeated in a loop, two statements alternating (period = both), runs of the same
+   token, and n-grams separated by "....." (the separator is part of the unit).
+   Code lines that differ only in an operator are not periodic. Threshold 0.30.
 2. `tail_units` - units of such a periodic stretch that runs to the very end of the text:
    the "sentence repeated at the end of a caption" pattern, flagged even in a long text
    where the loop is a small share. Threshold 4 units.
@@ -19,14 +20,17 @@ mapped to a strength in [0, 1] that reaches 0.5 exactly at its threshold:
 4. `loop_units` - units of the longest-repeating periodic stretch anywhere that spans at
    least 60 characters (a sentence looping in the middle). Threshold 5 units.
 5. `ngram_coverage` - share of characters covered by word 6-grams that occur at least
-   NGRAM_MIN_COUNT (3) times anywhere: repetition with variation or spread out. A phrase
-   said twice (legal text, "see above") does not count. Threshold 0.30.
+   3 times anywhere: repetition with variation or spread out. A phrase said twice (legal
+   text, "see above") does not count. Threshold 0.40.
 6. `dup_line_ratio` - share of content lines (at least two words) that repeat an earlier
-   line, when one line occurs at least 3 times. Lines without letters or digits (table
-   rules, braces) are ignored, so tables and code do not count. Threshold 0.35.
-7. `char_run` - longest stretch where a unit of 1..8 characters containing a letter or
-   digit repeats ("hahaha...", "0000...", "abcabcabc..."), in characters. Threshold 20.
-8. `compression` - zlib compressed size / raw size of the words (joined by one space, so
+   line, when one line occurs at least 3 times; a leading list number is ignored, so one
+   item numbered 1..n counts. Lines without two words (table rules, braces) are ignored.
+   Threshold 0.45.
+7. `line_run` - most identical content lines in a row (same masking): a line looping at
+   the end of a long, hard-wrapped answer, where it is a small share of all lines. Threshold 4.
+8. `char_run` - longest stretch where a unit of 1..8 characters containing a letter or
+   digit repeats ("hahaha...", "0000...", "abcabcabc..."), in characters. Threshold 24.
+9. `compression` - zlib compressed size / raw size of the words (joined by one space, so
    table rules and padding do not count) for texts of at least 300 bytes; English prose
    gives about 0.45-0.55, a loop far less. Strength 0.5 at 0.20 and 0 at
    0.35, so it only decides when the text is extremely redundant.
@@ -47,7 +51,9 @@ from typing import Any
 import numpy as np
 
 WORD = re.compile(r"\w+")
+TOKEN = re.compile(r"\w+|[^\w\s]+")  # words and runs of punctuation / operators
 TWO_WORDS = re.compile(r"\w+\W+\w")
+LIST_NUMBER = re.compile(r"^(?:[-*+]\s*)?\(?\d+[.):]\s*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +64,16 @@ class Thresholds:
     tail_units: float = 4.0
     tail_coverage: float = 0.15
     loop_units: float = 5.0
-    ngram_coverage: float = 0.30
-    dup_line_ratio: float = 0.35
-    char_run: int = 20
+    ngram_coverage: float = 0.40
+    dup_line_ratio: float = 0.45
+    line_run: float = 4.0
+    char_run: int = 24
     compression: float = 0.20
 
     # shape of the signals (not thresholds)
     max_period: int = 120  # longest repeating unit looked for, in words
     min_units: int = 3  # a periodic stretch must hold at least this many units
-    min_span_words: int = 10  # ... and at least this many words
+    min_span_words: int = 10  # ... and at least this many tokens
     loop_min_chars: int = 60  # loop_units only counts stretches at least this long
     ngram: int = 6  # word n-gram size of ngram_coverage
     ngram_min_count: int = 3  # an n-gram counts as repeated from this many occurrences
@@ -93,13 +100,15 @@ DEFAULT = Thresholds()
 
 
 # ------------------------------------------------------------------------------ signals
-def _words(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Word ids (lower-cased) with their start and end character offsets."""
-    matches = list(WORD.finditer(text.lower()))
+def _tokens(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids (lower-cased words and punctuation runs), their start and end character
+    offsets, and which tokens are words."""
+    matches = list(TOKEN.finditer(text.lower()))
     vocab: dict[str, int] = {}
     ids = np.array([vocab.setdefault(m.group(), len(vocab)) for m in matches], dtype=np.int64)
     spans = np.array([m.span() for m in matches], dtype=np.int64).reshape(-1, 2)
-    return ids, spans[:, 0], spans[:, 1]
+    word_vocab = np.array([w[0].isalnum() or w[0] == "_" for w in vocab], dtype=bool)
+    return ids, spans[:, 0], spans[:, 1], word_vocab[ids] if len(ids) else np.zeros(0, dtype=bool)
 
 
 def periodic_runs(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, t: Thresholds = DEFAULT
@@ -161,16 +170,30 @@ def ngram_coverage(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, total_
     return float((ends[in_repeat] - starts[in_repeat]).sum()) / total_chars
 
 
-def dup_line_ratio(text: str, t: Thresholds = DEFAULT) -> float:
+def content_lines(text: str) -> list[str]:
+    """Lines with at least two words, spaces collapsed, a leading list number removed
+    ("3. Same item" equals "2. Same item")."""
+    lines = [LIST_NUMBER.sub("", " ".join(line.lower().split())) for line in text.splitlines()]
+    return [line for line in lines if TWO_WORDS.search(line)]
+
+
+def dup_line_ratio(lines: list[str], t: Thresholds = DEFAULT) -> float:
     """Share of content lines that repeat an earlier one (0 unless one line occurs >= 3 times)."""
-    lines = [" ".join(line.lower().split()) for line in text.splitlines()]
-    lines = [line for line in lines if TWO_WORDS.search(line)]
     if len(lines) < t.min_line_repeats:
         return 0.0
     counts = Counter(lines)
     if counts.most_common(1)[0][1] < t.min_line_repeats:
         return 0.0
     return (len(lines) - len(counts)) / len(lines)
+
+
+def longest_line_run(lines: list[str]) -> int:
+    """Most identical content lines in a row."""
+    best, run = 0, 0
+    for i, line in enumerate(lines):
+        run = run + 1 if i and line == lines[i - 1] else 1
+        best = max(best, run)
+    return best
 
 
 def longest_char_run(text: str, max_unit: int = 8, min_repeats: int = 5) -> int:
@@ -210,20 +233,24 @@ def repetition_signals(text: str, t: Thresholds = DEFAULT) -> dict[str, float]:
     """Every signal's raw value plus its strength (`<name>_s`) and the combined `score`."""
     text = text or ""
     total = max(1, len(text.strip()))
-    ids, starts, ends = _words(text)
+    ids, starts, ends, is_word = _tokens(text)
+    lines = content_lines(text)
+    # periods over words and punctuation: "(a == b) == (c == d)" and "(a < b) == (c < d)" differ
     span, tail, tail_span, loop = periodic_runs(ids, starts, ends, t)
+    ids, starts, ends = ids[is_word], starts[is_word], ends[is_word]
     values = {
         "periodic_coverage": min(1.0, span / total),
         "tail_units": tail,
         "tail_coverage": min(1.0, tail_span / total),
         "loop_units": loop,
         "ngram_coverage": min(1.0, ngram_coverage(ids, starts, ends, total, t)),
-        "dup_line_ratio": dup_line_ratio(text, t),
+        "dup_line_ratio": dup_line_ratio(lines, t),
+        "line_run": float(longest_line_run(lines)),
         "char_run": float(longest_char_run(text)),
         "compression": word_compression_ratio(text) if len(text.encode()) >= t.compression_min_bytes else 1.0,
     }
     strengths = {name: _strength(values[name], getattr(t, name))
-                 for name in ("periodic_coverage", "tail_units", "tail_coverage", "loop_units", "ngram_coverage", "dup_line_ratio", "char_run")}
+                 for name in ("periodic_coverage", "tail_units", "tail_coverage", "loop_units", "ngram_coverage", "dup_line_ratio", "line_run", "char_run")}
     ok, thr = t.compression_ok, t.compression
     strengths["compression"] = float(min(1.0, max(0.0, 0.5 * (ok - values["compression"]) / (ok - thr))))
     out = dict(values)

@@ -86,7 +86,7 @@ def main() -> None:
 
     results = [
         ("baseline: naive dup 5-gram fraction", rate(naive_dup_ngram_fraction, texts)),
-        ("repetition_score (8 signals)", rate(repetition_score, texts)),
+        ("repetition_score (9 signals)", rate(repetition_score, texts)),
         ("heuristic rules (8 rules)", rate(lambda r: heuristics.check(r["conversations"], []), rows)),
         ("fastText language id", rate(lambda t: stage.lid.predict(t), texts)),
         ("whole filter set (FilterStage row)", rate(whole_set, rows)),

@@ -49,20 +49,20 @@ def sentences_of(text: str) -> list[str]:
     return [s for s in re.split(r"(?<=[.!?])\s+", flat) if 25 <= len(s) <= 200 and s[0].isupper()]
 
 
+CODE_MODULES = ["argparse", "ast", "calendar", "collections", "colorsys", "csv", "dataclasses", "decimal",
+                "email.message", "enum", "fractions", "html.entities", "http.client", "inspect", "json.decoder",
+                "json.encoder", "logging", "pathlib", "random", "re", "statistics", "string", "textwrap", "token",
+                "tokenize", "typing", "unittest.case"]
+
+
 def code_chunks() -> list[str]:
     """Real code from the standard library: similar lines, repeated keywords, tables of constants."""
-    import calendar
-    import colorsys
-    import html.entities
-    import json.encoder
-    import string
-    import textwrap
+    import importlib
 
     out = []
-    for mod in (calendar, colorsys, json.encoder, string, textwrap, html.entities):
-        src = inspect.getsource(mod)
-        for i in range(0, min(len(src), 12 * CHUNK), CHUNK):
-            out.append(src[i:i + CHUNK])
+    for name in CODE_MODULES:
+        src = inspect.getsource(importlib.import_module(name))
+        out += [src[i:i + CHUNK] for i in range(0, min(len(src), 12 * CHUNK), CHUNK)]
     return out
 
 
@@ -88,14 +88,16 @@ def inject(kind: str, base: str, sents: list[str], rng: random.Random) -> str:
     if kind == "middle_loop":
         pos = head.rfind(". ", 0, len(head) // 2) + 2
         return head[:pos] + " ".join([s1] * rng.randint(5, 9)) + " " + base[pos:pos + 600]
+    if kind == "numbered_loop":  # a list whose items are all the same statement
+        return head + "\n" + "\n".join(f"{i + 1}. {s1}" for i in range(rng.randint(5, 12)))
     if kind == "char_loop":
         unit = rng.choice(["ha", "0", "ab", "!a", "la"])
-        return head + " " + unit * rng.randint(20, 60)
+        return head + " " + unit * rng.randint(-(-26 // len(unit)), 60)
     raise ValueError(kind)
 
 
 POSITIVE_KINDS = ["tail_sentence", "tail_clause", "alternating", "token_run", "same_line", "dotted_ngrams",
-                  "middle_loop", "char_loop"]
+                  "middle_loop", "numbered_loop", "char_loop"]
 
 
 # ------------------------------------------------------------------------------ hard negatives
@@ -124,6 +126,16 @@ def table(rng: random.Random) -> str:
     return "\n".join(rows)
 
 
+def json_records(rng: random.Random) -> str:
+    """Structured output: the same keys in every record, different values."""
+    import json
+
+    words = ["chart", "table", "figure", "page", "scan", "photo", "diagram", "map", "plot", "slide"]
+    recs = [{"name": rng.choice(words) + str(i), "width": rng.randint(100, 4000), "height": rng.randint(100, 4000),
+             "label": rng.choice(words), "score": round(rng.random(), 3)} for i in range(12)]
+    return "Here are the detected objects:\n" + json.dumps(recs, indent=1)
+
+
 def legal_twice(base: str, sents: list[str], rng: random.Random) -> str:
     s = rng.choice(sents)
     return (base[:1200] + "\n\n" + s + " Notwithstanding the foregoing, " + s[0].lower() + s[1:]
@@ -148,6 +160,7 @@ def labelled_set(seed: int = 0) -> list[tuple[str, str, bool]]:
         data.append(("numbered_list", numbered_list(sents, rng), False))
         data.append(("similar_code", similar_code(rng), False))
         data.append(("table", table(rng), False))
+        data.append(("json_records", json_records(rng), False))
         data.append(("legal_twice", legal_twice(rng.choice(chunks), sents, rng), False))
         data.append(("sentence_twice", sentence_twice(rng.choice(chunks), sents, rng), False))
     for kind in POSITIVE_KINDS:
@@ -195,7 +208,8 @@ def test_every_injected_kind_is_mostly_caught(data, kind):
     assert sum(hits) / len(hits) >= 0.9, kind
 
 
-@pytest.mark.parametrize("kind", ["numbered_list", "similar_code", "table", "legal_twice", "sentence_twice", "code"])
+@pytest.mark.parametrize("kind", ["numbered_list", "similar_code", "table", "json_records", "legal_twice",
+                                  "sentence_twice", "code"])
 def test_hard_negatives_are_mostly_kept(data, kind):
     hits = [is_repetitive(t) for k, t, _ in data if k == kind]
     assert sum(hits) / len(hits) <= 0.05, kind
@@ -214,6 +228,8 @@ def test_named_signals_fire_for_their_pattern():
     base = prose_chunks()[3][:800]
     assert "tail_units" in fired(repetition_signals(base + " It is done." * 6))
     assert "dup_line_ratio" in fired(repetition_signals("\n".join(["The same line is here again."] * 6)))
+    numbered = base + "\n" + "\n".join(f"{i}. Check the cable." for i in range(1, 6))
+    assert fired(repetition_signals(numbered)) == ["line_run"]
     assert "char_run" in fired(repetition_signals(base + " hahahahahahahahahahahahahaha"))
     assert "periodic_coverage" in fired(repetition_signals(base[:200] + " A holds. B holds." * 20))
 
