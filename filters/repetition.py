@@ -35,6 +35,7 @@ mapped to a strength in [0, 1] that reaches 0.5 exactly at its threshold:
    gives about 0.45-0.55, a loop far less. Strength 0.5 at 0.20 and 0 at
    0.35, so it only decides when the text is extremely redundant.
 
+Texts longer than 40,000 characters are scored on their first and last 20,000.
 Numbers count as words, so numbered lists, tables and code whose lines differ in a name
 or a value break the period and the 6-grams. repetition_score is the strongest signal;
 is_repetitive(text) is score >= 0.5, i.e. at least one signal reached its threshold.
@@ -80,6 +81,7 @@ class Thresholds:
     min_line_repeats: int = 3  # dup_line_ratio needs one line at least this often
     compression_ok: float = 0.35  # compression ratio at or above which that signal is 0
     compression_min_bytes: int = 300  # shorter texts always compress poorly: signal off
+    max_chars: int = 40_000  # longer texts: head and tail windows of half this are scored, the worse wins
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> "Thresholds":
@@ -232,6 +234,10 @@ def _strength(value: float, threshold: float) -> float:
 def repetition_signals(text: str, t: Thresholds = DEFAULT) -> dict[str, float]:
     """Every signal's raw value plus its strength (`<name>_s`) and the combined `score`."""
     text = text or ""
+    if len(text) > t.max_chars:  # bounded memory and time: loops show at the head or the tail
+        half = t.max_chars // 2
+        return max(repetition_signals(text[:half], t), repetition_signals(text[-half:], t),
+                   key=lambda s: s["score"])
     total = max(1, len(text.strip()))
     ids, starts, ends, is_word = _tokens(text)
     lines = content_lines(text)

@@ -234,6 +234,15 @@ def test_named_signals_fire_for_their_pattern():
     assert "periodic_coverage" in fired(repetition_signals(base[:200] + " A holds. B holds." * 20))
 
 
+def test_long_texts_are_scored_on_head_and_tail():
+    from pydoc_data.topics import topics
+
+    book = "\n\n".join(topics[k] for k in sorted(topics))  # ~450 KB of real prose
+    assert len(book) > 10 * Thresholds().max_chars and not is_repetitive(book)
+    assert is_repetitive(book + " The proof is complete." * 8)
+    assert is_repetitive("Now we repeat. " * 40 + book)
+
+
 def test_thresholds_from_recipe_options():
     t = Thresholds.from_options({"repetition.tail_units": 8, "min_answer_chars": 2})
     assert t.tail_units == 8.0 and t.char_run == Thresholds().char_run
