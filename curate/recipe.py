@@ -139,28 +139,42 @@ class MediaConfig(StageConfig):
 
 
 class FilterConfig(StageConfig):
-    """Per-sample filters (filters/). Thresholds live here, not in code."""
+    """Per-sample filters (filters/, curate.stages.filter). Thresholds live here, not in code."""
 
     repetition: bool = True
-    """reject answers that repeat themselves (n-gram, line and period signals)"""
+    """reject answers that repeat themselves (filters.repetition: periodic, tail-loop, n-gram, line signals)"""
     repetition_threshold: float = Field(0.5, ge=0, le=1)
-    """repetition score above which a sample is rejected"""
+    """repetition score at or above which a sample is rejected (0.5: one signal at its threshold)"""
     heuristics: bool = True
-    """rule filters: empty/too short answers, symbol ratio, refusals, broken encodings"""
+    """InternVL rules (filters.heuristics): empty/trivial answer, answer = question, zero/char runs, duplicate lines, long sentences, placeholders"""
+    min_answer_chars: int = Field(1, ge=0)
+    """empty_answer: answers with fewer characters are rejected"""
+    max_sentence_words: int = Field(300, ge=1)
+    """abnormal_sentence_length: a sentence with more words is rejected"""
+    max_zero_run: int = Field(32, ge=2)
+    """zero_run: this many zeros in a row are rejected"""
+    max_char_run: int = Field(80, ge=2)
+    """char_run: one non-space character this many times in a row is rejected"""
+    max_duplicate_line_ratio: float = Field(0.5, ge=0, le=1)
+    """duplicate_lines: answers with a larger share of repeated lines (of 4 or more) are rejected"""
     language: bool = False
-    """keep only samples whose text is in `languages` (fastText LID)"""
+    """keep only samples whose answers are in `languages` (fastText LID); sources[].languages applies even if false"""
     languages: list[str] = Field(default_factory=lambda: ["en"], examples=[["en", "zh"]])
-    """language codes kept by the language filter"""
+    """language codes kept by the language filter (sources[].languages overrides per source)"""
+    language_min_score: float = Field(0.5, ge=0, le=1)
+    """a sample is rejected only if fastText is at least this sure of a language not kept"""
     lid_model: str | None = Field(None, examples=["models/lid.176.ftz"])
     """fastText LID model file (null: the one installed by `make setup`)"""
     clip_model: str | None = Field(None, examples=["models/clip-vit-b-32"])
-    """local open_clip model folder for image-text agreement (null: off)"""
+    """local open_clip model folder (open_clip_config.json + weights) for image-text agreement (null: off)"""
     clip_min_score: float = Field(0.2, ge=-1, le=1)
-    """images whose caption similarity is below this are rejected"""
+    """single-image samples whose answer-image cosine similarity is below this are rejected"""
+    clip_actors: int = Field(1, ge=1)
+    """CLIP actors (each loads the model once; one GPU each when the cluster has GPUs)"""
     write_review: bool = True
-    """also write a sample of rejects with their signals to <out>/review/ for a human"""
-    options: dict[str, Any] = Field(default_factory=dict, examples=[{"min_answer_chars": 2}])
-    """per-rule thresholds (see filters/)"""
+    """write every rejected or flagged sample with its scores to <out>/review/filter-*.jsonl for a human"""
+    options: dict[str, Any] = Field(default_factory=dict, examples=[{"repetition.tail_units": 4}])
+    """repetition signal thresholds as `repetition.<name>` (see filters/repetition.py Thresholds)"""
 
 
 class DedupeConfig(StageConfig):

@@ -42,6 +42,19 @@ def test_counts_add_up_and_every_bad_input_is_a_reject(first_run):
     assert 0 < stats["token_fill"] <= 1 and 0 < stats["tile_fill"] <= 1
 
 
+def test_filter_rejects_exactly_the_demo_loops(first_run):
+    import pyarrow.parquet as pq
+
+    _, out, stats, _ = first_run
+    rejects = pq.read_table(out / "rejects" / "filter.parquet").to_pylist()
+    looped = {r["id"] for r in rejects if r["reject_reason"] == "repetitive"}
+    ingested = pq.read_table(next((out / "work").glob("*-ingest"))).to_pylist()
+    names = {r["id"]: str(json.loads(r["meta"] or "{}").get("orig_id")) for r in ingested}
+    assert {names[i] for i in looped} == {n for n in names.values() if n.startswith("loop-")} != set()
+    assert all("repetition_score=" in r["reject_detail"] for r in rejects if r["reject_reason"] == "repetitive")
+    assert list((out / "review").glob("filter-*.jsonl"))
+
+
 def test_shards_load_with_plain_webdataset_within_budgets(first_run):
     import pyarrow.parquet as pq
     import webdataset as wds

@@ -1,0 +1,161 @@
+"""InternVL 2.5's heuristic rules: cheap checks for answers no model should learn from.
+
+Each rule is a small function over one record (its turns and media) that returns a
+detail string when the record breaks the rule, else None. The rule's name is the reject
+reason; its threshold comes from the recipe (stages.filter.*, see HeuristicThresholds):
+
+- empty_answer             an answer shorter than `min_answer_chars` characters
+- trivial_answer           an answer with no letter or digit at all ("...", "?!")
+- answer_equals_question   an answer equal to its question (case, spaces, placeholders ignored)
+- abnormal_sentence_length a sentence (text between . ! ? or a newline) longer than
+                           `max_sentence_words` words: run-on garbage, minified blobs
+- zero_run                 `max_zero_run` or more zeros in a row ("0.000000000000000001")
+- char_run                 one non-space character `max_char_run` or more times in a row
+- duplicate_lines          more than `max_duplicate_line_ratio` of an answer's content lines
+                           (at least 4 lines with a letter or digit) repeat an earlier line
+- placeholder_mismatch     the <image>/<video>/<audio> placeholders in the questions differ
+                           from the media items, or an answer contains one
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from typing import Any, Callable
+
+from curate.records import PLACEHOLDERS
+
+SENTENCE_END = re.compile(r"[.!?。！？]+\s+|\n+")
+PLACEHOLDER = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
+
+
+@dataclasses.dataclass(frozen=True)
+class HeuristicThresholds:
+    min_answer_chars: int = 1
+    max_sentence_words: int = 300
+    max_zero_run: int = 32
+    max_char_run: int = 80
+    max_duplicate_line_ratio: float = 0.5
+    min_lines_for_duplicates: int = 4
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "HeuristicThresholds":
+        """The thresholds named the same in a FilterConfig (stages.filter.*)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if hasattr(cfg, f.name)})
+
+
+DEFAULT = HeuristicThresholds()
+Turns = list[dict[str, Any]]
+
+
+def answers(turns: Turns) -> list[tuple[int, str]]:
+    return [(i, t.get("value") or "") for i, t in enumerate(turns) if t.get("from") == "gpt"]
+
+
+def _normal(text: str) -> str:
+    return " ".join(PLACEHOLDER.sub(" ", text).lower().split())
+
+
+# ------------------------------------------------------------------------------ rules
+def empty_answer(turns: Turns, media: list, t: HeuristicThresholds) -> str | None:
+    for i, text in answers(turns):
+        if len(text.strip()) < t.min_answer_chars:
+            return f"turn {i + 1} has {len(text.strip())} characters (min_answer_chars={t.min_answer_chars})"
+    return None
+
+
+def trivial_answer(turns: Turns, media: list, t: HeuristicThresholds) -> str | None:
+    for i, text in answers(turns):
+        if text.strip() and not any(c.isalnum() for c in text):
+            return f"turn {i + 1} has no letter or digit: {text.strip()[:40]!r}"
+    return None
+
+
+def answer_equals_question(turns: Turns, media: list, t: HeuristicThresholds) -> str | None:
+    for i in range(1, len(turns)):
+        q, a = turns[i - 1], turns[i]
+        if q.get("from") == "human" and a.get("from") == "gpt":
+            na = _normal(a.get("value") or "")
+            if na and na == _normal(q.get("value") or ""):
+                return f"turn {i + 1} repeats its question: {na[:60]!r}"
+    return None
+
+
+def abnormal_sentence_length(turns: Turns, media: list, t: HeuristicThresholds) -> str | None:
+    for i, text in answers(turns):
+        longest = max((len(s.split()) for s in SENTENCE_END.split(text)), default=0)
+        if longest > t.max_sentence_words:
+            return f"turn {i + 1} has a {longest}-word sentence (max_sentence_words={t.max_sentence_words})"
+    return None
+
+
+def zero_run(turns: Turns, media: list, t: HeuristicThresholds) -> str | None:
+    pattern = re.compile("0{%d,}" % t.max_zero_run)
+    for i, text in answers(turns):
+        m = pattern.search(text)
+        if m:
+            return f"turn {i + 1} has {len(m.group())} zeros in a row (max_zero_run={t.max_zero_run})"
+    return None
+
+
+def char_run(turns: Turns, media: list, t: HeuristicThresholds) -> str | None:
+    pattern = re.compile(r"(\S)\1{%d,}" % (t.max_char_run - 1))
+    for i, text in answers(turns):
+        m = pattern.search(text)
+        if m:
+            return (f"turn {i + 1} repeats {m.group(1)!r} {len(m.group())} times "
+                    f"(max_char_run={t.max_char_run})")
+    return None
+
+
+def duplicate_lines(turns: Turns, media: list, t: HeuristicThresholds) -> str | None:
+    for i, text in answers(turns):
+        lines = [" ".join(x.split()).lower() for x in text.splitlines()]
+        lines = [x for x in lines if any(c.isalnum() for c in x)]
+        if len(lines) < t.min_lines_for_duplicates:
+            continue
+        ratio = 1 - len(Counter(lines)) / len(lines)
+        if ratio > t.max_duplicate_line_ratio:
+            return (f"turn {i + 1}: {ratio:.2f} of {len(lines)} lines are duplicates "
+                    f"(max_duplicate_line_ratio={t.max_duplicate_line_ratio})")
+    return None
+
+
+def placeholder_mismatch(turns: Turns, media: list, t: HeuristicThresholds) -> str | None:
+    for kind, tag in PLACEHOLDERS.items():
+        n_items = sum((m or {}).get("kind") == kind for m in media or [])
+        n_tags = sum((x.get("value") or "").count(tag) for x in turns if x.get("from") != "gpt")
+        if n_items != n_tags:
+            return f"{n_items} {kind} item(s) but {n_tags} {tag} placeholder(s)"
+    for i, text in answers(turns):
+        if PLACEHOLDER.search(text):
+            return f"turn {i + 1} (an answer) contains a media placeholder"
+    return None
+
+
+Rule = Callable[[Turns, list, HeuristicThresholds], "str | None"]
+RULES: dict[str, Rule] = {
+    "empty_answer": empty_answer,
+    "trivial_answer": trivial_answer,
+    "answer_equals_question": answer_equals_question,
+    "placeholder_mismatch": placeholder_mismatch,
+    "zero_run": zero_run,
+    "char_run": char_run,
+    "duplicate_lines": duplicate_lines,
+    "abnormal_sentence_length": abnormal_sentence_length,
+}
+
+
+def check(turns: Turns, media: list | None = None, thresholds: HeuristicThresholds = DEFAULT
+          ) -> list[tuple[str, str]]:
+    """(rule name, detail) for every rule the record breaks, in RULES order."""
+    out = []
+    for name, rule in RULES.items():
+        detail = rule(turns or [], media or [], thresholds)
+        if detail is not None:
+            out.append((name, detail))
+    return out
+
+
+__all__ = ["HeuristicThresholds", "RULES", "check"]

@@ -1,0 +1,282 @@
+"""Repetition detection: the defect InternVL 2.5 found makes a model loop in long answers.
+
+A few thousand samples whose answer repeats a sentence at the end, or loops over two
+statements, teach a model to loop (PAPERS.md, "Data filtering"). One signal alone either
+misses a pattern or flags ordinary text, so nine cheap signals are measured and each is
+mapped to a strength in [0, 1] that reaches 0.5 exactly at its threshold:
+
+1. `periodic_coverage` - the longest stretch of tokens (words and punctuation runs) that
+   repeats with a fixed period (a unit of 1..120 tokens seen at least 3 times back to
+   back, 10 tokens or more), as a share of the text's characters. Catches a clause
+   repeated in a loop, two statements alternating (period = both), runs of the same
+   token, and n-grams separated by "....." (the separator is part of the unit).
+   Code lines that differ only in an operator are not periodic. Threshold 0.30.
+2. `tail_units` - units of such a periodic stretch that runs to the very end of the text:
+   the "sentence repeated at the end of a caption" pattern, flagged even in a long text
+   where the loop is a small share. Threshold 4 units.
+3. `tail_coverage` - share of the text's characters in a periodic stretch of at least
+   3 units that ends the text (two sentences alternating three times at the end of a
+   short answer). Threshold 0.15.
+4. `loop_units` - units of the longest-repeating periodic stretch anywhere that spans at
+   least 60 characters (a sentence looping in the middle). Threshold 5 units.
+5. `ngram_coverage` - share of characters covered by word 6-grams that occur at least
+   3 times anywhere: repetition with variation or spread out. A phrase said twice (legal
+   text, "see above") does not count. Threshold 0.40.
+6. `dup_line_ratio` - share of content lines (at least two words) that repeat an earlier
+   line, when one line occurs at least 3 times; a leading list number is ignored, so one
+   item numbered 1..n counts. Lines without two words (table rules, braces) are ignored.
+   Threshold 0.45.
+7. `line_run` - most identical content lines in a row (same masking): a line looping at
+   the end of a long, hard-wrapped answer, where it is a small share of all lines. Threshold 4.
+8. `char_run` - longest stretch where a unit of 1..8 characters containing a letter or
+   digit repeats ("hahaha...", "0000...", "abcabcabc..."), in characters. Threshold 24.
+9. `compression` - zlib compressed size / raw size of the words (joined by one space, so
+   table rules and padding do not count) for texts of at least 300 bytes; English prose
+   gives about 0.45-0.55, a loop far less. Strength 0.5 at 0.20 and 0 at
+   0.35, so it only decides when the text is extremely redundant.
+
+Texts longer than 40,000 characters are scored on their first and last 20,000.
+Numbers count as words, so numbered lists, tables and code whose lines differ in a name
+or a value break the period and the 6-grams. repetition_score is the strongest signal;
+is_repetitive(text) is score >= 0.5, i.e. at least one signal reached its threshold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import zlib
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+WORD = re.compile(r"\w+")
+TOKEN = re.compile(r"\w+|[^\w\s]+")  # words and runs of punctuation / operators
+TWO_WORDS = re.compile(r"\w+\W+\w")
+LIST_NUMBER = re.compile(r"^(?:[-*+]\s*)?\(?\d+[.):]\s*")
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Where each signal alone makes a text repetitive (override with FilterConfig.options)."""
+
+    periodic_coverage: float = 0.30
+    tail_units: float = 4.0
+    tail_coverage: float = 0.15
+    loop_units: float = 5.0
+    ngram_coverage: float = 0.40
+    dup_line_ratio: float = 0.45
+    line_run: float = 4.0
+    char_run: int = 24
+    compression: float = 0.20
+
+    # shape of the signals (not thresholds)
+    max_period: int = 120  # longest repeating unit looked for, in words
+    min_units: int = 3  # a periodic stretch must hold at least this many units
+    min_span_words: int = 10  # ... and at least this many tokens
+    loop_min_chars: int = 60  # loop_units only counts stretches at least this long
+    ngram: int = 6  # word n-gram size of ngram_coverage
+    ngram_min_count: int = 3  # an n-gram counts as repeated from this many occurrences
+    min_line_repeats: int = 3  # dup_line_ratio needs one line at least this often
+    compression_ok: float = 0.35  # compression ratio at or above which that signal is 0
+    compression_min_bytes: int = 300  # shorter texts always compress poorly: signal off
+    max_chars: int = 40_000  # longer texts: head and tail windows of half this are scored, the worse wins
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | None) -> "Thresholds":
+        """Thresholds from `stages.filter.options` keys named `repetition.<field>`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        for key, value in (options or {}).items():
+            if key.startswith("repetition."):
+                name = key.split(".", 1)[1]
+                if name not in names:
+                    raise ValueError(f"stages.filter.options: unknown key '{key}'; known: "
+                                     f"{sorted('repetition.' + n for n in names)}")
+                values[name] = type(getattr(cls, name))(value)
+        return cls(**values)
+
+
+DEFAULT = Thresholds()
+
+
+# ------------------------------------------------------------------------------ signals
+def _tokens(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids (lower-cased words and punctuation runs), their start and end character
+    offsets, and which tokens are words."""
+    matches = list(TOKEN.finditer(text.lower()))
+    vocab: dict[str, int] = {}
+    ids = np.array([vocab.setdefault(m.group(), len(vocab)) for m in matches], dtype=np.int64)
+    spans = np.array([m.span() for m in matches], dtype=np.int64).reshape(-1, 2)
+    word_vocab = np.array([w[0].isalnum() or w[0] == "_" for w in vocab], dtype=bool)
+    return ids, spans[:, 0], spans[:, 1], word_vocab[ids] if len(ids) else np.zeros(0, dtype=bool)
+
+
+def periodic_runs(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, t: Thresholds = DEFAULT
+                  ) -> tuple[float, float, float, float]:
+    """Periodic stretches of at least min_units units and min_span_words words:
+    (largest character span of one, most units and character span of one that ends the
+    text, most units of one anywhere that spans at least loop_min_chars characters).
+
+    For each period p, `same[p-1, i]` says word i+p equals word i; a run of L equal pairs
+    starting at word s means words s..s+L+p-1 repeat with period p (L/p + 1 units). All
+    periods are compared at once on a (periods x words) boolean matrix.
+    """
+    n = len(ids)
+    max_p = min(t.max_period, n // t.min_units)
+    if max_p < 1:
+        return 0.0, 0.0, 0.0, 0.0
+    padded = np.concatenate((ids, -1 - np.arange(max_p)))  # distinct pads never match a word
+    window = np.lib.stride_tricks.sliding_window_view(padded, max_p + 1)[:n]
+    same = (window[:, 1:] == window[:, :1]).T  # (period, word)
+    edges = np.diff(np.pad(same, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    period_idx, run_starts = np.nonzero(edges == 1)
+    _, run_ends = np.nonzero(edges == -1)  # same row-major order: pairs with run_starts
+    period = period_idx + 1
+    span_words = run_ends - run_starts + period
+    ok = (span_words >= t.min_units * period) & (span_words >= t.min_span_words)
+    if not ok.any():
+        return 0.0, 0.0, 0.0, 0.0
+    period, first, span_words = period[ok], run_starts[ok], span_words[ok]
+    last = first + span_words - 1
+    spans = ends[last] - starts[first]
+    units = span_words / period
+    at_tail = last == n - 1
+    long_enough = spans >= t.loop_min_chars
+    return (float(spans.max()),
+            float(units[at_tail].max()) if at_tail.any() else 0.0,
+            float(spans[at_tail].max()) if at_tail.any() else 0.0,
+            float(units[long_enough].max()) if long_enough.any() else 0.0)
+
+
+def ngram_coverage(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, total_chars: int,
+                   t: Thresholds = DEFAULT) -> float:
+    """Share of characters inside word n-grams that occur at least ngram_min_count times."""
+    n, k = len(ids), t.ngram
+    if n < k * t.ngram_min_count or total_chars == 0:
+        return 0.0
+    # hash each n-gram window into one int64 (collisions only make the signal slightly higher)
+    h = np.zeros(n - k + 1, dtype=np.uint64)
+    for j in range(k):
+        h = h * np.uint64(1_000_003) + ids[j:n - k + 1 + j].astype(np.uint64)
+    _, inverse, counts = np.unique(h, return_inverse=True, return_counts=True)
+    repeated = counts[inverse] >= t.ngram_min_count
+    if not repeated.any():
+        return 0.0
+    covered = np.zeros(n + 1, dtype=np.int64)  # difference array over word positions
+    idx = np.flatnonzero(repeated)
+    np.add.at(covered, idx, 1)
+    np.add.at(covered, idx + k, -1)
+    in_repeat = np.cumsum(covered[:n]) > 0
+    return float((ends[in_repeat] - starts[in_repeat]).sum()) / total_chars
+
+
+def content_lines(text: str) -> list[str]:
+    """Lines with at least two words, spaces collapsed, a leading list number removed
+    ("3. Same item" equals "2. Same item")."""
+    lines = [LIST_NUMBER.sub("", " ".join(line.lower().split())) for line in text.splitlines()]
+    return [line for line in lines if TWO_WORDS.search(line)]
+
+
+def dup_line_ratio(lines: list[str], t: Thresholds = DEFAULT) -> float:
+    """Share of content lines that repeat an earlier one (0 unless one line occurs >= 3 times)."""
+    if len(lines) < t.min_line_repeats:
+        return 0.0
+    counts = Counter(lines)
+    if counts.most_common(1)[0][1] < t.min_line_repeats:
+        return 0.0
+    return (len(lines) - len(counts)) / len(lines)
+
+
+def longest_line_run(lines: list[str]) -> int:
+    """Most identical content lines in a row."""
+    best, run = 0, 0
+    for i, line in enumerate(lines):
+        run = run + 1 if i and line == lines[i - 1] else 1
+        best = max(best, run)
+    return best
+
+
+def longest_char_run(text: str, max_unit: int = 8, min_repeats: int = 5) -> int:
+    """Longest stretch of a 1-8 character unit repeated back to back (at least 5 times,
+    the unit holding a letter or digit): compares each character with the one k later."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    best = 0
+    for k in range(1, min(max_unit, len(codes) // min_repeats) + 1):
+        same = np.concatenate(([False], codes[k:] == codes[:-k], [False]))
+        edges = np.flatnonzero(same[1:] != same[:-1])
+        if len(edges) == 0:
+            continue
+        first, length = edges[0::2], edges[1::2] - edges[0::2]
+        total = length + k  # characters in the periodic stretch
+        for i in np.argsort(-total):
+            if total[i] < max(best + 1, min_repeats * k):
+                break
+            if any(c.isalnum() for c in text[first[i]:first[i] + k]):
+                best = int(total[i])
+                break
+    return best
+
+
+def word_compression_ratio(text: str) -> float:
+    """zlib ratio of the words joined by single spaces: table rules and padding do not count."""
+    raw = " ".join(WORD.findall(text)).encode("utf-8", "replace")
+    return len(zlib.compress(raw, 6)) / max(1, len(raw))
+
+
+# ------------------------------------------------------------------------------ combining
+def _strength(value: float, threshold: float) -> float:
+    """0 at 0, 0.5 at the threshold, 1 at twice the threshold (higher value = worse)."""
+    return float(min(1.0, max(0.0, 0.5 * value / threshold))) if threshold > 0 else 0.0
+
+
+def repetition_signals(text: str, t: Thresholds = DEFAULT) -> dict[str, float]:
+    """Every signal's raw value plus its strength (`<name>_s`) and the combined `score`."""
+    text = text or ""
+    if len(text) > t.max_chars:  # bounded memory and time: loops show at the head or the tail
+        half = t.max_chars // 2
+        return max(repetition_signals(text[:half], t), repetition_signals(text[-half:], t),
+                   key=lambda s: s["score"])
+    total = max(1, len(text.strip()))
+    ids, starts, ends, is_word = _tokens(text)
+    lines = content_lines(text)
+    # periods over words and punctuation: "(a == b) == (c == d)" and "(a < b) == (c < d)" differ
+    span, tail, tail_span, loop = periodic_runs(ids, starts, ends, t)
+    ids, starts, ends = ids[is_word], starts[is_word], ends[is_word]
+    values = {
+        "periodic_coverage": min(1.0, span / total),
+        "tail_units": tail,
+        "tail_coverage": min(1.0, tail_span / total),
+        "loop_units": loop,
+        "ngram_coverage": min(1.0, ngram_coverage(ids, starts, ends, total, t)),
+        "dup_line_ratio": dup_line_ratio(lines, t),
+        "line_run": float(longest_line_run(lines)),
+        "char_run": float(longest_char_run(text)),
+        "compression": word_compression_ratio(text) if len(text.encode()) >= t.compression_min_bytes else 1.0,
+    }
+    strengths = {name: _strength(values[name], getattr(t, name))
+                 for name in ("periodic_coverage", "tail_units", "tail_coverage", "loop_units", "ngram_coverage", "dup_line_ratio", "line_run", "char_run")}
+    ok, thr = t.compression_ok, t.compression
+    strengths["compression"] = float(min(1.0, max(0.0, 0.5 * (ok - values["compression"]) / (ok - thr))))
+    out = dict(values)
+    out.update({f"{k}_s": round(v, 4) for k, v in strengths.items()})
+    out["score"] = max(strengths.values())
+    return out
+
+
+def fired(signals: dict[str, float]) -> list[str]:
+    """Names of the signals that reached their threshold on their own."""
+    return [k[:-2] for k, v in signals.items() if k.endswith("_s") and v >= 0.5]
+
+
+def repetition_score(text: str, thresholds: Thresholds = DEFAULT) -> float:
+    """0 (no repetition) .. 1 (a loop); 0.5 is the point where one signal reaches its threshold."""
+    return float(repetition_signals(text, thresholds)["score"])
+
+
+def is_repetitive(text: str, thresholds: Thresholds = DEFAULT, threshold: float = 0.5) -> bool:
+    return repetition_score(text, thresholds) >= threshold
+
+
+__all__ = ["Thresholds", "repetition_score", "is_repetitive", "repetition_signals", "fired"]

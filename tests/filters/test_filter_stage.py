@@ -1,0 +1,127 @@
+"""The filter stage on hand-built batches (no Ray), then its Ray plan with the CLIP actor pool."""
+
+import json
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from curate.recipe import FilterConfig, SourceConfig
+from curate.records import CORE_SCHEMA, empty_media
+from curate.stages.base import RunContext
+from curate.stages.filter import CLIP_SKIPPED, FilterStage
+from tests.filters.test_clipscore import save_tiny_clip
+from tests.filters.test_repetition import prose_chunks, sentences_of
+
+PROSE = prose_chunks()[10]
+LOOP = PROSE[:500] + " " + " ".join([sentences_of(PROSE)[0]] * 8)
+
+
+def row(rid, q, a, source="text", media=None, modality="text"):
+    return {"id": rid, "source": source, "origin": "manifest", "manifest": "m.jsonl", "line": 1,
+            "modality": modality, "domain": "general",
+            "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}],
+            "media": media or [], "meta": "{}", "reject_stage": None, "reject_reason": None, "reject_detail": None}
+
+
+def make_stage(tmp_path, **cfg):
+    sources = {"text": SourceConfig(name="text", manifests=["m"]),
+               "academic": SourceConfig(name="academic", manifests=["m"], exempt_repetition=True),
+               "english": SourceConfig(name="english", manifests=["m"], languages=["en"])}
+    ctx = RunContext(out_dir=str(tmp_path / "out"), media_dir=str(tmp_path / "out" / "media"), sources=sources)
+    stage = FilterStage(FilterConfig(**cfg), ctx)
+    stage.validate()
+    return stage
+
+
+def run_rows(stage, rows):
+    out = stage(pa.Table.from_pylist(rows, schema=CORE_SCHEMA))
+    assert out.schema == stage.output_schema(CORE_SCHEMA)
+    return {r["id"]: r for r in out.to_pylist()}
+
+
+def review_lines(tmp_path):
+    return [json.loads(line) for p in sorted((tmp_path / "out" / "review").glob("filter-*.jsonl"))
+            for line in p.read_text().splitlines()]
+
+
+def test_scores_decisions_and_review(tmp_path):
+    stage = make_stage(tmp_path)
+    rows = [row("clean", "Explain.", PROSE), row("loop", "Explain.", LOOP),
+            row("empty", "Explain.", " "), row("academic-loop", "Explain.", LOOP, source="academic"),
+            row("already", "Explain.", LOOP) | {"reject_stage": "media", "reject_reason": "broken_image"}]
+    out = run_rows(stage, rows)
+    assert out["clean"]["reject_reason"] is None and out["clean"]["filter_flags"] == ""
+    assert 0 <= out["clean"]["repetition_score"] < 0.5
+    loop = out["loop"]
+    assert loop["reject_reason"] == "repetitive" and loop["reject_stage"] == "filter"
+    assert loop["repetition_score"] >= 0.5 and f"repetition_score={loop['repetition_score']:.3f}" in loop["reject_detail"]
+    assert "tail_units=" in loop["reject_detail"] and loop["filter_flags"] == "repetitive"
+    assert out["empty"]["reject_reason"] == "empty_answer" and "heuristics" in out["empty"]["reject_detail"]
+    exempt = out["academic-loop"]
+    assert exempt["reject_reason"] is None and exempt["repetition_score"] >= 0.5
+    assert exempt["filter_flags"] == "repetitive_exempt"
+    assert out["already"]["reject_reason"] == "broken_image" and out["already"]["repetition_score"] is None
+    assert out["clean"]["clip_score"] is None and stage.skip_reason() == CLIP_SKIPPED
+    review = {e["id"]: e for e in review_lines(tmp_path)}
+    assert set(review) == {"loop", "empty", "academic-loop"}
+    assert review["academic-loop"]["decision"] == "kept" and review["loop"]["decision"] == "rejected"
+    assert review["loop"]["conversations"][1]["value"] == LOOP
+
+
+def test_switches_and_thresholds(tmp_path):
+    stage = make_stage(tmp_path, repetition=False, heuristics=False, write_review=False)
+    out = run_rows(stage, [row("loop", "Q", LOOP), row("empty", "Q", "")])
+    assert all(r["reject_reason"] is None for r in out.values())
+    assert out["loop"]["repetition_score"] >= 0.5  # still scored, not decided
+    assert not (tmp_path / "out" / "review").exists()
+    mild = PROSE[:1200] + " " + " ".join([sentences_of(PROSE)[0]] * 4)  # score about 0.74
+    assert run_rows(make_stage(tmp_path), [row("m", "Q", mild)])["m"]["reject_reason"] == "repetitive"
+    assert run_rows(make_stage(tmp_path, repetition_threshold=0.9), [row("m", "Q", mild)])["m"]["reject_reason"] is None
+    lax = make_stage(tmp_path, options={"repetition.tail_units": 20, "repetition.tail_coverage": 0.9})
+    assert run_rows(lax, [row("m", "Q", mild)])["m"]["reject_reason"] is None
+    with pytest.raises(ValueError, match="repetition.nope"):
+        make_stage(tmp_path, options={"repetition.nope": 1})
+
+
+def test_language_per_source_and_recipe_list(tmp_path):
+    fr = "La fonction renvoie une nouvelle liste contenant tous les éléments de l'itérable dans l'ordre croissant."
+    stage = make_stage(tmp_path)  # language off, but source "english" keeps only en
+    out = run_rows(stage, [row("fr-any", "Q", fr), row("fr-en", "Q", fr, source="english"),
+                           row("en-en", "Q", PROSE, source="english")])
+    assert out["fr-any"]["reject_reason"] is None and out["fr-any"]["language"] == "fr"
+    assert out["fr-en"]["reject_reason"] == "wrong_language" and "language=fr" in out["fr-en"]["reject_detail"]
+    assert out["en-en"]["reject_reason"] is None and out["en-en"]["language"] == "en"
+    on = make_stage(tmp_path, language=True, languages=["de"])
+    out = run_rows(on, [row("fr", "Q", fr), row("en-en", "Q", PROSE, source="english")])
+    assert out["fr"]["reject_reason"] == "wrong_language" and out["en-en"]["reject_reason"] is None
+
+
+def test_clip_actor_path_on_ray(ray_session, tmp_path):
+    folder, _ = save_tiny_clip(tmp_path / "clip")
+    img = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (200, 20, 20)).save(img)
+    media = [empty_media("image", "red.png") | {"path": str(img)}]
+    rows = [row(f"img{i}", "<image>\nDescribe.", "A red square.", media=media, modality="image") for i in range(3)]
+    rows.append(row("text", "Explain.", PROSE))
+    import ray
+
+    scores = {}
+    for min_score, rejected in ((-1.0, 0), (1.0, 3)):
+        stage = make_stage(tmp_path, clip_model=str(folder), clip_min_score=min_score)
+        assert stage.skip_reason() is None
+        ds = stage.transform(ray.data.from_arrow(pa.Table.from_pylist(rows, schema=CORE_SCHEMA)))
+        out = {r["id"]: r for r in ds.take_all()}
+        assert out["text"]["clip_score"] is None and out["text"]["reject_reason"] is None
+        got = [out[f"img{i}"] for i in range(3)]
+        assert all(-1 <= r["clip_score"] <= 1 for r in got)
+        assert sum(r["reject_reason"] == "low_clip_score" for r in got) == rejected
+        scores[min_score] = [r["clip_score"] for r in got]
+    assert scores[-1.0] == pytest.approx(scores[1.0])  # same model, same images: same scores
+    review = [e for e in review_lines(tmp_path) if e["reason"] == "low_clip_score"]
+    assert len(review) == 3 and "clip_score=" in review[0]["detail"]
+
+
+def test_missing_clip_folder_fails_validation(tmp_path):
+    with pytest.raises(FileNotFoundError, match="clip_model"):
+        make_stage(tmp_path, clip_model=str(tmp_path / "none"))
