@@ -189,7 +189,7 @@ class DedupeConfig(StageConfig):
     shingle: int = Field(5, ge=1)
     """word n-gram size of the shingles"""
     num_perm: int = Field(128, ge=16)
-    """MinHash permutations"""
+    """MinHash bins (one-permutation hashing; a power of two)"""
     near_image: bool = True
     """compare images by perceptual hash (pHash), so a resized or re-encoded copy is the same image"""
     image_hamming: int = Field(4, ge=0, le=64)

@@ -24,7 +24,7 @@ What counts as a duplicate:
 
 LSH bands and rows are chosen from the threshold recall-first: a pair at the threshold
 becomes a candidate with probability >= 0.99, and among such splits the one with the least
-false-positive mass is taken (128 permutations, threshold 0.8: see lsh_params). Candidates
+false-positive mass is taken (128 bins, threshold 0.8: 16 bands x 6 rows). Candidates
 are then verified with the exact Jaccard of their shingle-hash sets, so extra candidates
 cost time, not precision.
 Keep rule: highest `quality_score` if a scoring stage ran before, then the source listed
@@ -47,8 +47,8 @@ import pyarrow as pa
 from curate.records import reject
 from curate.stages.base import GlobalStage, Resources
 
-MERSENNE = np.uint64((1 << 61) - 1)
 MAX_HASH = np.uint64((1 << 32) - 1)
+EMPTY = np.uint64(1 << 40)  # marks a bin no shingle fell into (above any 32-bit value)
 WORD_RE = re.compile(r"\w+")
 PRIORITY = {"exact_duplicate": 0, "near_duplicate": 1, "near_duplicate_image": 2, "duplicate_video_instruction": 3}
 
@@ -62,58 +62,108 @@ def sample_text(conversations: Iterable[dict[str, Any]] | None) -> str:
     return "\n".join(t["value"] for t in conversations or [] if t.get("value"))
 
 
-@lru_cache(maxsize=8)
-def permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The (a, b) of the universal hashes, as datasketch's MinHash draws them."""
-    from datasketch import MinHash
-
-    perm = MinHash(num_perm=num_perm, seed=seed).permutations
-    return perm[0].astype(np.uint64), perm[1].astype(np.uint64)
-
-
 def shingle_hashes(text: str, n: int) -> np.ndarray:
-    """32-bit hashes of the word n-grams of a normalised text (vectorised rolling hash)."""
-    words = WORD_RE.findall(text)
-    if not words:
-        return np.zeros(0, np.uint64)
-    w = np.fromiter((zlib.crc32(x.encode()) for x in words), np.uint64, len(words))
-    if len(w) < n:
-        n = len(w)
-    h = np.zeros(len(w) - n + 1, np.uint64)
-    for k in range(n):  # h = sum(w[i+k] * P^(n-1-k)) mod 2^64, then mixed down to 32 bits
-        h = h * np.uint64(0x100000001B3) + w[k: len(w) - n + 1 + k]
-    h ^= h >> np.uint64(29)
-    return np.unique(h & MAX_HASH)
+    """32-bit hashes (sorted, unique) of the word n-grams of one normalised text."""
+    return shingle_hashes_batch([text], n)[0]
+
+
+def shingle_hashes_batch(texts: Sequence[str], n: int, chunk: int = 2048) -> list[np.ndarray]:
+    """Shingle hashes of many texts, vectorised over chunks of `chunk` texts (bounded memory)."""
+    if len(texts) > chunk:
+        return [h for i in range(0, len(texts), chunk) for h in _shingle_hashes_chunk(texts[i:i + chunk], n)]
+    return _shingle_hashes_chunk(texts, n)
+
+
+def _shingle_hashes_chunk(texts: Sequence[str], n: int) -> list[np.ndarray]:
+    """Shingle hashes of many texts, vectorised over the batch.
+
+    Words are factorised once for the whole batch (pandas), so crc32 runs once per distinct
+    word; the n-gram hash is a polynomial rolling hash over word hashes mod 2^64, mixed
+    down to 32 bits. A text shorter than n words is one shingle of all its words.
+    """
+    import pandas as pd
+
+    words = [WORD_RE.findall(t) for t in texts]
+    lengths = np.array([len(w) for w in words], np.int64)
+    out: list[np.ndarray] = [np.zeros(0, np.uint64)] * len(texts)
+    if lengths.sum() == 0:
+        return out
+    codes, uniques = pd.factorize(pd.Series([x for ws in words for x in ws], dtype=object), sort=False)
+    word_hash = np.fromiter((zlib.crc32(u.encode()) for u in uniques), np.uint64, len(uniques))
+    w = word_hash[codes]
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    for n_eff in sorted({min(n, int(x)) for x in lengths if x}):
+        docs = np.flatnonzero(np.minimum(lengths, n) == n_eff) if n_eff < n else np.flatnonzero(lengths >= n)
+        if not len(docs):
+            continue
+        h = np.zeros(len(w) - n_eff + 1, np.uint64)
+        for k in range(n_eff):  # h[i] = sum(w[i+k] * P^(n-1-k)) mod 2^64
+            h = h * np.uint64(0x100000001B3) + w[k: len(w) - n_eff + 1 + k]
+        h ^= h >> np.uint64(29)
+        h &= MAX_HASH
+        for d in docs:  # the n-grams that start and end inside document d
+            out[d] = np.unique(h[starts[d]: starts[d] + lengths[d] - n_eff + 1])
+    return out
 
 
 def signatures(texts: Sequence[str], num_perm: int, n: int) -> np.ndarray:
     """MinHash signatures (len(texts) x num_perm, uint32) of normalised texts."""
-    return signatures_from_hashes([shingle_hashes(t, n) for t in texts], num_perm)
+    return signatures_from_hashes(shingle_hashes_batch(texts, n), num_perm)
 
 
-def signatures_from_hashes(hashes: Sequence[np.ndarray], num_perm: int, chunk: int = 1 << 16) -> np.ndarray:
-    """MinHash signatures of many shingle-hash sets at once.
+def signatures_from_hashes(hashes: Sequence[np.ndarray], num_perm: int, seed: int = 1,
+                           chunk: int = 8192) -> np.ndarray:
+    """One-permutation MinHash signatures (len(hashes) x num_perm, uint32), all documents at once.
 
-    All shingle hashes of a batch are permuted in one matrix operation per chunk and the
-    per-document minimum is taken with np.minimum.reduceat; empty sets get all-max rows.
+    Classic MinHash applies num_perm hash functions to every shingle (n x k work). One
+    permutation hashing (Li, Owen & Zhang 2012) hashes each shingle once, uses the top bits
+    as a bin (num_perm bins) and keeps the minimum of the rest per bin: n work, the same
+    collision probability (= Jaccard) per bin. Empty bins of short documents are filled by
+    rotation densification (Shrivastava & Li 2014): an empty bin borrows the next non-empty
+    bin's value, offset by the distance, so two documents still agree on it with probability
+    ~ Jaccard. Vectorised over the whole batch: one np.minimum.at, one cumulative minimum.
     """
-    a, b = permutations(num_perm)
-    sig = np.full((len(hashes), num_perm), MAX_HASH, np.uint64)
-    lengths = np.array([len(h) for h in hashes])
-    doc = 0
-    while doc < len(hashes):
-        end, total = doc, 0
-        while end < len(hashes) and (total == 0 or total + lengths[end] <= chunk):
-            total += lengths[end]
-            end += 1
-        nonempty = [d for d in range(doc, end) if lengths[d]]
-        if nonempty:
-            hv = np.concatenate([hashes[d] for d in nonempty])
-            phv = ((hv[:, None] * a[None, :] + b[None, :]) % MERSENNE) & MAX_HASH
-            starts = np.cumsum([0] + [lengths[d] for d in nonempty[:-1]])
-            sig[nonempty] = np.minimum.reduceat(phv, starts, axis=0)
-        doc = end
+    if num_perm & (num_perm - 1):
+        raise ValueError(f"num_perm must be a power of two for one-permutation hashing, got {num_perm}")
+    if len(hashes) > chunk:  # bounded temporaries: a few arrays of the chunk's shingle count
+        return np.concatenate([signatures_from_hashes(hashes[i:i + chunk], num_perm, seed, chunk)
+                               for i in range(0, len(hashes), chunk)])
+    n_docs = len(hashes)
+    sig = np.full((n_docs, num_perm), EMPTY, np.uint64)
+    lengths = np.array([len(h) for h in hashes], np.int64)
+    if n_docs == 0 or lengths.sum() == 0:
+        return sig.astype(np.uint32)
+    rng = np.random.default_rng(seed)
+    mult = np.uint64(rng.integers(1 << 62, dtype=np.uint64) | np.uint64(1))
+    add = np.uint64(rng.integers(1 << 62, dtype=np.uint64))
+    hv = np.concatenate([h for h in hashes if len(h)]).astype(np.uint64)
+    doc = np.repeat(np.arange(n_docs), lengths)
+    mixed = hv * mult + add  # multiply-add mod 2^64: a fast universal hash
+    mixed ^= mixed >> np.uint64(31)
+    mixed *= np.uint64(0x9E3779B97F4A7C15)
+    bins = (mixed >> np.uint64(64 - num_perm.bit_length() + 1)).astype(np.int64)
+    values = (mixed >> np.uint64(8)) & MAX_HASH
+    np.minimum.at(sig.reshape(-1), doc * num_perm + bins, values)
+    _densify(sig)
     return sig.astype(np.uint32)
+
+
+def _densify(sig: np.ndarray) -> None:
+    """Fill empty bins (EMPTY) from the next non-empty bin to the right, circularly."""
+    k = sig.shape[1]
+    empty = sig == EMPTY
+    if not empty.any():
+        return
+    cols = np.where(empty, 2 * k, np.arange(k))
+    doubled = np.concatenate([cols, np.where(empty, 2 * k, np.arange(k) + k)], axis=1)
+    nxt = np.minimum.accumulate(doubled[:, ::-1], axis=1)[:, ::-1][:, :k]  # next non-empty index >= j
+    rows = np.flatnonzero(~empty.all(axis=1))
+    r = rows[:, None]
+    j = np.arange(k)[None, :]
+    src = sig[r, nxt[rows] % k]
+    dist = (nxt[rows] - j).astype(np.uint64)
+    filled = (src + dist * np.uint64(0x5BD1E995)) & MAX_HASH
+    sig[rows] = np.where(empty[rows], filled, sig[rows])
 
 
 def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> float:
@@ -153,9 +203,19 @@ def lsh_params(threshold: float, num_perm: int, min_recall: float = 0.99) -> tup
     return best
 
 
+def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n_docs, bands) uint64: one polynomial hash of each band's `rows` signature values."""
+    sig = np.atleast_2d(sig).astype(np.uint64)
+    h = np.zeros((sig.shape[0], bands), np.uint64)
+    view = sig[:, : bands * rows].reshape(sig.shape[0], bands, rows)
+    for r in range(rows):
+        h = h * np.uint64(0x100000001B3) + view[:, :, r]
+    h ^= h >> np.uint64(33)
+    return h
+
+
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> list[str]:
-    return [f"b{i}:" + hashlib.blake2b(sig[i * rows:(i + 1) * rows].tobytes(), digest_size=8).hexdigest()
-            for i in range(bands)]
+    return [f"b{i}:{h:016x}" for i, h in enumerate(band_hashes(sig, bands, rows)[0].tolist())]
 
 
 # ----------------------------------------------------------------------------- images and instructions
@@ -295,18 +355,22 @@ def decide(edges: Iterable[dict[str, Any]], ranks: dict[str, tuple]) -> dict[str
 def near_duplicate_clusters(texts: Sequence[str], threshold: float = 0.8, *, num_perm: int = 128,
                             shingle: int = 5) -> list[int]:
     """Cluster label per text (the smallest index of its cluster), same algorithm as the stage."""
-    hashes = [shingle_hashes(normalise(t), shingle) for t in texts]
+    hashes = shingle_hashes_batch([normalise(t) for t in texts], shingle)
     sig = signatures_from_hashes(hashes, num_perm)
     bands, rows = lsh_params(threshold, num_perm)
-    buckets: dict[str, list[dict[str, Any]]] = {}
-    for i in range(len(texts)):
-        if not len(hashes[i]):
-            continue
-        member = {"id": f"{i:012d}", "shingles": hashes[i], "media": []}
-        for key in band_keys(sig[i], bands, rows):
-            buckets.setdefault(key, []).append(member)
-    edges = [e for key, ms in buckets.items() if len(ms) > 1
-             for e in bucket_edges(ms, key, threshold, 0, False, 1.0)]
+    hb = band_hashes(sig, bands, rows)
+    has_text = np.array([len(h) > 0 for h in hashes])
+    edges = []
+    for band in range(bands):  # buckets = runs of equal band hashes after a sort
+        docs = np.flatnonzero(has_text)
+        order = docs[np.argsort(hb[docs, band], kind="stable")]
+        values = hb[order, band]
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(values)) + 1))
+        ends = np.concatenate((starts[1:], [len(values)]))
+        for a, b in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist()):
+            group = order[a:b]
+            members = [{"id": f"{i:012d}", "shingles": hashes[i], "media": []} for i in group.tolist()]
+            edges += bucket_edges(members, f"b{band}", threshold, 0, False, 1.0)
     uf = UnionFind()
     for e in edges:
         uf.union(int(e["u"]), int(e["v"]))
@@ -323,7 +387,7 @@ def _features(batch: pa.Table, cfg: dict[str, Any], source_order: dict[str, int]
     """Per alive sample: exact key, MinHash signature, shingle hashes, media identity, rank."""
     rows = [r for r in batch.to_pylist() if r.get("reject_reason") is None]
     norm = [normalise(sample_text(r.get("conversations"))) for r in rows]
-    hashes = [shingle_hashes(t, cfg["shingle"]) for t in norm]
+    hashes = shingle_hashes_batch(norm, cfg["shingle"])
     sigs = signatures_from_hashes(hashes, cfg["num_perm"])
     out: dict[str, list[Any]] = {name: [] for name in FEATURES.names}
     for r, text, h, sig in zip(rows, norm, hashes, sigs):
@@ -430,6 +494,8 @@ class DedupeStage(GlobalStage):
         unknown = set(opts) - {"image_only", "video_instructions", "video_instruction_cosine"}
         if unknown:
             raise ValueError(f"stages.dedupe.options: unknown keys {sorted(unknown)}")
+        if c.num_perm & (c.num_perm - 1):
+            raise ValueError(f"stages.dedupe.num_perm must be a power of two, got {c.num_perm}")
         bands, rows = lsh_params(c.threshold, c.num_perm)
         return {"exact": c.exact, "near_text": c.near_text, "threshold": c.threshold, "num_perm": c.num_perm,
                 "shingle": c.shingle, "bands": bands, "rows": rows, "near_image": c.near_image,
