@@ -71,12 +71,34 @@ class EspeakTTS:
     def available(self) -> str | None:
         return None if shutil.which(self.binary) else f"{self.binary} not found on PATH (apt-get install espeak-ng)"
 
+    def unknown_voices(self, voices: list[str]) -> list[str]:
+        """Voices espeak-ng does not know (it would silently fall back to its default voice)."""
+        names = _espeak_names(self.binary, "")
+        variants = _espeak_names(self.binary, "variant")
+        out = []
+        for v in voices:
+            base, _, variant = v.partition("+")
+            if base.lower() not in names or (variant and variant.lower() not in variants):
+                out.append(v)
+        return out
+
     def synthesize_wav(self, text: str, voice: str) -> bytes:
         # `--` ends the options, so a sentence starting with "-" is read, not parsed.
         wav = _run([self.binary, "-v", voice, "-s", str(self.speed), "--stdout", "--", text])
         if len(wav) <= 44:  # a bare WAV header: espeak-ng had nothing to say (unknown voice, empty text)
             raise TTSError(f"espeak-ng produced no audio for voice {voice!r}")
         return wav
+
+
+def _espeak_names(binary: str, which: str) -> set[str]:
+    """Lower-cased language codes, voice names and file names from `espeak-ng --voices[=which]`."""
+    listing = _run([binary, f"--voices={which}" if which else "--voices"]).decode(errors="replace")
+    names = set()
+    for line in listing.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 5:
+            names.update({cols[1].lower(), cols[3].lower(), cols[4].rsplit("/", 1)[-1].lower()})
+    return names
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,11 @@ class AudioQAStage(Stage):
             raise ValueError(f"stages.audio_qa: {reason}")
         if not cfg.voices:
             raise ValueError("stages.audio_qa.voices is empty; give at least one voice")
+        backend = make_backend(cfg.tts, cfg.speed, cfg.piper_voice)
+        unknown = backend.unknown_voices(cfg.voices) if hasattr(backend, "unknown_voices") else []
+        if unknown:
+            raise ValueError(f"stages.audio_qa.voices: espeak-ng has no voice {unknown}; "
+                             f"list them with `espeak-ng --voices` and `espeak-ng --voices=variant`")
         asr.resolve_model_path(cfg.asr_model)
 
     def skip_reason(self) -> str | None:

@@ -128,7 +128,7 @@ class TranscribeStage(Stage):
             segments += [{"item": i, **s} for s in result[0].segments]
         if not results:
             return
-        row.update(asr_text="\n".join(t for t in texts if t), asr_language=main[0].language, asr_segments=segments,
+        row.update(asr_text="\n".join(t for t in texts if t), asr_language=results[0][0].language, asr_segments=segments,
                    asr_avg_logprob=asr._weighted(segments, "avg_logprob"),
                    asr_no_speech_prob=asr._weighted(segments, "no_speech_prob"))
         row["asr_confidence"] = None if row["asr_avg_logprob"] is None else math.exp(row["asr_avg_logprob"])
