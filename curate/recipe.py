@@ -219,7 +219,7 @@ class TranscribeConfig(StageConfig):
     silence_dbfs: float = Field(-60.0, le=0)
     """clips quieter than this RMS level are rejected (silent_audio)"""
     video_audio: bool = False
-    """attach a video's audio track as cross-modal audio (an <audio> item after its <video>)"""
+    """attach a video's audio track as cross-modal audio (an `<audio>` item after its `<video>`)"""
     ensemble: list[str] = Field(default_factory=list, examples=[["models/whisper-base-ct2"]])
     """more Whisper folders; with them, transcripts vote (pairwise WER) to keep, correct or drop"""
     agree_wer: float = Field(0.1, ge=0)
