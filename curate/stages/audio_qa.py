@@ -112,8 +112,20 @@ class AudioQAStage(Stage):
     def setup(self) -> None:
         cfg = self.config
         self.tts = make_backend(cfg.tts, cfg.speed, cfg.piper_voice)
-        self.model = asr.load_whisper(cfg.asr_model, cfg.device, max(1, int(self.resources.cpus)))
+        self._model: Any = None
         self.store = MediaStore(self.ctx.media_dir)
+
+    @property
+    def model(self) -> Any:
+        """The read-back Whisper, loaded once per actor when the first sample is drawn."""
+        if self._model is None:
+            cfg = self.config
+            self._model = asr.load_whisper(cfg.asr_model, cfg.device, max(1, int(self.resources.cpus)))
+        return self._model
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self._model = value
 
     # ------------------------------------------------------------------ rows
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -91,10 +91,17 @@ class TranscribeStage(Stage):
             asr.resolve_model_path(path)
 
     def setup(self) -> None:
-        cfg = self.config
-        threads = max(1, int(self.resources.cpus))
-        self.models = [asr.load_whisper(p, cfg.device, threads) for p in [cfg.model, *cfg.ensemble]]
+        self._models: list[Any] | None = None
         self.store = MediaStore(self.ctx.media_dir)
+
+    @property
+    def models(self) -> list[Any]:
+        """Whisper models, loaded once per actor on the first clip (batches without audio never pay)."""
+        if self._models is None:
+            cfg = self.config
+            threads = max(1, int(self.resources.cpus))
+            self._models = [asr.load_whisper(p, cfg.device, threads) for p in [cfg.model, *cfg.ensemble]]
+        return self._models
 
     # ------------------------------------------------------------------ rows
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
