@@ -114,7 +114,8 @@ def window_bounds(audio: np.ndarray, window_s: float, sample_rate: int = SAMPLE_
         lo = start + max(size - int(CUT_SEARCH_S * sample_rate), frame)
         hi = start + size
         region = audio[lo:hi][: (hi - lo) // frame * frame].reshape(-1, frame)
-        cut = lo + int(np.argmin(np.square(region).mean(axis=1))) * frame if len(region) else hi
+        energy = np.square(region).mean(axis=1)[::-1]  # reversed: among equally quiet frames take the latest
+        cut = lo + (len(energy) - 1 - int(np.argmin(energy))) * frame if len(energy) else hi
         bounds.append((start, cut))
         start = cut
     bounds.append((start, n))

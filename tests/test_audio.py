@@ -205,6 +205,19 @@ def test_long_audio_windows_cut_at_silence():
     assert 12 * sr <= bounds[0][1] <= 12.5 * sr and bounds[0][1] == bounds[1][0]
 
 
+def test_windows_and_vad_keep_timestamps_on_the_whole_clip(qa_stage, speech):
+    sr = asr.SAMPLE_RATE
+    a, b = (asr.load_audio(speech[q]) for q in QUESTIONS[:2])
+    gap = np.zeros(sr * 2, np.float32)
+    clip = np.concatenate([gap, a, gap, b])
+    whole = asr.transcribe(qa_stage.model, clip, window_s=len(gap) / sr + len(a) / sr + 1.5)
+    assert asr.wer(" ".join(QUESTIONS[:2]), whole.text) <= 0.2, whole.text
+    second = next(s for s in whole.segments if "sentence" in s["text"].lower())
+    assert second["start"] >= (len(gap) + len(a)) / sr + 1.0  # after the first sentence: window offset added
+    vad = asr.transcribe(qa_stage.model, clip, vad=True)
+    assert asr.wer(" ".join(QUESTIONS[:2]), vad.text) <= 0.2 and vad.segments[0]["start"] >= 1.5
+
+
 def test_video_soundtrack_is_attached_and_transcribed(ctx, speech, tmp_path):
     video = tmp_path / "talk.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=5", "-i", speech[QUESTIONS[0]], "-shortest",
