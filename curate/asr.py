@@ -46,11 +46,11 @@ class Transcript:
 
     @property
     def avg_logprob(self) -> float | None:
-        return _weighted(self.segments, "avg_logprob")
+        return weighted_mean(self.segments, "avg_logprob")
 
     @property
     def no_speech_prob(self) -> float | None:
-        return _weighted(self.segments, "no_speech_prob")
+        return weighted_mean(self.segments, "no_speech_prob")
 
     @property
     def confidence(self) -> float | None:
@@ -58,7 +58,7 @@ class Transcript:
         return None if lp is None else math.exp(lp)
 
 
-def _weighted(segments: list[dict[str, Any]], key: str) -> float | None:
+def weighted_mean(segments: list[dict[str, Any]], key: str) -> float | None:
     if not segments:
         return None
     weights = [max(s["end"] - s["start"], 1e-3) for s in segments]

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from curate import mediaio
-from curate.mediaio import MediaError
 from curate.store import MediaStore
 
 SAMPLE_RATE = 16_000
@@ -147,22 +145,35 @@ def pick_voice(voices: list[str], seed: int, key: str) -> str:
     return voices[int.from_bytes(digest[:8], "big") % len(voices)]
 
 
+def flac_duration(path: str | os.PathLike[str]) -> float:
+    """Seconds of a FLAC file from its STREAMINFO block (sample rate and total samples)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:4] != b"fLaC":
+        raise TTSError(f"{path} is not a FLAC file")
+    info = int.from_bytes(head[18:26], "big")  # rate 20 bits | channels 3 | bits 5 | total samples 36
+    rate, total = info >> 44, info & ((1 << 36) - 1)
+    if not rate or not total:
+        raise TTSError(f"{path}: FLAC header has no sample count")
+    return total / rate
+
+
 def synthesize_to_store(backend: TTSBackend, text: str, voice: str, store: MediaStore,
                         sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
-    """Speak `text`, store it as mono FLAC at `sample_rate`; returns a media item (kind audio)."""
+    """Speak `text`, store it as mono FLAC at `sample_rate` (one ffmpeg call); returns an audio media item."""
     wav = backend.synthesize_wav(text, voice)
-    fd, tmp = tempfile.mkstemp(dir=store.tmp_dir(), suffix=".wav")
+    fd, tmp = tempfile.mkstemp(dir=store.tmp_dir(), suffix=".flac")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(wav)
-        try:
-            pcm, seconds = mediaio.decode_audio(tmp, sample_rate)
-            flac = mediaio.pcm_to_flac(pcm, sample_rate)
-        except MediaError as e:
-            raise TTSError(f"{backend.name} output could not be converted: {e}") from None
-    finally:
-        os.unlink(tmp)
-    path, sha = store.put_bytes(flac, ".flac")
+        # Written to a seekable file, so ffmpeg fills in STREAMINFO's sample count at the end.
+        _run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", "pipe:0", "-ac", "1", "-ar", str(sample_rate),
+              "-f", "flac", tmp], stdin=wav)
+        seconds = flac_duration(tmp)
+        path, sha = store.put_file(tmp, ".flac")
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return {"kind": "audio", "ref": f"tts:{backend.name}:{voice}", "path": str(path), "sha256": sha,
-            "bytes": len(flac), "mime": "audio/flac", "width": None, "height": None, "grid_w": None,
+            "bytes": os.path.getsize(path), "mime": "audio/flac", "width": None, "height": None, "grid_w": None,
             "grid_h": None, "tiles": 0, "frames": None, "duration": seconds}

@@ -135,9 +135,9 @@ class TranscribeStage(Stage):
             segments += [{"item": i, **s} for s in result[0].segments]
         if not results:
             return
-        row.update(asr_text="\n".join(t for t in texts if t), asr_language=results[0][0].language, asr_segments=segments,
-                   asr_avg_logprob=asr._weighted(segments, "avg_logprob"),
-                   asr_no_speech_prob=asr._weighted(segments, "no_speech_prob"))
+        row.update(asr_text="\n".join(t for t in texts if t), asr_language=results[0][0].language,
+                   asr_segments=segments, asr_avg_logprob=asr.weighted_mean(segments, "avg_logprob"),
+                   asr_no_speech_prob=asr.weighted_mean(segments, "no_speech_prob"))
         row["asr_confidence"] = None if row["asr_avg_logprob"] is None else math.exp(row["asr_avg_logprob"])
         if len(audio_idx) == 1 and len(results) == 1:
             self.decide(row, results[0])
@@ -154,7 +154,8 @@ class TranscribeStage(Stage):
             raise ClipError("audio_too_long", f"{seconds:.1f}s > stages.transcribe.max_seconds={cfg.max_seconds}")
         level = asr.loudness_dbfs(audio)
         if level < cfg.silence_dbfs:
-            raise ClipError("silent_audio", f"RMS {level:.1f} dBFS < stages.transcribe.silence_dbfs={cfg.silence_dbfs}")
+            raise ClipError("silent_audio",
+                            f"RMS {level:.1f} dBFS < stages.transcribe.silence_dbfs={cfg.silence_dbfs}")
         out = [asr.transcribe(m, audio, language=cfg.language, vad=cfg.vad, window_s=cfg.window_seconds,
                               options=cfg.options) for m in self.models]
         if not out[0].text:
@@ -190,8 +191,9 @@ class TranscribeStage(Stage):
         row["asr_action"] = verdict.action
 
     @staticmethod
-    def set_transcript(row: dict[str, Any], meta: dict[str, Any], turn: int | None, text: str, source: str) -> None:
-        if turn is None:  # reference came from meta.transcript, or no assistant turn: fill the first empty one
+    def set_transcript(row: dict[str, Any], meta: dict[str, Any], turn: int | None, text: str,
+                       source: str) -> None:
+        if turn is None:  # the reference came from meta.transcript: fill the first empty assistant turn
             turn = next((i for i, t in enumerate(row["conversations"]) if t["from"] == "gpt"
                          and not t["value"].strip()), None)
         if turn is not None:

@@ -68,7 +68,8 @@ def main() -> None:
 
     print(f"{len(texts)} sentences x {len(VOICES)} voices = {len(clips)} clips, {audio_s:.0f} s of speech")
     print(f"{'measure':<44}{'value':>10}{'baseline':>10}{'ratio':>8}")
-    print(f"{'TTS clips/s (espeak-ng -> 16 kHz FLAC store)':<44}{tts_rate:>10.2f}{raw_rate:>10.2f}{tts_rate / raw_rate:>8.2f}")
+    tts_label = "TTS clips/s (espeak-ng -> 16 kHz FLAC store)"
+    print(f"{tts_label:<44}{tts_rate:>10.2f}{raw_rate:>10.2f}{tts_rate / raw_rate:>8.2f}")
     print(f"{'ASR audio s per s per core (tiny.en int8)':<44}{asr_rate:>10.2f}{1.0:>10.2f}{asr_rate:>8.2f}")
     print(f"\n{'voice':<18}{'mean WER':>9}{'median':>8}{'p90':>7}{'<=0.1':>7}{'<=0.2':>7}")
     for voice, w in wers.items():
