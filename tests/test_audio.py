@@ -89,6 +89,8 @@ def test_voice_choice_is_deterministic_and_spread():
 def test_unknown_voice_fails_before_work(ctx):
     with pytest.raises(ValueError, match="no voice"):
         AudioQAStage(AudioQAConfig(enabled=True, fraction=0.5, voices=["en", "xx-none"]), ctx).validate()
+    with pytest.raises(ValueError, match="piper is not configured"):
+        AudioQAStage(AudioQAConfig(enabled=True, fraction=0.5, tts="piper"), ctx).validate()
 
 
 def test_round_trip_gate_keeps_good_questions_and_drops_a_swapped_clip(qa_stage):

@@ -36,7 +36,7 @@ from curate.mediaio import MediaError
 from curate.records import dumps_meta, record_id, reject
 from curate.stages.base import Resources, Stage
 from curate.store import MediaStore
-from curate.tts import TTSError, make_backend, pick_voice, synthesize_to_store
+from curate.tts import EspeakTTS, TTSError, make_backend, pick_voice, synthesize_to_store
 
 ORIGIN = "synthesized:audio_qa"
 VISUAL_RE = re.compile(r"(?:(?:Image|Frame)-\d+:\s*)?<(?:image|video)>")
@@ -93,14 +93,15 @@ class AudioQAStage(Stage):
                 "audio_qa_heard": pa.string()}
 
     def validate(self) -> None:
+        """Before work starts: the TTS back-end works, every voice exists, the Whisper folder is there."""
         cfg = self.config
-        reason = make_backend(cfg.tts, cfg.speed, cfg.piper_voice).available()
-        if reason and cfg.fraction > 0:
-            raise ValueError(f"stages.audio_qa: {reason}")
         if not cfg.voices:
             raise ValueError("stages.audio_qa.voices is empty; give at least one voice")
         backend = make_backend(cfg.tts, cfg.speed, cfg.piper_voice)
-        unknown = backend.unknown_voices(cfg.voices) if hasattr(backend, "unknown_voices") else []
+        reason = backend.available()
+        if reason:
+            raise ValueError(f"stages.audio_qa: {reason}")
+        unknown = backend.unknown_voices(cfg.voices) if isinstance(backend, EspeakTTS) else []
         if unknown:
             raise ValueError(f"stages.audio_qa.voices: espeak-ng has no voice {unknown}; "
                              f"list them with `espeak-ng --voices` and `espeak-ng --voices=variant`")
