@@ -222,24 +222,56 @@ class TranscribeConfig(StageConfig):
     model: str | None = Field(None, examples=["models/whisper-small-ct2"])
     """CTranslate2 Whisper folder (null: the tiny.en model installed by `make setup`)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """where Whisper runs"""
+    """where Whisper runs (cpu: int8, cuda: float16; auto: cuda when CTranslate2 sees a GPU)"""
+    language: str | None = Field(None, examples=["en"])
+    """spoken language code (null: detected per clip; English-only models always use en)"""
+    vad: bool = False
+    """skip non-speech with faster-whisper's Silero VAD before decoding"""
+    window_seconds: float = Field(300.0, ge=30)
+    """long audio is transcribed in windows of at most this many seconds, cut at a quiet frame"""
+    max_seconds: float = Field(600.0, gt=0)
+    """longer clips are rejected (audio_too_long)"""
+    silence_dbfs: float = Field(-60.0, le=0)
+    """clips quieter than this RMS level are rejected (silent_audio)"""
+    video_audio: bool = False
+    """attach a video's audio track as cross-modal audio (an `<audio>` item after its `<video>`)"""
+    ensemble: list[str] = Field(default_factory=list, examples=[["models/whisper-base-ct2"]])
+    """more Whisper folders; with them, transcripts vote (pairwise WER) to keep, correct or drop"""
+    agree_wer: float = Field(0.1, ge=0)
+    """ensemble: every pair of transcripts within this WER agrees (keep)"""
+    majority_wer: float = Field(0.25, ge=0)
+    """ensemble: a transcript within this WER of a strict majority replaces the reference (correct)"""
+    drop_easy: bool = False
+    """ensemble: reject samples every model transcribed exactly (asr_too_easy, as Baichuan-omni)"""
     options: dict[str, Any] = Field(default_factory=dict, examples=[{"beam_size": 1}])
-    """extra faster-whisper transcribe() arguments"""
+    """extra faster-whisper transcribe() arguments (default: greedy, temperature 0)"""
 
 
 class AudioQAConfig(StageConfig):
     """Spoken questions for image/video QA, kept only if ASR reads them back (curate.stages.audio_qa)."""
 
     fraction: float = Field(0.0, ge=0, le=1)
-    """share of eligible image/video QA samples that get a spoken question"""
+    """share of eligible image/video QA samples that get a spoken copy (drawn by hash of seed and id)"""
+    variant: Literal["question", "caption"] = "question"
+    """question: speak the first question; caption: speak the first quarter of the answer, target the rest"""
     voices: list[str] = Field(default_factory=lambda: ["en-us", "en", "en+f3", "en+m3"])
-    """espeak-ng voices drawn at random per sample"""
+    """TTS voices, one picked per sample from the seed and the sample id"""
+    tts: Literal["espeak", "piper"] = "espeak"
+    """TTS back-end: espeak (espeak-ng binary) or piper (needs piper_voice)"""
+    piper_voice: str | None = Field(None, examples=["models/en_US-lessac-medium.onnx"])
+    """local piper .onnx voice file for tts=piper"""
+    speed: int = Field(160, ge=60, le=450)
+    """espeak-ng speaking rate in words per minute"""
+    asr_model: str | None = Field(None, examples=["models/whisper-small-ct2"])
+    """CTranslate2 Whisper folder for the read-back check (null: tiny.en from `make setup`)"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """where the read-back Whisper runs"""
     max_wer: float = Field(0.1, ge=0)
-    """synthesised questions whose ASR word error rate exceeds this are dropped"""
-    options: dict[str, Any] = Field(default_factory=dict, examples=[{"speed": 160}])
-    """extra TTS settings"""
-
-
+    """a clip whose normalised read-back WER exceeds this is rejected (tts_asr_mismatch)"""
+    max_chars: int = Field(300, ge=10)
+    """longer spoken texts are not synthesized (the sample is not eligible)"""
+    min_caption_words: int = Field(12, ge=4)
+    """caption variant: answers with fewer words are not eligible"""
 class TokenizeConfig(StageConfig):
     tokenizer: str = "data/demo/tokenizer"
     """local Hugging Face tokenizer folder (must hold the chat and media special tokens)"""

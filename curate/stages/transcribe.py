@@ -1,0 +1,235 @@
+"""Transcribe: faster-whisper on every audio item, in an actor pool (one model load per actor).
+
+For each sample with audio:
+1. The clip is decoded (16 kHz mono), checked (broken -> `broken_audio`, longer than
+   `max_seconds` -> `audio_too_long`, RMS below `silence_dbfs` -> `silent_audio`) and
+   transcribed window by window (curate.asr); an empty transcript -> `no_speech`. These
+   rejects apply to speech samples (modality audio); an attached video track that fails
+   only leaves the video without its audio.
+2. Columns: `asr_text`, `asr_language`, `asr_segments` (item, start, end, text, avg_logprob,
+   no_speech_prob), `asr_avg_logprob`, `asr_no_speech_prob`, `asr_confidence` (exp of the
+   mean log-probability), `asr_wer` (against the sample's reference transcript when it has
+   one) and `asr_action`.
+3. Where the transcript goes. A sample's *reference transcript* is `meta.transcript` when the
+   manifest has that field, else, for an audio sample with one audio item, its first
+   assistant turn (the ASR format "<audio> Transcribe the speech." -> text). A sample whose
+   reference is empty (no `transcript` and an empty assistant turn) gets the ASR text
+   written into that turn and into `meta.transcript`, with `meta.transcript_source = "asr"`
+   (asr_action `filled`).
+4. Ensemble (`ensemble` lists more model folders): every model transcribes the clip; with
+   the reference they vote (curate.asr.vote): `keep`, `correct` (the reference is replaced
+   by the majority transcript, meta.transcript_source = "asr_majority") or reject
+   `asr_disagreement`. `drop_easy` rejects samples every model got exactly right
+   (`asr_too_easy`, Baichuan-omni drops them from SFT).
+5. `video_audio`: a video with an audio track gets that track as cross-modal audio
+   (Baichuan-omni's video-audio-text data): stored as FLAC, transcribed, added as an audio
+   item right after the video with an `<audio>` placeholder right after `<video>`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from curate import asr
+from curate.mediaio import MediaError
+from curate.records import PLACEHOLDERS, dumps_meta, reject
+from curate.stages.base import Resources, Stage
+from curate.store import MediaStore
+from curate.tts import SAMPLE_RATE
+
+SEGMENT_TYPE = pa.struct([("item", pa.int32()), ("start", pa.float64()), ("end", pa.float64()),
+                          ("text", pa.string()), ("avg_logprob", pa.float64()), ("no_speech_prob", pa.float64())])
+PLACEHOLDER_RE = re.compile("|".join(map(re.escape, PLACEHOLDERS.values())))
+
+
+class ClipError(ValueError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def reference_transcript(row: dict[str, Any], meta: dict[str, Any]) -> tuple[str | None, int | None]:
+    """(text, index of the assistant turn holding it or None); (None, None) when the sample has none."""
+    if isinstance(meta.get("transcript"), str):
+        return meta["transcript"], None
+    audio = [m for m in row.get("media") or [] if m["kind"] == "audio"]
+    if row.get("modality") != "audio" or len(audio) != 1:
+        return None, None
+    for i, t in enumerate(row["conversations"]):
+        if t["from"] == "gpt":
+            return t["value"], i
+    return None, None
+
+
+class TranscribeStage(Stage):
+    name: ClassVar[str] = "transcribe"
+    resources: ClassVar[Resources] = Resources(cpus=1)
+    batch_size: ClassVar[int] = 8
+    uses_actor: ClassVar[bool] = True
+
+    def __init__(self, config: Any, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        if config.device == "cuda":
+            self.resources = Resources(cpus=1, gpus=1)
+
+    def inputs(self) -> list[str]:
+        return ["media", "conversations", "meta", "modality"]
+
+    def outputs(self) -> dict[str, pa.DataType]:
+        return {"asr_text": pa.string(), "asr_language": pa.string(), "asr_segments": pa.list_(SEGMENT_TYPE),
+                "asr_avg_logprob": pa.float64(), "asr_no_speech_prob": pa.float64(),
+                "asr_confidence": pa.float64(), "asr_wer": pa.float64(), "asr_action": pa.string()}
+
+    def validate(self) -> None:
+        """Fail before work starts when a model folder is missing."""
+        for path in [self.config.model, *self.config.ensemble]:
+            asr.resolve_model_path(path)
+
+    def setup(self) -> None:
+        self._models: list[Any] | None = None
+        self.store = MediaStore(self.ctx.media_dir)
+
+    @property
+    def models(self) -> list[Any]:
+        """Whisper models, loaded once per actor on the first clip (batches without audio never pay)."""
+        if self._models is None:
+            cfg = self.config
+            threads = max(1, int(self.resources.cpus))
+            self._models = [asr.load_whisper(p, cfg.device, threads) for p in [cfg.model, *cfg.ensemble]]
+        return self._models
+
+    # ------------------------------------------------------------------ rows
+    def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for row in rows:
+            row.update({k: None for k in self.outputs()})
+            if not row.get("media"):
+                continue
+            if self.config.video_audio:
+                self.attach_video_audio(row)
+            try:
+                self.process_row(row)
+            except ClipError as e:
+                reject(row, self.name, e.reason, str(e))
+        return rows
+
+    def process_row(self, row: dict[str, Any]) -> None:
+        audio_idx = [i for i, m in enumerate(row["media"]) if m["kind"] == "audio"]
+        if not audio_idx:
+            return
+        texts, segments, results = [], [], []
+        for i in audio_idx:
+            item = row["media"][i]
+            try:
+                result = self.transcribe_item(item)
+            except ClipError:
+                if row.get("modality") == "audio":
+                    raise
+                continue  # a video's soundtrack without speech is still the video's audio
+            results.append(result)
+            texts.append(result[0].text)
+            segments += [{"item": i, **s} for s in result[0].segments]
+        if not results:
+            return
+        row.update(asr_text="\n".join(t for t in texts if t), asr_language=results[0][0].language,
+                   asr_segments=segments, asr_avg_logprob=asr.weighted_mean(segments, "avg_logprob"),
+                   asr_no_speech_prob=asr.weighted_mean(segments, "no_speech_prob"))
+        row["asr_confidence"] = None if row["asr_avg_logprob"] is None else math.exp(row["asr_avg_logprob"])
+        if len(audio_idx) == 1 and len(results) == 1:
+            self.decide(row, results[0])
+
+    def transcribe_item(self, item: dict[str, Any]) -> list[asr.Transcript]:
+        """One clip through every configured model (the first is the main one)."""
+        cfg = self.config
+        try:
+            audio = asr.load_audio(item["path"], SAMPLE_RATE)
+        except (MediaError, OSError, TypeError) as e:
+            raise ClipError("broken_audio", f"cannot decode {item.get('ref')}: {e}") from None
+        seconds = len(audio) / SAMPLE_RATE
+        if seconds > cfg.max_seconds:
+            raise ClipError("audio_too_long", f"{seconds:.1f}s > stages.transcribe.max_seconds={cfg.max_seconds}")
+        level = asr.loudness_dbfs(audio)
+        if level < cfg.silence_dbfs:
+            raise ClipError("silent_audio",
+                            f"RMS {level:.1f} dBFS < stages.transcribe.silence_dbfs={cfg.silence_dbfs}")
+        out = [asr.transcribe(m, audio, language=cfg.language, vad=cfg.vad, window_s=cfg.window_seconds,
+                              options=cfg.options) for m in self.models]
+        if not out[0].text:
+            raise ClipError("no_speech", f"Whisper heard no speech in {seconds:.1f}s of audio")
+        return out
+
+    # ------------------------------------------------------------------ the transcript
+    def decide(self, row: dict[str, Any], results: list[asr.Transcript]) -> None:
+        cfg = self.config
+        meta = json.loads(row["meta"] or "{}")
+        ref, turn = reference_transcript(row, meta)
+        heard = [r.text for r in results]
+        lang = results[0].language or "en"
+        if ref is None:
+            row["asr_action"] = "transcribed"
+            return
+        if not ref.strip():
+            self.set_transcript(row, meta, turn, heard[0], "asr")
+            row["asr_action"] = "filled"
+            return
+        row["asr_wer"] = asr.wer(ref, heard[0], lang)
+        row["asr_action"] = "checked"
+        if len(heard) < 2:
+            return
+        verdict = asr.vote([ref, *heard], cfg.agree_wer, cfg.majority_wer, lang)
+        detail = f"mean pairwise WER {verdict.mean_wer:.3f}, max {verdict.max_wer:.3f} over {len(heard)} models"
+        if verdict.action == "drop":
+            reject(row, self.name, "asr_disagreement", detail)
+        elif cfg.drop_easy and verdict.max_wer == 0.0:
+            reject(row, self.name, "asr_too_easy", "every model transcribed the reference exactly")
+        elif verdict.action == "correct":
+            self.set_transcript(row, meta, turn, [ref, *heard][verdict.choice], "asr_majority")
+        row["asr_action"] = verdict.action
+
+    @staticmethod
+    def set_transcript(row: dict[str, Any], meta: dict[str, Any], turn: int | None, text: str,
+                       source: str) -> None:
+        if turn is None:  # the reference came from meta.transcript: fill the first empty assistant turn
+            turn = next((i for i, t in enumerate(row["conversations"]) if t["from"] == "gpt"
+                         and not t["value"].strip()), None)
+        if turn is not None:
+            row["conversations"][turn]["value"] = text
+        meta.update(transcript=text, transcript_source=source)
+        row["meta"] = dumps_meta(meta)
+
+    # ------------------------------------------------------------------ video soundtracks
+    def attach_video_audio(self, row: dict[str, Any]) -> None:
+        """Add each video's audio track as an audio item (and `<audio>` after its `<video>`)."""
+        media = row["media"]
+        for i in reversed(range(len(media))):
+            if media[i]["kind"] != "video" or not media[i].get("path"):
+                continue
+            try:
+                pcm, seconds = asr.mediaio.decode_audio(media[i]["path"], SAMPLE_RATE)
+                flac = asr.mediaio.pcm_to_flac(pcm, SAMPLE_RATE)
+            except MediaError:
+                continue  # no audio stream: nothing to attach
+            if seconds > self.config.max_seconds:
+                continue
+            path, sha = self.store.put_bytes(flac, ".flac")
+            item = {k: None for k in media[i]} | {"kind": "audio", "ref": f"{media[i]['ref']}#audio",
+                                                  "path": str(path), "sha256": sha, "bytes": len(flac),
+                                                  "mime": "audio/flac", "duration": seconds, "tiles": 0}
+            if _insert_after_placeholder(row["conversations"], i, PLACEHOLDERS["audio"]):
+                media.insert(i + 1, item)
+
+
+def _insert_after_placeholder(turns: list[dict[str, str]], index: int, tag: str) -> bool:
+    """Put `tag` right after the index-th media placeholder of the conversation (media order)."""
+    seen = 0
+    for t in turns:
+        for m in PLACEHOLDER_RE.finditer(t["value"]):
+            if seen == index:
+                t["value"] = t["value"][: m.end()] + tag + t["value"][m.end():]
+                return True
+            seen += 1
+    return False

@@ -1,0 +1,250 @@
+"""Audio: espeak-ng speech read back by the bundled Whisper tiny.en, the WER gate, transcribe rejects,
+the ASR ensemble vote, video soundtracks, and both stages end to end on Ray (demo corpus)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from curate import asr
+from curate.recipe import AudioQAConfig, TranscribeConfig, load_recipe
+from curate.records import CORE_SCHEMA, empty_media
+from curate.runner import Runner
+from curate.stages.audio_qa import AudioQAStage, audio_turn, drawn, spoken_question, split_caption
+from curate.stages.base import RunContext
+from curate.stages.transcribe import TranscribeStage
+from curate.store import MediaStore
+from curate.tts import EspeakTTS, PiperTTS, TTSError, pick_voice, synthesize_to_store
+from tests.conftest import demo_overrides
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sft-stage3.yaml"
+QUESTIONS = ["What does this video show?", "What is the first complete sentence on this page?",
+             "Describe the picture in one sentence."]
+SWAPPED = "The weather in the mountains was cold and windy all week."
+
+
+def make_row(i: int, kind: str, first_turn: str, answer: str, path: str | None = None) -> dict:
+    row = {k: None for k in CORE_SCHEMA.names}
+    item = empty_media(kind, f"{kind}{i}") | {"path": path, "tiles": 1 if kind != "audio" else 0}
+    row.update(id=f"row{i}", source="t", origin="manifest", manifest="m.jsonl", line=i, meta="{}",
+               modality={"image": "image", "audio": "audio", "video": "video"}[kind], media=[item],
+               conversations=[{"from": "human", "value": first_turn}, {"from": "gpt", "value": answer}])
+    return row
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-nostdin", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    out = tmp_path_factory.mktemp("audio")
+    return RunContext(out_dir=str(out), media_dir=str(out / "media"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def qa_stage(ctx):
+    stage = AudioQAStage(AudioQAConfig(enabled=True, fraction=1.0, voices=["en"], max_wer=0.1), ctx)
+    stage.validate()
+    stage.setup()
+    return stage
+
+
+@pytest.fixture(scope="module")
+def speech(ctx):
+    """Real espeak-ng clips in the store: {sentence: flac path}."""
+    store = MediaStore(ctx.media_dir)
+    return {q: synthesize_to_store(EspeakTTS(), q, "en", store)["path"] for q in [*QUESTIONS, SWAPPED]}
+
+
+# ---------------------------------------------------------------------------- TTS + gate
+def test_tts_writes_16k_mono_flac_with_duration(ctx):
+    item = synthesize_to_store(EspeakTTS(), QUESTIONS[0], "en+f3", MediaStore(ctx.media_dir))
+    info = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", item["path"]],
+                                     capture_output=True, check=True).stdout)["streams"][0]
+    assert info["codec_name"] == "flac" and info["sample_rate"] == "16000" and info["channels"] == 1
+    assert 0.8 < item["duration"] < 4 and item["mime"] == "audio/flac" and item["path"].endswith(".flac")
+    assert EspeakTTS().unknown_voices(["en", "en-us", "en+f3", "en-gb-scotland+Storm", "xx-voice", "en+nope"]) \
+        == ["xx-voice", "en+nope"]
+    assert "not configured" in PiperTTS().available()
+    with pytest.raises(TTSError, match="not configured"):
+        PiperTTS().synthesize_wav("hello", "")
+
+
+def test_voice_choice_is_deterministic_and_spread():
+    voices = ["en", "en-us", "en+f3", "en+m3"]
+    picks = [pick_voice(voices, 7, f"id{i}") for i in range(200)]
+    assert picks == [pick_voice(voices, 7, f"id{i}") for i in range(200)]
+    assert all(picks.count(v) > 25 for v in voices)
+    assert picks != [pick_voice(voices, 8, f"id{i}") for i in range(200)]
+    share = sum(drawn(1, f"id{i}", 0.2) for i in range(2000)) / 2000
+    assert 0.17 < share < 0.23
+
+
+def test_unknown_voice_fails_before_work(ctx):
+    with pytest.raises(ValueError, match="no voice"):
+        AudioQAStage(AudioQAConfig(enabled=True, fraction=0.5, voices=["en", "xx-none"]), ctx).validate()
+    with pytest.raises(ValueError, match="piper is not configured"):
+        AudioQAStage(AudioQAConfig(enabled=True, fraction=0.5, tts="piper"), ctx).validate()
+
+
+def test_round_trip_gate_keeps_good_questions_and_drops_a_swapped_clip(qa_stage):
+    rows = [make_row(i, "image", f"<image>\n{q}", "An answer.") for i, q in enumerate(QUESTIONS)]
+    out = qa_stage.process_rows(rows)
+    new = [r for r in out if r["origin"] == "synthesized:audio_qa"]
+    assert len(out) == 6 and len(new) == 3
+    kept = [r for r in new if r["reject_reason"] is None]
+    assert len(kept) >= 2, [(r["audio_qa_heard"], r["audio_qa_wer"]) for r in new]
+    for r in kept:
+        assert r["audio_qa_wer"] <= 0.1 and r["modality"] == "audio_qa" and r["audio_qa_voice"] == "en"
+        assert r["conversations"][0]["value"] == "<image>\n<audio>" and r["conversations"][1]["value"] == "An answer."
+        assert [m["kind"] for m in r["media"]] == ["image", "audio"] and r["media"][1]["duration"] > 0.5
+        assert r["id"] != r["audio_qa_parent"] and json.loads(r["meta"])["spoken_text"] in QUESTIONS
+    parents = [r for r in out if r["origin"] == "manifest"]
+    assert [p["conversations"][0]["value"] for p in parents] == [f"<image>\n{q}" for q in QUESTIONS]
+
+    class SwappedTTS(EspeakTTS):  # speaks another sentence than the one it is given
+        def synthesize_wav(self, text, voice):
+            return super().synthesize_wav(SWAPPED, voice)
+
+    good_tts, qa_stage.tts = qa_stage.tts, SwappedTTS()
+    try:
+        bad = qa_stage.process_rows([make_row(9, "image", f"<image>\n{QUESTIONS[0]}", "An answer.")])[1]
+    finally:
+        qa_stage.tts = good_tts
+    assert bad["reject_reason"] == "tts_asr_mismatch" and bad["origin"] == "synthesized:audio_qa"
+    assert bad["audio_qa_wer"] > 0.5 and "WER" in bad["reject_detail"]
+
+
+def test_question_and_caption_rewriting():
+    q = "Image-1: <image>\nImage-2: <image>\nWhich chart has the largest maximum value?"
+    assert spoken_question(q) == "Which chart has the largest maximum value?"
+    assert audio_turn(q) == "Image-1: <image>\nImage-2: <image>\n<audio>"
+    assert audio_turn("<video>\nWhat happens?") == "<video>\n<audio>"
+    head, rest = split_caption("one two three four five six seven eight")
+    assert head == "one two" and rest == "three four five six seven eight"
+
+
+def test_caption_variant_speaks_a_quarter_and_targets_the_rest(ctx, qa_stage):
+    cfg = AudioQAConfig(enabled=True, fraction=1.0, voices=["en"], variant="caption", max_wer=1.0)
+    stage = AudioQAStage(cfg, ctx)
+    stage.tts, stage.model, stage.store = qa_stage.tts, qa_stage.model, qa_stage.store
+    caption = "A red car is parked in front of a small house with a green door and two windows."
+    new = stage.process_rows([make_row(1, "image", "<image>\nDescribe the image.", caption)])[1]
+    assert new["reject_reason"] is None and json.loads(new["meta"])["spoken_text"] == "A red car is"
+    assert new["conversations"][1]["value"] == caption.split(" ", 4)[4]
+    assert new["conversations"][0]["value"] == "<image>\n<audio>"
+
+
+# ---------------------------------------------------------------------------- transcribe
+@pytest.fixture(scope="module")
+def bad_clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    (d / "broken.flac").write_bytes(b"fLaC not really a flac file" * 10)
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "2", str(d / "silent.flac"))
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000", "-t", "6", str(d / "long.flac"))
+    return d
+
+
+def test_transcribe_fills_checks_and_rejects_bad_audio(ctx, speech, bad_clips):
+    stage = TranscribeStage(TranscribeConfig(enabled=True, max_seconds=5.0), ctx)
+    stage.validate()
+    stage.setup()
+    q = QUESTIONS[0]
+    rows = [make_row(0, "audio", "<audio>\nTranscribe the speech.", "", speech[q]),
+            make_row(1, "audio", "<audio>\nTranscribe the speech.", q, speech[q]),
+            make_row(2, "audio", "<audio>\nTranscribe the speech.", "x", str(bad_clips / "broken.flac")),
+            make_row(3, "audio", "<audio>\nTranscribe the speech.", "x", str(bad_clips / "silent.flac")),
+            make_row(4, "audio", "<audio>\nTranscribe the speech.", "x", str(bad_clips / "long.flac")),
+            make_row(5, "image", "<image>\nWhat is it?", "A chart.")]
+    out = stage.process_rows(rows)
+    filled, checked = out[0], out[1]
+    assert filled["reject_reason"] is None and filled["asr_action"] == "filled"
+    assert asr.wer(q, filled["conversations"][1]["value"]) <= 0.1
+    assert json.loads(filled["meta"])["transcript_source"] == "asr"
+    assert checked["asr_action"] == "checked" and checked["asr_wer"] <= 0.1 and checked["conversations"][1]["value"] == q
+    seg = checked["asr_segments"][0]
+    assert seg["item"] == 0 and 0 <= seg["start"] < seg["end"] <= 3.0 and seg["text"]
+    assert 0 < checked["asr_confidence"] <= 1 and checked["asr_no_speech_prob"] < 0.5
+    assert [r["reject_reason"] for r in out[2:5]] == ["broken_audio", "silent_audio", "audio_too_long"]
+    assert "max_seconds" in out[4]["reject_detail"]
+    assert out[5]["reject_reason"] is None and out[5]["asr_text"] is None
+
+
+def test_ensemble_corrects_a_wrong_reference_by_majority(ctx, speech):
+    tiny = str(asr.resolve_model_path(None))
+    stage = TranscribeStage(TranscribeConfig(enabled=True, ensemble=[tiny]), ctx)
+    stage.setup()
+    q = QUESTIONS[1]
+    wrong, right = (make_row(i, "audio", "<audio>\nTranscribe.", text, speech[q]) for i, text in
+                    enumerate([SWAPPED, q]))
+    out = stage.process_rows([wrong, right])
+    assert out[0]["asr_action"] == "correct" and asr.wer(q, out[0]["conversations"][1]["value"]) <= 0.1
+    assert json.loads(out[0]["meta"])["transcript_source"] == "asr_majority"
+    assert out[1]["asr_action"] == "keep" and out[1]["conversations"][1]["value"] == q
+
+
+def test_vote_keep_correct_drop():
+    assert asr.vote(["the cat sat down", "the cat sat down", "the cat sat down"], 0.1, 0.3).action == "keep"
+    v = asr.vote(["a dog ran off", "the cat sat down", "the cat sat down"], 0.1, 0.3)
+    assert v.action == "correct" and v.choice == 1
+    assert asr.vote(["a dog ran off", "the cat sat down"], 0.1, 0.3).action == "drop"
+    assert asr.wer("It costs forty-two dollars.", "it costs $42") == 0.0
+
+
+def test_long_audio_windows_cut_at_silence():
+    sr = asr.SAMPLE_RATE
+    tone = np.sin(np.arange(sr * 4) * 0.1).astype(np.float32)
+    gap = np.zeros(sr // 2, np.float32)
+    audio = np.concatenate([tone, tone, tone, gap, tone, tone, tone])  # 24.5 s, silence at 12-12.5 s
+    bounds = asr.window_bounds(audio, window_s=14.0)
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(audio) and len(bounds) == 2
+    assert 12 * sr <= bounds[0][1] <= 12.5 * sr and bounds[0][1] == bounds[1][0]
+
+
+def test_windows_and_vad_keep_timestamps_on_the_whole_clip(qa_stage, speech):
+    sr = asr.SAMPLE_RATE
+    a, b = (asr.load_audio(speech[q]) for q in QUESTIONS[:2])
+    gap = np.zeros(sr * 2, np.float32)
+    clip = np.concatenate([gap, a, gap, b])
+    whole = asr.transcribe(qa_stage.model, clip, window_s=len(gap) / sr + len(a) / sr + 1.5)
+    assert asr.wer(" ".join(QUESTIONS[:2]), whole.text) <= 0.2, whole.text
+    second = next(s for s in whole.segments if "sentence" in s["text"].lower())
+    assert second["start"] >= (len(gap) + len(a)) / sr + 1.0  # after the first sentence: window offset added
+    vad = asr.transcribe(qa_stage.model, clip, vad=True)
+    assert asr.wer(" ".join(QUESTIONS[:2]), vad.text) <= 0.2 and vad.segments[0]["start"] >= 1.5
+
+
+def test_video_soundtrack_is_attached_and_transcribed(ctx, speech, tmp_path):
+    video = tmp_path / "talk.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=5", "-i", speech[QUESTIONS[0]], "-shortest",
+           "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(video))
+    stage = TranscribeStage(TranscribeConfig(enabled=True, video_audio=True), ctx)
+    stage.setup()
+    row = stage.process_rows([make_row(0, "video", "<video>\nWhat is said?", "A question.", str(video))])[0]
+    assert row["reject_reason"] is None and [m["kind"] for m in row["media"]] == ["video", "audio"]
+    assert row["conversations"][0]["value"] == "<video><audio>\nWhat is said?"
+    assert row["media"][1]["duration"] > 1 and asr.wer(QUESTIONS[0], row["asr_text"]) <= 0.25
+
+
+# ---------------------------------------------------------------------------- end to end on Ray
+def test_runner_transcribes_and_synthesizes_audio_qa_keeping_the_invariant(ray_session, demo_small, tmp_path):
+    sets = demo_overrides(demo_small, "stages.transcribe.enabled=true", "stages.audio_qa.enabled=true",
+                          "stages.audio_qa.fraction=0.5", "stages.audio_qa.voices=[en, de]")
+    stats = Runner(load_recipe(RECIPE, sets), tmp_path).run()
+    assert stats["invariant_ok"] and stats["synthesized"] >= 3
+    assert stats["modalities"].get("audio_qa", 0) >= 1 and stats["rejected"].get("tts_asr_mismatch", 0) >= 1
+    work = pads.dataset(str(next((tmp_path / "work").glob("*-transcribe"))), format="parquet").to_table()
+    audio = [r for r in work.to_pylist() if r["modality"] == "audio" and r["reject_reason"] is None]
+    assert audio and all(r["asr_action"] == "checked" and r["asr_segments"] for r in audio)
+    assert np.median([r["asr_wer"] for r in audio]) <= 0.35
+    qa = pads.dataset(str(next((tmp_path / "work").glob("*-audio_qa"))), format="parquet").to_table().to_pylist()
+    kept = [r for r in qa if r["modality"] == "audio_qa" and r["reject_reason"] is None]
+    assert all(r["audio_qa_wer"] <= 0.1 and r["audio_qa_voice"] in ("en", "de") for r in kept)
+    tok = pads.dataset(str(next((tmp_path / "work").glob("*-tokenize"))), format="parquet").to_table().to_pylist()
+    assert all(r["n_audio_tokens"] > 0 for r in tok if r["modality"] == "audio_qa")
