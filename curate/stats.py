@@ -72,6 +72,13 @@ def compute_stats(run_dir: str | Path) -> dict[str, Any]:
         "budgets": budgets,
         "stage_seconds": _stage_seconds(run),
     }
+    from curate.stages.download import download_summary
+
+    download = download_summary(run)
+    if download:
+        seconds = stats["stage_seconds"].get("download")
+        download["urls_per_second"] = round(download["urls"] / seconds, 2) if seconds else None
+        stats["download"] = download
     pack_marker = shards / "_DONE.json"
     if pack_marker.exists():
         info = json.loads(pack_marker.read_text())
@@ -123,6 +130,12 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"tile fill       {stats['tile_fill']:>10.1%}   of {stats['budgets']['max_tiles']} per sequence",
         "modalities      " + ", ".join(f"{k} {v}" for k, v in stats["modalities"].items()),
     ]
+    download = stats.get("download")
+    if download:
+        lines.append(f"download        {download['fetched']:,}/{download['urls']:,} URLs ok ({download['success_rate']:.1%}), "
+                     f"{download['bytes'] / 1e6:,.1f} MB, {download['requests']:,} requests"
+                     + (f", {download['urls_per_second']} URLs/s" if download.get("urls_per_second") else ""))
+        lines += [f"  {reason:<28}{n:>8,}" for reason, n in download["failures"].items()]
     packing, select = stats.get("packing") or {}, stats.get("select") or {}
     if packing:
         line = (f"packing         {packing['mode']}: {packing['sequences']:,} sequences, lower bound "

@@ -1,0 +1,275 @@
+"""Bounded, polite fetching of one URL: the HTTP client behind the download stage.
+
+Every fetch is bounded: connect/read timeouts per attempt, a total time per attempt, a
+byte cap that aborts the transfer (never reads it all), a redirect limit with the scheme
+checked at every hop (http/https only), host allow/deny lists. Retries with exponential
+backoff and jitter happen only for retryable failures: timeouts, connection resets and
+refusals, truncated bodies, 429 and 5xx. The content type is sniffed from the bytes
+(magic numbers), never taken from the headers.
+
+One `Fetcher` holds one urllib3 connection pool and a semaphore per host; it is shared by
+the threads of a download worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import random
+import threading
+import time
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+USER_AGENT = "omnicurate/0.1 (+https://github.com/omnicurate/omnicurate)"
+NETWORK_SCHEMES = ("http", "https", "s3", "gs", "gcs")
+RETRYABLE = {"timeout", "connection_error", "truncated", "http_429", "http_error"}
+
+
+@dataclasses.dataclass
+class FetchResult:
+    url: str
+    ok: bool
+    reason: str = ""  # "" when ok; else a reject reason (timeout, http_404, too_large, ...)
+    error: str = ""
+    code: int | None = None
+    data: bytes = b""
+    kind: str | None = None  # image | video | audio, sniffed from the bytes
+    mime: str | None = None
+    ext: str | None = None
+    elapsed: float = 0.0
+    attempts: int = 0
+    final_url: str = ""
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason in RETRYABLE
+
+
+class FetchError(Exception):
+    def __init__(self, reason: str, detail: str, code: int | None = None) -> None:
+        super().__init__(detail)
+        self.reason, self.code = reason, code
+
+
+# ---------------------------------------------------------------------------- sniffing
+def sniff(data: bytes) -> tuple[str, str, str] | None:
+    """(kind, mime, ext) from magic numbers, or None when the bytes are no known media."""
+    head = data[:64]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image", "image/jpeg", ".jpg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image", "image/png", ".png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image", "image/gif", ".gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image", "image/webp", ".webp"
+    if head.startswith(b"BM"):
+        return "image", "image/bmp", ".bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image", "image/tiff", ".tif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "audio", "audio/wav", ".wav"
+    if head.startswith(b"fLaC"):
+        return "audio", "audio/flac", ".flac"
+    if head.startswith(b"OggS"):
+        return "audio", "audio/ogg", ".ogg"
+    if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return "audio", "audio/mpeg", ".mp3"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"M4A ", b"M4B "):
+            return "audio", "audio/mp4", ".m4a"
+        return "video", "video/quicktime" if brand == b"qt  " else "video/mp4", ".mov" if brand == b"qt  " else ".mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video", "video/webm", ".webm"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "video", "video/x-msvideo", ".avi"
+    return None
+
+
+def host_matches(host: str, patterns: list[str]) -> bool:
+    host = host.lower().rstrip(".")
+    return any(host == p.lower() or host.endswith("." + p.lower()) for p in patterns)
+
+
+# ---------------------------------------------------------------------------- the fetcher
+class Fetcher:
+    def __init__(self, *, connect_timeout: float = 5.0, read_timeout: float = 10.0, total_timeout: float = 60.0,
+                 retries: int = 2, backoff: float = 0.5, max_bytes: int = 64 << 20, max_redirects: int = 5,
+                 allow_hosts: list[str] | None = None, deny_hosts: list[str] | None = None,
+                 per_host: int = 4, pool_size: int = 16, user_agent: str = USER_AGENT,
+                 fsspec_options: dict[str, Any] | None = None) -> None:
+        import urllib3
+
+        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self.total_timeout = total_timeout
+        self.retries, self.backoff = retries, backoff
+        self.max_bytes, self.max_redirects = max_bytes, max_redirects
+        self.allow_hosts, self.deny_hosts = allow_hosts, deny_hosts or []
+        self.per_host = per_host
+        self.user_agent = user_agent
+        self.fsspec_options = fsspec_options or {}
+        self.pool = urllib3.PoolManager(num_pools=64, maxsize=pool_size, retries=False, block=False)
+        self._hosts: dict[str, threading.Semaphore] = {}
+        self._lock = threading.Lock()
+
+    def _host_slot(self, host: str) -> threading.Semaphore:
+        with self._lock:
+            return self._hosts.setdefault(host, threading.Semaphore(self.per_host))
+
+    def fetch(self, url: str) -> FetchResult:
+        """Fetch with retries; never raises for a bad URL or server."""
+        start = time.monotonic()
+        result = FetchResult(url=url, ok=False)
+        for attempt in range(self.retries + 1):
+            result.attempts = attempt + 1
+            try:
+                data, code, final = self._attempt(url)
+            except FetchError as e:
+                result.reason, result.error, result.code = e.reason, str(e), e.code
+                if e.reason not in RETRYABLE or attempt == self.retries:
+                    break
+                # exponential backoff with jitter; deterministic per URL and attempt
+                jitter = random.Random(f"{url}#{attempt}").random()
+                time.sleep(self.backoff * (2 ** attempt) * (0.5 + jitter))
+                continue
+            sniffed = sniff(data)
+            result.code, result.final_url = code, final
+            if sniffed is None:
+                result.reason, result.error = "not_media", f"{len(data)} bytes are no known image/video/audio format"
+                break
+            result.ok, result.reason, result.error = True, "", ""
+            result.data = data
+            result.kind, result.mime, result.ext = sniffed
+            break
+        result.elapsed = round(time.monotonic() - start, 4)
+        return result
+
+    def _check_url(self, url: str) -> tuple[str, str]:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in NETWORK_SCHEMES:
+            raise FetchError("bad_scheme", f"scheme '{scheme}' is not fetched (http, https, s3, gs)")
+        host = (parts.hostname or "").lower()
+        if not host:
+            raise FetchError("bad_url", f"no host in {url!r}")
+        if host_matches(host, self.deny_hosts):
+            raise FetchError("host_denied", f"host {host} is in stages.download.deny_hosts")
+        if self.allow_hosts is not None and not host_matches(host, self.allow_hosts):
+            raise FetchError("host_denied", f"host {host} is not in stages.download.allow_hosts")
+        return scheme, host
+
+    def _attempt(self, url: str) -> tuple[bytes, int | None, str]:
+        seen = {url}
+        current = url
+        for _ in range(self.max_redirects + 1):
+            scheme, host = self._check_url(current)
+            if scheme not in ("http", "https"):
+                return self._fetch_object_store(current), None, current
+            with self._host_slot(host):
+                location, data, code = self._http_once(current)
+            if location is None:
+                return data, code, current
+            nxt = urljoin(current, location)
+            if urlsplit(nxt).scheme.lower() not in ("http", "https"):
+                raise FetchError("bad_redirect_scheme", f"redirect from {current} to {nxt} (only http/https)", code)
+            if nxt in seen:
+                raise FetchError("redirect_loop", f"redirect loop: {current} -> {nxt}", code)
+            seen.add(nxt)
+            current = nxt
+        raise FetchError("redirect_loop", f"more than {self.max_redirects} redirects (stages.download.max_redirects)")
+
+    def _http_once(self, url: str) -> tuple[str | None, bytes, int]:
+        import urllib3
+
+        start = time.monotonic()
+        try:
+            resp = self.pool.request("GET", url, headers={"User-Agent": self.user_agent}, redirect=False,
+                                     preload_content=False, timeout=self.timeout, retries=False)
+        except urllib3.exceptions.NewConnectionError as e:  # refused, unreachable (a TimeoutError subclass)
+            raise FetchError("connection_error", f"cannot connect: {e}") from None
+        except urllib3.exceptions.TimeoutError as e:
+            raise FetchError("timeout", f"timed out connecting or waiting for headers: {e}") from None
+        except urllib3.exceptions.HTTPError as e:
+            raise FetchError("connection_error", f"{type(e).__name__}: {e}") from None
+        done = False  # the body was read to its end: the connection may go back to the pool
+        try:
+            code = resp.status
+            if code in (301, 302, 303, 307, 308):
+                location = resp.headers.get("Location")
+                if not location:
+                    raise FetchError("http_error", f"redirect {code} without Location", code)
+                return location, b"", code
+            if code == 429:
+                raise FetchError("http_429", "429 Too Many Requests", code)
+            if code >= 500:
+                raise FetchError("http_error", f"server error {code}", code)
+            if code >= 400:
+                raise FetchError(f"http_{code}", f"client error {code}", code)
+            length = resp.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > self.max_bytes:
+                raise FetchError("too_large", f"Content-Length {length} > stages.download.max_bytes={self.max_bytes}", code)
+            buf = io.BytesIO()
+            for chunk in resp.stream(1 << 16):
+                buf.write(chunk)
+                if buf.tell() > self.max_bytes:
+                    raise FetchError("too_large", f"more than stages.download.max_bytes={self.max_bytes} bytes", code)
+                if time.monotonic() - start > self.total_timeout:
+                    raise FetchError("timeout", f"transfer took longer than total_timeout_s={self.total_timeout}", code)
+            done = True
+            return None, buf.getvalue(), code
+        except urllib3.exceptions.ProtocolError as e:
+            text = str(e)
+            reason = "truncated" if "IncompleteRead" in text or "incomplete" in text.lower() else "connection_error"
+            raise FetchError(reason, f"{type(e).__name__}: {text[:300]}") from None
+        except urllib3.exceptions.TimeoutError as e:
+            raise FetchError("timeout", f"read timed out: {e}") from None
+        except urllib3.exceptions.HTTPError as e:
+            raise FetchError("connection_error", f"{type(e).__name__}: {e}") from None
+        finally:
+            if done:
+                resp.release_conn()
+            else:  # unread bytes would poison the next request on this connection: drop it
+                resp.close()
+
+    def _fetch_object_store(self, url: str) -> bytes:
+        try:
+            import fsspec
+
+            with fsspec.open(url, "rb", **self.fsspec_options) as f:
+                data = f.read(self.max_bytes + 1)
+        except ImportError as e:
+            raise FetchError("bad_scheme", f"{url}: the file system for this scheme is not installed ({e})") from None
+        except FileNotFoundError as e:
+            raise FetchError("http_404", f"{url}: not found ({e})") from None
+        except Exception as e:  # network/auth failures of the object store
+            raise FetchError("connection_error", f"{url}: {type(e).__name__}: {e}") from None
+        if len(data) > self.max_bytes:
+            raise FetchError("too_large", f"more than stages.download.max_bytes={self.max_bytes} bytes")
+        return data
+
+
+def resize_image(data: bytes, max_side: int, quality: int) -> tuple[bytes, str, str] | None:
+    """Re-encode an image whose longer side exceeds max_side as JPEG; None when unchanged.
+
+    JPEG sources are decoded in draft mode (the decoder scales by 1/2..1/8 while reading),
+    which is most of the saving over a full decode + resize.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        if max(img.size) <= max_side:
+            return None
+        if img.format == "JPEG":
+            img.draft("RGB", (max_side, max_side))
+        img = img.convert("RGB")
+        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=quality)
+    return out.getvalue(), "image/jpeg", ".jpg"
+
+
+def url_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()

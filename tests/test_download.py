@@ -1,0 +1,114 @@
+"""Download: real HTTP on loopback, every faulty route ends stored or as a reject with its reason."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from curate.fetch import Fetcher, resize_image, sniff
+from curate.recipe import load_recipe
+from curate.runner import Runner
+from tests.http_faults import FaultServer, closed_port, jpeg_bytes
+
+FAST = dict(connect_timeout=0.5, read_timeout=0.3, total_timeout=3.0, retries=2, backoff=0.01, max_bytes=2_000_000)
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sft-stage3.yaml"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FaultServer() as s:
+        yield s
+
+
+@pytest.mark.parametrize("path,reason", [
+    ("/404", "http_404"), ("/always500", "http_error"), ("/slow", "timeout"), ("/big", "too_large"),
+    ("/loop", "redirect_loop"), ("/tofile", "bad_redirect_scheme"), ("/notmedia", "not_media"),
+    ("/truncated", "truncated"), ("/reset", "connection_error"),
+])
+def test_faulty_routes_end_with_their_reason(server, path, reason):
+    t0 = time.monotonic()
+    result = Fetcher(**FAST).fetch(server.url(path))
+    assert not result.ok and result.reason == reason, (result.reason, result.error)
+    assert time.monotonic() - t0 < 10, "bounded: never hangs"
+
+
+def test_retryable_errors_are_retried_and_others_are_not(server):
+    f = Fetcher(**FAST)
+    flaky = f.fetch(server.url("/flaky"))
+    assert flaky.ok and flaky.attempts == 2 and flaky.kind == "image"
+    before = server.hits.get("/404", 0)
+    assert f.fetch(server.url("/404")).attempts == 1 and server.hits["/404"] == before + 1
+    assert f.fetch(server.url("/always500")).attempts == 3  # retries=2 -> three attempts
+
+
+def test_content_type_is_sniffed_not_trusted(server):
+    f = Fetcher(**FAST)
+    r = f.fetch(server.url("/wrongtype.jpg"))  # served as text/html
+    assert r.ok and r.mime == "image/jpeg" and r.data == server.images["0.jpg"]
+    r = f.fetch(server.url("/redirect"))
+    assert r.ok and r.final_url.endswith("/img/1.jpg") and r.data == server.images["1.jpg"]
+    assert sniff(b"RIFF\0\0\0\0WAVEfmt ")[0] == "audio" and sniff(b"\0\0\0\x18ftypmp42")[0] == "video"
+
+
+def test_unreachable_host_and_host_lists(server):
+    t0 = time.monotonic()
+    r = Fetcher(**FAST).fetch(f"http://127.0.0.1:{closed_port()}/x.jpg")
+    assert r.reason == "connection_error" and r.attempts == 3 and time.monotonic() - t0 < 5
+    assert Fetcher(**FAST, deny_hosts=["127.0.0.1"]).fetch(server.url("/img/0.jpg")).reason == "host_denied"
+    assert Fetcher(**FAST, allow_hosts=["example.org"]).fetch(server.url("/img/0.jpg")).reason == "host_denied"
+    assert Fetcher(**FAST).fetch("ftp://127.0.0.1/x.jpg").reason == "bad_scheme"
+
+
+def test_resize_only_when_larger():
+    big = jpeg_bytes(1, (2400, 1600))
+    out, mime, ext = resize_image(big, 512, 90)
+    from io import BytesIO
+
+    from PIL import Image
+
+    assert max(Image.open(BytesIO(out)).size) == 512 and mime == "image/jpeg"
+    assert resize_image(jpeg_bytes(1, (300, 200)), 512, 90) is None  # nothing changes: bytes kept
+
+
+def test_run_fetches_stores_rejects_and_resumes(ray_session, demo_small, server, tmp_path):
+    routes = ["/img/0.jpg", "/img/1.jpg", "/img/2.jpg", "/wrongtype.jpg", "/404", "/loop", "/tofile", "/notmedia",
+              "/big", f"http://127.0.0.1:{closed_port()}/gone.jpg"]
+    manifest = tmp_path / "urls.jsonl"
+    lines = [{"id": f"u{i}", "image": r if r.startswith("http") else server.url(r),
+              "conversations": [{"from": "human", "value": "<image>\nWhat is shown?"},
+                                {"from": "gpt", "value": f"A yellow box, number {i}."}]} for i, r in enumerate(routes)]
+    manifest.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    sets = [f"stages.tokenize.tokenizer={demo_small}/tokenizer", "stages.download.enabled=true",
+            "stages.download.connect_timeout_s=0.5", "stages.download.read_timeout_s=0.5",
+            "stages.download.retries=1", "stages.download.backoff_s=0.01", "stages.download.max_bytes=2000000",
+            "stages.transcribe.enabled=false", "stages.audio_qa.enabled=false", "modality_targets={}"]
+    recipe = load_recipe(RECIPE, sets, inputs=[str(manifest)])
+    out = tmp_path / "run"
+    stats = Runner(recipe, out).run()
+    assert stats["invariant_ok"]
+    d = stats["download"]
+    assert d["urls"] == 10 and d["fetched"] == 4
+    assert d["failures"] == {"http_404": 1, "redirect_loop": 1, "bad_redirect_scheme": 1, "not_media": 1,
+                             "too_large": 1, "connection_error": 1}
+    assert stats["samples_out"] == 4 and stats["rejected"]["http_404"] == 1
+    import pyarrow.parquet as pq
+
+    rejects = {r["line"]: r for r in pq.read_table(out / "rejects" / "download.parquet").to_pylist()}
+    assert rejects[7]["reject_reason"] == "bad_redirect_scheme" and "file://" in rejects[7]["reject_detail"]
+    # a re-run whose download stage must run again (its config changed) asks the server for nothing:
+    # stored URLs come from the URL index, URLs that failed for good are not retried
+    hits = sum(server.hits.values())
+    again = load_recipe(RECIPE, sets + ["stages.download.concurrency=4"], inputs=[str(manifest)])
+    stats2 = Runner(again, out).run()
+    assert sum(server.hits.values()) == hits
+    assert stats2["samples_out"] == 4 and stats2["invariant_ok"]
+    # --retry-failed asks again for the URLs that failed for good (404, loop, ...), not the stored ones
+    retry = load_recipe(RECIPE, sets + ["stages.download.concurrency=4", "stages.download.retry_failed=true"],
+                        inputs=[str(manifest)])
+    before = dict(server.hits)
+    Runner(retry, out).run()
+    assert server.hits["/404"] == before["/404"] + 1
+    assert server.hits["/img/0.jpg"] == before["/img/0.jpg"]
