@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 
 class MediaStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._made: set[Path] = set()
 
     def path_for(self, sha256: str, ext: str) -> Path:
         ext = ext if not ext or ext.startswith(".") else f".{ext}"
@@ -25,12 +27,18 @@ class MediaStore:
         sha = hashlib.sha256(data).hexdigest()
         path = self.path_for(sha, ext)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
+            self._mkdir(path.parent)
+            tmp = path.parent / f".tmp-{os.getpid()}-{threading.get_ident()}-{sha[:16]}"
+            with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
         return path, sha
+
+    def _mkdir(self, folder: Path) -> None:
+        """Create a fan-out folder once per process (256 of them), not once per file."""
+        if folder not in self._made:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._made.add(folder)
 
     def put_file(self, src: str | os.PathLike[str], ext: str) -> tuple[Path, str]:
         """Move a finished temporary file into the store (hashing it in chunks)."""
