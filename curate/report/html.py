@@ -98,6 +98,11 @@ def write_report(run_dir: str | Path, stats: dict[str, Any] | None = None) -> Pa
     figures = "".join(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}'>"
                       for title, data in _plots(run, stats))
     ok = "ok" if stats["invariant_ok"] else "BROKEN"
+    titles = {"rejected_by_stage": "Rejects by stage", "skipped_stages": "Skipped stages (and why)",
+              "download": "Download", "packing": "Packing", "select": "Over-budget samples (select)",
+              "stage_seconds": "Stage seconds", "budgets": "Budgets"}
+    sections = "".join(f"<h2>{html.escape(titles.get(k, k))}</h2><pre>{html.escape(json.dumps(v, indent=2))}</pre>"
+                       for k, v in stats.items() if isinstance(v, dict) and v and k not in ("rejected", "modalities"))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>omnicurate report: {html.escape(run.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}th{{text-align:left;padding-right:1em}}
 td,th{{border-bottom:1px solid #ddd;padding:2px 6px}}img{{max-width:100%}}</style></head><body>
@@ -105,7 +110,7 @@ td,th{{border-bottom:1px solid #ddd;padding:2px 6px}}img{{max-width:100%}}</styl
 <p>samples_in + synthesized = samples_out + rejected: <b>{stats['samples_in']} + {stats['synthesized']} =
 {stats['samples_out']} + {sum(stats['rejected'].values())}</b> ({ok})</p>
 <table>{rows}</table>{figures}
-<h2>Rejects by stage</h2><pre>{html.escape(json.dumps(stats['rejected_by_stage'], indent=2))}</pre>
+{sections}
 </body></html>"""
     out = run / "report.html"
     out.write_text(page)
