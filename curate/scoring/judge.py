@@ -2,7 +2,8 @@
 
 For every prompt: look in the reply cache; ask the back-end for the misses in batches;
 parse each reply; ask once more for the replies that did not parse (the retry repeats
-the exchange and asks for the bare answer); store what parsed in the cache. A value that
+the exchange and asks for the bare answer; a back-end failure is not asked again, the
+back-end has its own retries); store what parsed in the cache. A value that
 is still None after the retry means "unscored" for the caller.
 """
 
@@ -46,7 +47,8 @@ class Judge:
         order = list(unique.values())
         replies = self._generate([Request(prompts[i], choices) for i in order])
         parsed = {keys[i]: parse(r) for i, r in zip(order, replies)}
-        retry = [(i, r) for i, r in zip(order, replies) if parsed[keys[i]] is None]
+        # A None reply is a back-end failure that the back-end already retried: not asked again.
+        retry = [(i, r) for i, r in zip(order, replies) if parsed[keys[i]] is None and r is not None]
         if retry:
             hint = RETRY_HINT.format(choices=", ".join(choices))
             again = self._generate([Request(prompts[i] + [{"role": "assistant", "content": r or ""},

@@ -62,11 +62,9 @@ def parse_score(reply: str | None) -> float | None:
         except (TypeError, ValueError):
             return None
     text = _strip(reply)
-    for pattern in (_KEYWORD_NUMBER, _OUT_OF_TEN):
-        found = pattern.findall(text)
-        if found:
-            values = {float(v) for v in found}
-            return _in_range(values.pop()) if len(values) == 1 else None
+    marked = {float(v) for pattern in (_KEYWORD_NUMBER, _OUT_OF_TEN) for v in pattern.findall(text)}
+    if marked:  # numbers tied to "score"/"rating" or written "/10"; two different ones are ambiguous
+        return _in_range(marked.pop()) if len(marked) == 1 else None
     numbers = {float(v) for v in _ANY_NUMBER.findall(text)}
     if len(numbers) == 1:  # a lone number is the answer; several without a keyword are ambiguous
         return _in_range(numbers.pop())
