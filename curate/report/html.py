@@ -105,6 +105,7 @@ td,th{{border-bottom:1px solid #ddd;padding:2px 6px}}img{{max-width:100%}}</styl
 <p>samples_in + synthesized = samples_out + rejected: <b>{stats['samples_in']} + {stats['synthesized']} =
 {stats['samples_out']} + {sum(stats['rejected'].values())}</b> ({ok})</p>
 <table>{rows}</table>{figures}
+<h2>Skipped stages</h2><pre>{html.escape(json.dumps(stats.get('skipped_stages', {}), indent=2))}</pre>
 <h2>Rejects by stage</h2><pre>{html.escape(json.dumps(stats['rejected_by_stage'], indent=2))}</pre>
 </body></html>"""
     out = run / "report.html"
