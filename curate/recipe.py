@@ -200,20 +200,48 @@ class DedupeConfig(StageConfig):
 
 
 class ScoreConfig(StageConfig):
-    """LLM quality scoring: domain + 0-10 score (curate.stages.score)."""
+    """LLM quality scoring: domain, 0-10 score, repetition check, loss-based cleaning (curate.stages.score)."""
 
     backend: Literal["transformers", "vllm", "http"] = "transformers"
     """transformers (CPU/GPU), vllm (GPU, extra `gpu`) or http (an OpenAI-compatible server)"""
     model: str | None = Field(None, examples=["models/qwen2.5-0.5b-instruct"])
-    """local model folder for transformers/vllm"""
+    """local model folder for transformers/vllm; for http the served model name (null: stage skipped)"""
     endpoint: str | None = Field(None, examples=["http://127.0.0.1:8000/v1"])
-    """base URL of the OpenAI-compatible server for backend http"""
+    """base URL of the OpenAI-compatible server for backend http (null: stage skipped)"""
+    prompts: str | None = Field(None, examples=["recipes/prompts/score-v1.yaml"])
+    """versioned prompt file (domain, per-domain score, repetition); null: recipes/prompts/score-v1.yaml"""
     threshold: float = Field(7.0, ge=0, le=10)
-    """samples scoring below this are rejected (low_quality)"""
+    """samples scoring below this are rejected (low_quality); InternVL 2.5 uses 7"""
+    thresholds: dict[str, float] = Field(default_factory=dict, examples=[{"mathematics": 6.0}])
+    """per-domain thresholds that replace `threshold` for that domain"""
+    classify_domain: bool = True
+    """ask the model for the domain first; false uses the source's `domain` key"""
+    modalities: list[str] = Field(default_factory=lambda: ["text"], examples=[["text"]])
+    """modalities that get a quality score (InternVL 2.5: only text; others get the repetition check only)"""
     repetition_check: bool = True
-    """also ask the model whether the answer repeats itself"""
-    options: dict[str, Any] = Field(default_factory=dict, examples=[{"max_new_tokens": 64}])
-    """extra back-end settings (batch size, generation length)"""
+    """also ask the model whether the sample repeats itself (skipped for sources with exempt_repetition)"""
+    repetition_reject: bool = True
+    """reject samples the model calls repetitive (repetitive_llm); false only flags them for review"""
+    exempt_sources: list[str] = Field(default_factory=list, examples=[["docvqa"]])
+    """sources passed through unscored (score_status exempt)"""
+    unscored: Literal["keep", "reject"] = "keep"
+    """what to do with a sample whose reply stays unparsable after one retry (or the server fails)"""
+    cache: bool = True
+    """reuse replies stored in <out>/cache/score.sqlite (keyed by model, prompt version and prompt text)"""
+    max_chars: int = Field(6000, ge=100)
+    """sample text longer than this is cut (head and tail kept) before it goes into a prompt"""
+    batch_size: int = Field(16, ge=1)
+    """samples per model call (generation batch)"""
+    loss_clean: bool = False
+    """Baichuan-omni loss-based cleaning: reject samples whose loss under the reference model is outside mean +/- k std of their source"""
+    loss_model: str | None = Field(None, examples=["models/qwen2.5-0.5b"])
+    """reference model folder for loss_clean (null: `model`); transformers/vllm back-ends only"""
+    loss_k: float = Field(1.0, gt=0)
+    """k in mean +/- k sigma (Baichuan-omni: 1)"""
+    loss_min_samples: int = Field(8, ge=2)
+    """sources with fewer scored samples are not loss-cleaned (a std of few points means nothing)"""
+    options: dict[str, Any] = Field(default_factory=dict, examples=[{"max_new_tokens": 16, "concurrency": 8}])
+    """back-end settings: max_new_tokens, temperature, guided, device, dtype, concurrency, timeout_s, retries, api_key_env, gpu_memory_utilization, actors"""
 
 
 class TranscribeConfig(StageConfig):
