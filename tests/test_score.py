@@ -231,8 +231,9 @@ def http_stage(server, out_dir, sources=None, **cfg) -> ScoreStage:
 
 # ---------------------------------------------------------------------------- through the Runner
 def text_recipe(demo, *sets):
-    """sft-stage3 on the demo text source only (fast): scoring applies to text."""
-    recipe = load_recipe(RECIPE, demo_overrides(demo, "stages.shard.max_sequences=4", *sets))
+    """sft-stage3 on the demo text source only, other model stages off (fast; the demo loops reach score)."""
+    off = [f"stages.{k}.enabled=false" for k in ("download", "filter", "dedupe", "transcribe", "audio_qa")]
+    recipe = load_recipe(RECIPE, demo_overrides(demo, "stages.shard.max_sequences=4", *off, *sets))
     recipe.sources = [s for s in recipe.sources if s.name == "demo-text"]
     recipe.modality_targets = {}
     return recipe
