@@ -84,7 +84,8 @@ def test_run_fetches_stores_rejects_and_resumes(ray_session, demo_small, server,
     sets = [f"stages.tokenize.tokenizer={demo_small}/tokenizer", "stages.download.enabled=true",
             "stages.download.connect_timeout_s=0.5", "stages.download.read_timeout_s=0.5",
             "stages.download.retries=1", "stages.download.backoff_s=0.01", "stages.download.max_bytes=2000000",
-            "stages.transcribe.enabled=false", "stages.audio_qa.enabled=false", "modality_targets={}"]
+            "modality_targets={}"] + [f"stages.{k}.enabled=false" for k in ("filter", "dedupe", "score", "transcribe",
+                                                                            "audio_qa")]
     recipe = load_recipe(RECIPE, sets, inputs=[str(manifest)])
     out = tmp_path / "run"
     stats = Runner(recipe, out).run()
