@@ -22,8 +22,9 @@ import time
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from curate.security import NETWORK_SCHEMES
+
 USER_AGENT = "omnicurate/0.1 (+https://github.com/omnicurate/omnicurate)"
-NETWORK_SCHEMES = ("http", "https", "s3", "gs", "gcs")
 RETRYABLE = {"timeout", "connection_error", "truncated", "http_429", "http_error"}
 
 

@@ -23,13 +23,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.fetch import NETWORK_SCHEMES, FetchResult, Fetcher, resize_image
+from curate.fetch import FetchResult, Fetcher, resize_image
 from curate.records import reject
+from curate.security import is_network_url
 from curate.stages.base import Resources, Stage
 from curate.store import MediaStore
 
@@ -37,10 +37,6 @@ LOG_SCHEMA = pa.schema([("url", pa.string()), ("status", pa.string()), ("reason"
                         ("error", pa.string()), ("code", pa.int32()), ("bytes", pa.int64()),
                         ("mime", pa.string()), ("elapsed", pa.float64()), ("attempts", pa.int32()),
                         ("finished", pa.float64())])
-
-
-def is_fetchable(ref: str | None) -> bool:
-    return bool(ref) and urlsplit(ref).scheme.lower() in NETWORK_SCHEMES
 
 
 class UrlIndex:
@@ -95,7 +91,7 @@ class DownloadStage(Stage):
     # ------------------------------------------------------------------ per batch
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         urls = sorted({m["ref"] for r in rows if r.get("reject_reason") is None
-                       for m in r.get("media") or [] if not m.get("path") and is_fetchable(m.get("ref"))})
+                       for m in r.get("media") or [] if not m.get("path") and m.get("ref") and is_network_url(m["ref"])})
         if not urls:
             return rows
         outcomes: dict[str, dict[str, Any]] = {}
