@@ -28,7 +28,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from curate.records import REJECT_COLUMNS
-from packing.select import SelectCounts, counts_from_meta, select_row
+from packing.select import SelectCounts, counts_from_meta, fits, select_row
 from packing.shards import SHARD_PATTERN, pack_sequence, write_index, write_shard
 
 log = logging.getLogger("curate")
@@ -43,9 +43,7 @@ def draw_counts(sources: list[str], modalities: list[str], repeat: dict[str, flo
 
 
 def plan(meta: pa.Table, recipe: Any) -> dict[str, Any]:
-    """Decide, for every record, how many copies go where. Pure: no I/O, no Ray."""
-    from packing import pack_2d
-
+    """Decide, for every record, how many copies go where (no I/O; Ray only in partitioned mode)."""
     meta = meta.sort_by([("source", "ascending"), ("id", "ascending")])
     ids = meta.column("id").to_pylist()
     seen: set[str] = set()
@@ -117,7 +115,9 @@ def pack_items(items: np.ndarray, pack: Any, seed: int) -> tuple[list[list[int]]
 
 
 def _select_batch(batch: pa.Table, max_tokens: int, max_tiles: int, split: bool, truncate: bool) -> pa.Table:
+    """The alive over-budget rows of a batch, split / truncated / rejected; other rows are dropped."""
     rows = [out for row in batch.to_pylist()
+            if row.get("reject_reason") is None and not fits(row, max_tokens, max_tiles)
             for out in select_row(row, max_tokens, max_tiles, split=split, truncate=truncate)]
     return pa.Table.from_pylist(rows, schema=batch.schema)
 
@@ -178,10 +178,7 @@ class PackStep:
         over = len(meta) - pc.sum(fits).as_py() if len(meta) else 0
         if not over:
             return meta, meta.schema.empty_table(), SelectCounts().as_dict()
-        alive = pc.field("reject_reason").is_null()
-        too_big = (pc.field("n_tokens") > pack.max_tokens) | (pc.field("n_tiles") > pack.max_tiles)
-        over_rows = pads.dataset(str(tokenized_dir), format="parquet").to_table(filter=alive & too_big)
-        ds = ray.data.from_arrow(over_rows).map_batches(
+        ds = ray.data.read_parquet(str(tokenized_dir)).map_batches(
             _select_batch, batch_format="pyarrow",
             fn_kwargs={"max_tokens": pack.max_tokens, "max_tiles": pack.max_tiles,
                        "split": pack.split, "truncate": pack.truncate})
@@ -189,7 +186,8 @@ class PackStep:
         shutil.rmtree(tmp, ignore_errors=True)
         ds.write_parquet(str(tmp))
         tmp.mkdir(parents=True, exist_ok=True)
-        pq.write_table(over_rows.schema.empty_table(), tmp / "part-empty.parquet")
+        schema = pads.dataset(str(tokenized_dir), format="parquet").schema
+        pq.write_table(schema.empty_table(), tmp / "part-empty.parquet")
         os.replace(tmp, self.select_dir)
         selected = pads.dataset(str(self.select_dir), format="parquet").to_table(
             columns=PLAN_COLUMNS + ["meta", "reject_reason", "reject_detail"])
