@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 IGNORE = -100
@@ -37,13 +37,6 @@ class SelectCounts:
     parts_added: int = 0
     truncated: int = 0
     rejected: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
-
-    def add(self, other: "SelectCounts") -> None:
-        for name in ("over_budget", "split", "parts_added", "truncated", "rejected"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        for k, v in other.reasons.items():
-            self.reasons[k] = self.reasons.get(k, 0) + v
 
     def as_dict(self) -> dict[str, Any]:
         return {"over_budget": self.over_budget, "split": self.split, "parts_added": self.parts_added,
@@ -73,7 +66,6 @@ def select_row(row: dict[str, Any], max_tokens: int, max_tiles: int, *, split: b
         parts, truncated = _make_parts(row, max_tokens, max_tiles, split, truncate)
     except _Unfit as e:
         counts.rejected += 1
-        counts.reasons["too_long"] = counts.reasons.get("too_long", 0) + 1
         return [_rejected(row, str(e))]
     counts.split += len(parts) > 1
     counts.parts_added += len(parts) - 1

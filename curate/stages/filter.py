@@ -103,7 +103,7 @@ class FilterStage(GlobalStage):
 
     def filter_row(self, row: dict[str, Any]) -> dict[str, Any] | None:
         """Score one row in place; reject it on the first failed check. Returns its review entry."""
-        from filters import heuristics, repetition
+        from filters import heuristics
         from filters.language import language_allowed
 
         turns = row.get("conversations") or []

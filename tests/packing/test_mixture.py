@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from packing.mixture import draw_counts, mixture_report
 
 
