@@ -129,17 +129,22 @@ class Runner:
     def init_ray(self) -> None:
         import ray
 
-        if ray.is_initialized():
-            return
-        address = self.address or self.recipe.ray.address or os.environ.get("RAY_ADDRESS")
-        kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False, "log_to_driver": False}
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=self.recipe.ray.num_cpus, object_store_memory=self.recipe.ray.object_store_memory,
-                     **kwargs)
+        if not ray.is_initialized():
+            address = self.address or self.recipe.ray.address or os.environ.get("RAY_ADDRESS")
+            kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False, "log_to_driver": False}
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=self.recipe.ray.num_cpus, object_store_memory=self.recipe.ray.object_store_memory,
+                         **kwargs)
+        from ray.data.context import ShuffleStrategy
+
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = os.environ.get("CURATE_PROGRESS", "1") == "1"
+        # Ray Data skips a UDF on an empty block and passes the block on with its old schema; the
+        # hash shuffle then fails on a missing key column (dedupe's buckets, the shard groupby).
+        # The sort-based shuffle copes with such blocks.
+        ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:

@@ -509,11 +509,6 @@ class DedupeStage(GlobalStage):
     def transform(self, ds: Any) -> Any:
         import ray
 
-        from ray.data.context import DataContext, ShuffleStrategy
-
-        # Ray Data skips a UDF on an empty block and passes the block on with its old schema;
-        # the hash shuffle then fails on the missing "key" column. The sort-based shuffle copes.
-        DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
         cfg = self.settings()
         order = {name: i for i, name in enumerate(self.ctx.sources)}
         feats = ds.map_batches(_features, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "source_order": order})
