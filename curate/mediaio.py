@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from curate.records import RowError
+
 IMAGE_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 FFMPEG_TIMEOUT_S = 120
 
 
-class MediaError(ValueError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+class MediaError(RowError):
+    """A media file that cannot be used; `reason` is the reject reason."""
 
 
 @dataclass

@@ -66,9 +66,26 @@ class SourceConfig(_Strict):
 
 
 # ---------------------------------------------------------------------------- stages
+class ResourcesConfig(_Strict):
+    """What one worker of a stage gets; null keeps the stage's own default (curate.stages.base.Resources)."""
+
+    cpus: float | None = Field(None, ge=0, examples=[2])
+    """CPUs reserved per task or actor"""
+    gpus: float | None = Field(None, ge=0, examples=[1])
+    """GPUs per actor (model stages); fractions share a GPU"""
+    memory_gb: float | None = Field(None, ge=0, examples=[8])
+    """memory reserved per task or actor, so Ray does not overfill a node"""
+    actors: int | None = Field(None, ge=1, examples=[4])
+    """actor-pool size of a model stage, or the task cap of a stateless stage (null: the stage's default)"""
+    batch_size: int | None = Field(None, ge=1, examples=[32])
+    """rows per batch handed to the stage (for LLM scoring also the generation batch)"""
+
+
 class StageConfig(_Strict):
     enabled: bool = True
     """run this stage (false skips it)"""
+    resources: ResourcesConfig = ResourcesConfig()
+    """Ray resources, workers and batch size of this stage (see stages.*.resources.*)"""
 
 
 class IngestConfig(StageConfig):
@@ -169,8 +186,8 @@ class FilterConfig(StageConfig):
     """local open_clip model folder (open_clip_config.json + weights) for image-text agreement (null: off)"""
     clip_min_score: float = Field(0.2, ge=-1, le=1)
     """single-image samples whose answer-image cosine similarity is below this are rejected"""
-    clip_actors: int = Field(1, ge=1)
-    """CLIP actors (each loads the model once; one GPU each when the cluster has GPUs)"""
+    clip_resources: ResourcesConfig = ResourcesConfig()
+    """Ray resources of the CLIP part (one actor by default, one GPU each when the cluster has GPUs)"""
     write_review: bool = True
     """write every rejected or flagged sample with its scores to <out>/review/filter-*.jsonl for a human"""
     options: dict[str, Any] = Field(default_factory=dict, examples=[{"repetition.tail_units": 4}])
@@ -230,8 +247,6 @@ class ScoreConfig(StageConfig):
     """reuse replies stored in <out>/cache/score.sqlite (keyed by model, prompt version and prompt text)"""
     max_chars: int = Field(6000, ge=100)
     """sample text longer than this is cut (head and tail kept) before it goes into a prompt"""
-    batch_size: int = Field(16, ge=1)
-    """samples per model call (generation batch)"""
     loss_clean: bool = False
     """Baichuan-omni loss-based cleaning: reject samples whose loss under the reference model is outside mean +/- k std of their source"""
     loss_model: str | None = Field(None, examples=["models/qwen2.5-0.5b"])
@@ -241,7 +256,7 @@ class ScoreConfig(StageConfig):
     loss_min_samples: int = Field(8, ge=2)
     """sources with fewer scored samples are not loss-cleaned (a std of few points means nothing)"""
     options: dict[str, Any] = Field(default_factory=dict, examples=[{"max_new_tokens": 16, "concurrency": 8}])
-    """back-end settings: max_new_tokens, temperature, guided, device, dtype, concurrency, timeout_s, retries, api_key_env, gpu_memory_utilization, actors"""
+    """back-end settings: max_new_tokens, temperature, guided, device, dtype, concurrency, timeout_s, retries, api_key_env, gpu_memory_utilization"""
 
 
 class TranscribeConfig(StageConfig):
@@ -357,7 +372,7 @@ class RayConfig(_Strict):
     object_store_memory: int | None = Field(None, ge=78_643_200, examples=[2_000_000_000])
     """object store bytes of the local Ray (null: Ray's default)"""
     concurrency: int | None = Field(None, ge=1, examples=[4])
-    """workers per CPU stage and actors per model stage (null: Ray decides; model stages 1)"""
+    """default `resources.actors` of every stage without its own: task cap of CPU stages, pool size of actor stages"""
 
 
 class Recipe(_Strict):
@@ -386,13 +401,6 @@ class Recipe(_Strict):
 
     def source_map(self) -> dict[str, SourceConfig]:
         return {s.name: s for s in self.sources}
-
-    def stage_hash(self, stage: str, upstream: str = "") -> str:
-        """Hash of what decides a stage's output: its config, the sources and upstream."""
-        cfg = getattr(self.stages, stage).model_dump(mode="json") if hasattr(self.stages, stage) else {}
-        payload = {"stage": stage, "cfg": cfg, "upstream": upstream, "seed": self.seed,
-                   "sources": [s.model_dump(mode="json") for s in self.sources]}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------- loading

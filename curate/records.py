@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -35,6 +36,9 @@ MEDIA_TYPE = pa.struct(
 
 MEDIA_KINDS = ("image", "video", "audio")
 PLACEHOLDERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
+PLACEHOLDER_SPLIT_RE = re.compile(f"({PLACEHOLDER_RE.pattern})")  # re.split keeps the placeholders
+IGNORE = -100  # label of a token that is not trained (prompts, media, padding); PyTorch's ignore_index
 MODALITIES = ("text", "image", "multi_image", "video", "audio", "audio_qa", "interleaved")
 
 CORE_SCHEMA = pa.schema(
@@ -69,6 +73,14 @@ def reject(row: dict[str, Any], stage: str, reason: str, detail: str = "") -> di
     row["reject_reason"] = reason
     row["reject_detail"] = detail[:2000]
     return row
+
+
+class RowError(ValueError):
+    """A problem with one row that rejects it: `reason` is the reject reason, the message its detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 def is_rejected(row: dict[str, Any]) -> bool:

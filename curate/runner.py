@@ -1,92 +1,120 @@
 """Run a recipe on Ray Data: stage after stage, each persisted as Parquet, resumable.
 
-Layout of a run folder (`--out`):
-  work/NN-<stage>/       every row the stage produced (Parquet) + _DONE.json marker
-  rejects/<stage>.parquet  rows that left the pipeline at that stage (id, source, reason, detail)
-  shards/                shard-NNNNNN.tar, index.json, contents.parquet
-  media/                 content-addressed media store
-  review/                flagged samples kept for manual review
-  recipe.resolved.yaml, stats.json
-A stage whose marker carries the same config hash (its config + everything upstream) is
-skipped on a re-run; a stage without a marker (interrupted) is recomputed from its input.
+The runner is the only place that executes. For every enabled stage, in order, it:
+1. checks the stage's input columns and calls `validate()` before any work starts;
+2. hashes what the stage reads (`Stage.fingerprint`: its recipe keys, the source fields and
+   the seed it declares) together with the upstream hash; a stage whose marker carries the
+   same hash is done and is skipped on a re-run, so changing `sources[].repeat` re-runs only
+   the packing steps, never transcription or LLM scoring;
+3. runs it: a stage with `skip_reason()` passes its rows through without starting a worker;
+   a `GlobalStage` builds its own plan with Ray's groupby; a stage with `setup()` runs on an
+   actor pool, any other as stateless tasks, with the resources of `stages.<name>.resources`
+   applied by `curate.stages.base.map_options`;
+4. writes its rows atomically to `work/NN-<stage>/`, its rejects to `rejects/<stage>.parquet`
+   and its marker (rows, kept, rejected by reason, seconds, and the stage's own facts).
+The run folder's paths are in curate.layout.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import yaml
 
+from curate.layout import RunLayout, read_marker, write_json_atomic, write_parquet_atomic, write_text_atomic
 from curate.manifest import RAW_SCHEMA, check_manifests, read_lines
 from curate.recipe import Recipe
 from curate.records import CORE_SCHEMA, REJECT_COLUMNS
-from curate.stages.base import GlobalStage, RunContext, Stage, check_columns
+from curate.review import clear_review
+from curate.stages.base import GlobalStage, Job, RunContext, Stage, check_columns, map_options
 
 log = logging.getLogger("curate")
 
-# (recipe key, class) in pipeline order; modules are imported only when the stage is enabled.
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str  # the stage's `name`: its work folder, rejects file and marker
+    cls: str  # module:Class, imported only when the stage is enabled
+    section: str  # its config section under `stages:` (sub-stages share their parent's)
+    required: bool = False  # the packing steps always run: a run's output is its shards
+
+
 STAGES = [
-    ("ingest", "curate.stages.ingest:IngestStage"),
-    ("download", "curate.stages.download:DownloadStage"),
-    ("media", "curate.stages.media:MediaStage"),
-    ("transcribe", "curate.stages.transcribe:TranscribeStage"),
-    ("filter", "curate.stages.filter:FilterStage"),
-    ("dedupe", "curate.stages.dedupe:DedupeStage"),
-    ("score", "curate.stages.score:ScoreStage"),
-    ("audio_qa", "curate.stages.audio_qa:AudioQAStage"),
-    ("tokenize", "curate.stages.tokenize:TokenizeStage"),
+    StageSpec("ingest", "curate.stages.ingest:IngestStage", "ingest", required=True),
+    StageSpec("download", "curate.stages.download:DownloadStage", "download"),
+    StageSpec("media", "curate.stages.media:MediaStage", "media"),
+    StageSpec("transcribe", "curate.stages.transcribe:TranscribeStage", "transcribe"),
+    StageSpec("filter", "curate.stages.filter:FilterStage", "filter"),
+    StageSpec("filter_clip", "curate.stages.filter_clip:ClipFilterStage", "filter"),
+    StageSpec("dedupe", "curate.stages.dedupe:DedupeStage", "dedupe"),
+    StageSpec("score", "curate.stages.score:ScoreStage", "score"),
+    StageSpec("score_loss", "curate.stages.score_loss:LossCleanStage", "score"),
+    StageSpec("audio_qa", "curate.stages.audio_qa:AudioQAStage", "audio_qa"),
+    StageSpec("tokenize", "curate.stages.tokenize:TokenizeStage", "tokenize", required=True),
+    StageSpec("pack_select", "curate.stages.pack_select:PackSelectStage", "pack", required=True),
+    StageSpec("pack_plan", "curate.stages.pack_plan:PackPlanStage", "pack", required=True),
+    StageSpec("shard", "curate.stages.shard:ShardStage", "shard", required=True),
 ]
-MARKER = "_DONE.json"
 
 
-def load_class(spec: str) -> type:
-    module, _, cls = spec.partition(":")
+def load_class(spec: StageSpec) -> type[Stage]:
+    module, _, cls = spec.cls.partition(":")
     try:
         return getattr(importlib.import_module(module), cls)
     except ModuleNotFoundError as e:
         if e.name != module:
             raise
-        key = module.rsplit(".", 1)[-1]
-        raise ValueError(f"stage '{key}' is enabled but {module} is not part of this install; "
-                         f"set stages.{key}.enabled=false") from None
+        raise ValueError(f"stage '{spec.name}' is enabled but {module} is not part of this install; "
+                         f"set stages.{spec.section}.enabled=false") from None
 
 
 def build_stages(recipe: Recipe, ctx: RunContext) -> list[Stage]:
-    """Instantiate the enabled stages in order; model stages may ask to be skipped."""
+    """Instantiate the enabled stages in pipeline order."""
     stages: list[Stage] = []
-    for key, spec in STAGES:
-        cfg = getattr(recipe.stages, key)
+    for spec in STAGES:
+        cfg = getattr(recipe.stages, spec.section)
         if not cfg.enabled:
+            if spec.required:
+                raise ValueError(f"stages.{spec.section}.enabled=false: this stage cannot be turned off "
+                                 f"(every run ends in tokenized, packed shards)")
             continue
-        stages.append(load_class(spec)(cfg, ctx))
+        stage = load_class(spec)(cfg, ctx)
+        assert stage.name == spec.name, f"{spec.cls} is named {stage.name!r}, listed as {spec.name!r}"
+        stages.append(stage)
     return stages
 
 
+def stage_hash(stage: Stage, upstream: str) -> str:
+    """The resume key: what the stage reads and everything upstream of it."""
+    payload = json.dumps({"stage": stage.fingerprint(), "upstream": upstream}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 class _StageActor:
-    """Actor wrapper: the model is loaded once per actor in __init__."""
+    """Actor wrapper: the stage's setup() runs once per actor, in its constructor."""
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
-        stage.setup()
-        stage._ready = True
+        stage.ensure_setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.stage(batch)
 
 
 def _alive(batch: pa.Table) -> pa.Table:
-    import pyarrow.compute as pc
-
     return batch.filter(pc.is_null(batch.column("reject_reason")))
 
 
@@ -104,13 +132,13 @@ class Runner:
     def __init__(self, recipe: Recipe, out_dir: str | Path, address: str | None = None,
                  base_dir: str | Path | None = None) -> None:
         self.recipe = recipe
-        self.out = Path(out_dir).resolve()
+        self.layout = RunLayout(Path(out_dir).resolve())
+        self.out = self.layout.root
         self.address = address
         self.base = Path(base_dir or os.getcwd()).resolve()
-        self.work = self.out / "work"
-        self.rejects = self.out / "rejects"
-        self.ctx = RunContext(out_dir=str(self.out), media_dir=str(self.out / "media"), seed=recipe.seed,
-                              sources=recipe.source_map())
+        self.ctx = RunContext(out_dir=str(self.out), seed=recipe.seed, sources=recipe.source_map(),
+                              modality_targets=dict(recipe.modality_targets),
+                              default_actors=recipe.ray.concurrency)
         self.summary: dict[str, Any] = {"stages": [], "skipped": {}}
 
     # ------------------------------------------------------------------ preparation
@@ -120,8 +148,8 @@ class Runner:
         stages = build_stages(self.recipe, self.ctx)
         schema = RAW_SCHEMA
         for stage in stages:
-            if hasattr(stage, "validate"):
-                stage.validate()
+            stage.validate()
+            stage.resolved_resources()
             check_columns(stage, schema)
             schema = stage.output_schema(schema)
         return manifests, stages
@@ -151,119 +179,102 @@ class Runner:
         start = time.perf_counter()
         manifests, stages = self.prepare()
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "recipe.resolved.yaml").write_text(yaml.safe_dump(self.recipe.model_dump(mode="json"),
-                                                                      sort_keys=False))
+        write_text_atomic(self.layout.recipe, yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False))
         self.init_ray()
-        import ray
 
         schema: pa.Schema = RAW_SCHEMA
         upstream = ""
         prev_dir: Path | None = None
         for i, stage in enumerate(stages):
             schema = stage.output_schema(schema)
-            upstream = self.recipe.stage_hash(stage.name, upstream)
-            stage_dir = self.work / f"{i:02d}-{stage.name}"
-            skip = getattr(stage, "skip_reason", lambda: None)()
+            upstream = stage_hash(stage, upstream)
+            stage_dir = self.layout.stage_dir(i, stage.name)
+            skip = stage.skip_reason()
             if skip:
                 log.warning("stage %s skipped: %s", stage.name, skip)
                 self.summary["skipped"][stage.name] = skip
-            if self.is_done(stage_dir, upstream):
+            marker = read_marker(stage_dir)
+            if marker is not None and marker.get("hash") == upstream:
                 log.info("stage %s: done in an earlier run (config hash %s), skipping", stage.name, upstream)
-                self.summary["stages"].append(self.read_marker(stage_dir) | {"resumed": True})
+                self.summary["stages"].append(marker | {"resumed": True})
             else:
-                if prev_dir is None:
-                    items = [{"source": s, "manifest": str(p)} for s, ps in manifests.items() for p in ps]
-                    ds = ray.data.from_items(items).flat_map(_read_manifest)
-                else:
-                    ds = self.read_alive(prev_dir)
-                self.run_stage(stage, ds, stage_dir, schema, upstream)
+                self.run_stage(stage, Job(prev_dir, stage_dir, stage.resolved_resources()), schema, upstream,
+                               manifests, skip)
             prev_dir = stage_dir
-        assert prev_dir is not None
-        from curate.stages.pack import PackStep
-
-        PackStep(self.recipe, self.ctx, self.out).run(prev_dir, upstream, self.summary)
         from curate.stats import compute_stats
 
         stats = compute_stats(self.out)
         stats["wall_seconds"] = round(time.perf_counter() - start, 2)
         stats["skipped_stages"] = self.summary["skipped"]
-        (self.out / "stats.json").write_text(json.dumps(stats, indent=2))
+        write_json_atomic(self.layout.stats, stats)
         from curate.report.html import write_report
 
         write_report(self.out, stats)
         return stats
 
-    def read_alive(self, stage_dir: Path):
+    def input_dataset(self, job: Job, manifests: dict[str, list[Path]]) -> Any:
+        """The stage's input rows: the manifests for the first stage, else the earlier stage's alive rows."""
         import ray
 
-        return ray.data.read_parquet(str(stage_dir)).map_batches(_alive, batch_format="pyarrow")
+        if job.input_dir is None:
+            items = [{"source": s, "manifest": str(p)} for s, ps in manifests.items() for p in ps]
+            return ray.data.from_items(items).flat_map(_read_manifest)
+        return ray.data.read_parquet(str(job.input_dir)).map_batches(_alive, batch_format="pyarrow")
 
-    def run_stage(self, stage: Stage, ds: Any, stage_dir: Path, schema: pa.Schema, config_hash: str) -> None:
+    def run_stage(self, stage: Stage, job: Job, schema: pa.Schema, config_hash: str,
+                  manifests: dict[str, list[Path]], skip: str | None) -> None:
         log.info("stage %s: running (%s)", stage.name, stage.describe())
         t0 = time.perf_counter()
-        self.invalidate(stage_dir)
-        out = self.apply(stage, ds)
+        self.invalidate(job.output_dir)
+        ds = self.input_dataset(job, manifests)
+        info: dict[str, Any] = {}
+        if skip:
+            out = ds  # nothing to do: rows pass through, no worker starts
+        elif isinstance(stage, GlobalStage):
+            out, info = stage.transform(ds, job)
+        elif stage.needs_actor():
+            out = ds.map_batches(_StageActor, fn_constructor_args=(stage,), **map_options(job.resources, actor=True))
+        else:
+            out = ds.map_batches(stage, **map_options(job.resources, actor=False))
         out = out.map_batches(_conform_fn, batch_format="pyarrow", fn_kwargs={"schema": schema})
-        tmp = stage_dir.with_name(stage_dir.name + ".tmp")
+        tmp = self.layout.tmp(job.output_dir)
         shutil.rmtree(tmp, ignore_errors=True)
         out.write_parquet(str(tmp))
         tmp.mkdir(parents=True, exist_ok=True)
         pq.write_table(schema.empty_table(), tmp / "part-empty.parquet")  # keeps the schema when no row is left
-        os.replace(tmp, stage_dir)
-        marker = self.finish_stage(stage.name, stage_dir, config_hash, time.perf_counter() - t0)
+        os.replace(tmp, job.output_dir)
+        if not skip:
+            info |= stage.finish(job)
+        marker = self.finish_stage(stage.name, job.output_dir, config_hash, time.perf_counter() - t0,
+                                   info | ({"skipped": skip} if skip else {}))
         self.summary["stages"].append(marker)
         log.info("stage %s: %d rows, %d kept, %d rejected in %.1fs", stage.name, marker["rows"], marker["kept"],
                  sum(marker["rejected"].values()), marker["seconds"])
 
-    def apply(self, stage: Stage, ds: Any) -> Any:
-        if isinstance(stage, GlobalStage):
-            return stage.transform(ds)
-        res = stage.resources
-        kwargs: dict[str, Any] = {"batch_format": "pyarrow", "batch_size": stage.batch_size, "num_cpus": res.cpus}
-        if res.memory_gb:
-            kwargs["memory"] = res.memory_gb * 1024**3
-        if stage.uses_actor or res.gpus:
-            if res.gpus:
-                kwargs["num_gpus"] = res.gpus
-            return ds.map_batches(_StageActor, fn_constructor_args=(stage,),
-                                  concurrency=self.recipe.ray.concurrency or 1, **kwargs)
-        if self.recipe.ray.concurrency:
-            kwargs["concurrency"] = self.recipe.ray.concurrency
-        return ds.map_batches(stage, **kwargs)
-
     # ------------------------------------------------------------------ markers and rejects
-    def is_done(self, stage_dir: Path, config_hash: str) -> bool:
-        marker = stage_dir / MARKER
-        return marker.exists() and json.loads(marker.read_text()).get("hash") == config_hash
-
-    def read_marker(self, stage_dir: Path) -> dict[str, Any]:
-        return json.loads((stage_dir / MARKER).read_text())
-
     def invalidate(self, stage_dir: Path) -> None:
         """Drop this stage's old output and everything downstream (their inputs change)."""
-        if self.work.exists():
-            for d in sorted(self.work.iterdir()):
-                if d.name >= stage_dir.name:
-                    shutil.rmtree(d, ignore_errors=True)
-                    stage = d.name.split("-", 1)[-1].removesuffix(".tmp")
-                    (self.rejects / f"{stage}.parquet").unlink(missing_ok=True)
-        (self.out / "shards" / MARKER).unlink(missing_ok=True)  # packing reads what we recompute
+        if not self.layout.work.exists():
+            return
+        for d in sorted(self.layout.work.iterdir()):
+            if d.name >= stage_dir.name:
+                shutil.rmtree(d, ignore_errors=True)
+                stage = d.name.split("-", 1)[-1].removesuffix(".tmp")
+                self.layout.rejects(stage).unlink(missing_ok=True)
+                clear_review(self.layout, stage)
 
-    def finish_stage(self, name: str, stage_dir: Path, config_hash: str, seconds: float) -> dict[str, Any]:
-        import pyarrow.compute as pc
-
+    def finish_stage(self, name: str, stage_dir: Path, config_hash: str, seconds: float,
+                     info: dict[str, Any]) -> dict[str, Any]:
         dataset = pads.dataset(str(stage_dir), format="parquet")
         reasons = dataset.to_table(columns=["reject_reason"]).column("reject_reason")
         counts = pc.value_counts(reasons.drop_null()).to_pylist() if reasons.null_count < len(reasons) else []
         rejected = {c["values"]: c["counts"] for c in counts}
-        self.rejects.mkdir(parents=True, exist_ok=True)
-        rej = dataset.to_table(columns=REJECT_COLUMNS, filter=pc.field("reject_reason").is_valid())
-        tmp = self.rejects / f".{name}.parquet.tmp"
-        pq.write_table(rej.sort_by([("source", "ascending"), ("id", "ascending")]), tmp)
-        os.replace(tmp, self.rejects / f"{name}.parquet")
+        if rejected:
+            rej = dataset.to_table(columns=REJECT_COLUMNS, filter=pc.field("reject_reason").is_valid())
+            write_parquet_atomic(self.layout.rejects(name), rej.sort_by([("source", "ascending"), ("id", "ascending")]))
         marker = {"stage": name, "hash": config_hash, "rows": len(reasons), "kept": reasons.null_count,
-                  "rejected": rejected, "seconds": round(seconds, 3)}
-        (stage_dir / MARKER).write_text(json.dumps(marker, indent=2))
+                  "rejected": rejected, "seconds": round(seconds, 3)} | info
+        write_json_atomic(self.layout.marker(stage_dir), marker)
         return marker
 
 
@@ -271,4 +282,4 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, address: str | None = None) 
     return Runner(recipe, out_dir, address).run()
 
 
-__all__ = ["Runner", "run_recipe", "build_stages", "STAGES", "CORE_SCHEMA"]
+__all__ = ["Runner", "run_recipe", "build_stages", "stage_hash", "STAGES", "CORE_SCHEMA"]

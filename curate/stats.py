@@ -1,6 +1,6 @@
 """Run statistics: the funnel (in, synthesized, out, rejected by reason) and packing fill.
 
-Invariant (DESIGN.md): samples_in + synthesized = samples_out + sum(rejected), where
+Invariant: samples_in + synthesized = samples_out + sum(rejected), where
 samples_out counts distinct samples in the shards; copies from repeat factors > 1 are
 reported as `repeats` and stay out of the invariant.
 """
@@ -15,25 +15,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-
-def _run_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if (path / "index.json").exists() and not (path / "shards").exists():
-        return path.parent  # given the shard folder itself
-    return path
+from curate.layout import RunLayout, read_marker
 
 
 def compute_stats(run_dir: str | Path) -> dict[str, Any]:
-    run = _run_dir(run_dir)
-    shards = run / "shards"
-    index_path = shards / "index.json"
-    if not index_path.exists():
-        raise FileNotFoundError(f"{run}: no shards/index.json (is this a finished run folder?)")
-    index = json.loads(index_path.read_text())
-    contents = pq.read_table(shards / "contents.parquet")
-    rejects = _read_rejects(run / "rejects")
+    layout = RunLayout.of(run_dir)
+    if not layout.index.exists():
+        raise FileNotFoundError(f"{layout.root}: no shards/index.json (is this a finished run folder?)")
+    index = json.loads(layout.index.read_text())
+    contents = pq.read_table(layout.contents)
+    rejects = _read_rejects(layout.rejects_dir)
+    markers = _markers(layout)
 
-    samples_in = _ingested(run)
+    samples_in = int(markers.get("ingest", {}).get("rows", 0))
     synthesized_ids = set()
     for table in (contents, rejects):
         if len(table):
@@ -70,20 +64,17 @@ def compute_stats(run_dir: str | Path) -> dict[str, Any]:
         "tile_fill": round(totals["tiles"] / (sequences * budgets["max_tiles"]), 4) if sequences else 0.0,
         "modalities": dict(sorted(modalities.items())),
         "budgets": budgets,
-        "stage_seconds": _stage_seconds(run),
+        "stage_seconds": {name: m["seconds"] for name, m in markers.items()},
     }
-    from curate.stages.download import download_summary
-
-    download = download_summary(run)
+    download = download_summary(layout)
     if download:
         seconds = stats["stage_seconds"].get("download")
         download["urls_per_second"] = round(download["urls"] / seconds, 2) if seconds else None
         stats["download"] = download
-    pack_marker = shards / "_DONE.json"
-    if pack_marker.exists():
-        info = json.loads(pack_marker.read_text())
-        stats["packing"] = info.get("packing", {})  # mode, lower bound, sequences / lower bound
-        stats["select"] = info.get("select", {})  # over-budget samples split / truncated / rejected
+    if "pack_plan" in markers:
+        stats["packing"] = markers["pack_plan"].get("packing", {})  # mode, lower bound, sequences / lower bound
+    if "pack_select" in markers:
+        stats["select"] = markers["pack_select"].get("select", {})  # over-budget samples split / truncated / rejected
     stats["invariant_ok"] = (stats["samples_in"] + stats["synthesized"]
                              == stats["samples_out"] + sum(rejected.values()))
     return stats
@@ -98,20 +89,41 @@ def _read_rejects(folder: Path) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
 
 
-def _ingested(run: Path) -> int:
-    """Rows that came from manifests: the ingest stage's row count."""
-    for marker in sorted((run / "work").glob("*-ingest/_DONE.json")):
-        return int(json.loads(marker.read_text())["rows"])
-    return 0
-
-
-def _stage_seconds(run: Path) -> dict[str, float]:
+def _markers(layout: RunLayout) -> dict[str, dict[str, Any]]:
+    """Stage name -> its marker, in pipeline order (unreadable markers are left out)."""
     out = {}
-    for marker in sorted((run / "work").glob("*/_DONE.json")) + [run / "shards" / "_DONE.json"]:
-        if marker.exists():
-            info = json.loads(marker.read_text())
-            out[info["stage"]] = info["seconds"]
+    for path in layout.markers():
+        marker = read_marker(path.parent)
+        if marker and "stage" in marker:
+            out[marker["stage"]] = marker
     return out
+
+
+def download_summary(layout: RunLayout) -> dict[str, Any] | None:
+    """The download section, from the per-URL logs of the download stage (None: no fetches)."""
+    folder = layout.download_logs
+    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+    if not files:
+        return None
+    log = pa.concat_tables([pq.read_table(p) for p in files]).to_pylist()
+    latest: dict[str, dict[str, Any]] = {}
+    for entry in sorted(log, key=lambda e: e["finished"]):
+        latest[entry["url"]] = entry  # a URL retried in a later run counts once, as it ended
+    ok = [e for e in latest.values() if e["status"] == "ok"]
+    failures: dict[str, int] = {}
+    for e in latest.values():
+        if e["status"] != "ok":
+            failures[e["reason"]] = failures.get(e["reason"], 0) + 1
+    fetch_seconds = sum(e["elapsed"] for e in log)
+    total_bytes = sum(e["bytes"] for e in ok)
+    return {
+        "urls": len(latest), "fetched": len(ok), "failed": len(latest) - len(ok),
+        "success_rate": round(len(ok) / len(latest), 4) if latest else 0.0,
+        "failures": dict(sorted(failures.items(), key=lambda kv: -kv[1])),
+        "bytes": total_bytes, "requests": sum(e["attempts"] for e in log),
+        "fetch_seconds": round(fetch_seconds, 3),
+        "mb_per_fetch_second": round(total_bytes / 1e6 / fetch_seconds, 3) if fetch_seconds else 0.0,
+    }
 
 
 def format_stats(stats: dict[str, Any]) -> str:

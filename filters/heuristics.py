@@ -24,10 +24,10 @@ import re
 from collections import Counter
 from typing import Any, Callable
 
+from curate.records import PLACEHOLDER_RE as PLACEHOLDER
 from curate.records import PLACEHOLDERS
 
 SENTENCE_END = re.compile(r"[.!?。！？]+\s+|\n+")
-PLACEHOLDER = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
 
 
 @dataclasses.dataclass(frozen=True)

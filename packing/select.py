@@ -15,7 +15,7 @@ by the tokenize stage. A record over either budget (l_max tokens, t_max tiles) i
 
 A part with no trainable (label) token is useless and is dropped; if none is left the
 record is rejected. The first part keeps the record's id; later parts get `<id>#<k>` and
-origin `synthesized:pack`, so the run's counts still add up (DESIGN.md invariant).
+origin `synthesized:pack`, so the run's counts still add up (samples in + synthesized = out + rejected).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-IGNORE = -100
+from curate.records import IGNORE, reject
 
 
 @dataclass
@@ -96,9 +96,7 @@ class _Unfit(Exception):
 
 
 def _rejected(row: dict[str, Any], detail: str) -> dict[str, Any]:
-    row = dict(row)
-    row.update(reject_stage="pack", reject_reason="too_long", reject_detail=detail[:2000])
-    return row
+    return reject(dict(row), "pack", "too_long", detail)
 
 
 def _make_parts(row: dict[str, Any], max_tokens: int, max_tiles: int, split: bool,

@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from curate.layout import RunLayout, write_text_atomic
 from curate.stats import compute_stats
 
 
@@ -53,7 +54,7 @@ def _plots(run: Path, stats: dict[str, Any]) -> list[tuple[str, str]]:
         ax.set_xlabel("rejected samples")
         plots.append(("Rejects by reason", _png(fig)))
 
-    seq_path = run / "shards" / "sequences.parquet"
+    seq_path = RunLayout(run).sequences
     if seq_path.exists() and stats["sequences"]:
         seqs = pq.read_table(seq_path).to_pydict()
         budgets = stats["budgets"]
@@ -66,7 +67,7 @@ def _plots(run: Path, stats: dict[str, Any]) -> list[tuple[str, str]]:
         axes[2].set_title("samples per sequence")
         plots.append(("Packing", _png(fig)))
 
-    contents = pq.read_table(run / "shards" / "contents.parquet").to_pydict()
+    contents = pq.read_table(RunLayout(run).contents).to_pydict()
     if contents["id"]:
         fig, axes = plt.subplots(1, 2, figsize=(12, 3))
         mods = stats["modalities"]
@@ -91,7 +92,7 @@ def _plots(run: Path, stats: dict[str, Any]) -> list[tuple[str, str]]:
 
 def write_report(run_dir: str | Path, stats: dict[str, Any] | None = None) -> Path:
     """Write <run>/report.html; returns its path."""
-    run = Path(run_dir)
+    run = RunLayout.of(run_dir).root
     stats = stats or compute_stats(run)
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v))}</td></tr>"
                    for k, v in stats.items() if not isinstance(v, dict))
@@ -112,6 +113,4 @@ td,th{{border-bottom:1px solid #ddd;padding:2px 6px}}img{{max-width:100%}}</styl
 <table>{rows}</table>{figures}
 {sections}
 </body></html>"""
-    out = run / "report.html"
-    out.write_text(page)
-    return out
+    return write_text_atomic(RunLayout(run).report, page)

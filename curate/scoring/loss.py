@@ -1,4 +1,4 @@
-"""Baichuan-omni loss-based cleaning, the second pass of the score stage.
+"""Baichuan-omni loss-based cleaning: the statistics behind curate.stages.score_loss.
 
 Pass 1 (per batch, on the model actors) stores each sample's mean token loss under a
 reference model in `sample_loss`. Pass 2 needs every loss of a source at once: Ray's

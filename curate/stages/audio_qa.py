@@ -33,14 +33,13 @@ import pyarrow as pa
 
 from curate import asr
 from curate.mediaio import MediaError
-from curate.records import dumps_meta, record_id, reject
+from curate.records import PLACEHOLDER_RE, dumps_meta, record_id, reject
 from curate.stages.base import Resources, Stage
 from curate.store import MediaStore
 from curate.tts import EspeakTTS, TTSError, make_backend, pick_voice, synthesize_to_store
 
 ORIGIN = "synthesized:audio_qa"
 VISUAL_RE = re.compile(r"(?:(?:Image|Frame)-\d+:\s*)?<(?:image|video)>")
-PLACEHOLDER_RE = re.compile(r"<(?:image|video|audio)>")
 TAG_RE = re.compile(r"\b(?:Image|Frame)-\d+:\s*")
 
 
@@ -76,14 +75,11 @@ def first_turns(turns: list[dict[str, str]]) -> tuple[int | None, int | None]:
 
 class AudioQAStage(Stage):
     name: ClassVar[str] = "audio_qa"
-    resources: ClassVar[Resources] = Resources(cpus=1)
-    batch_size: ClassVar[int] = 16
-    uses_actor: ClassVar[bool] = True
+    resources: ClassVar[Resources] = Resources(cpus=1, actors=1, batch_size=16)
+    uses_seed: ClassVar[bool] = True  # which samples are drawn, which voice speaks
 
-    def __init__(self, config: Any, ctx: Any) -> None:
-        super().__init__(config, ctx)
-        if config.device == "cuda":
-            self.resources = Resources(cpus=1, gpus=1)
+    def default_resources(self) -> Resources:
+        return self.resources.with_(gpus=1 if self.config.device == "cuda" else None)
 
     def inputs(self) -> list[str]:
         return ["id", "media", "conversations", "meta"]

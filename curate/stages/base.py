@@ -1,16 +1,25 @@
-"""The stage contract every pipeline step follows.
+"""The stage contract every pipeline step follows; the runner (curate.runner) acts on it.
 
 A stage is a small class:
-- class attributes `name`, `resources` and `batch_size`;
+- class attributes `name`, `resources` (what one worker needs, and its batch size);
 - `__init__(config, ctx)` only stores configuration (it must pickle: Ray ships it);
-- `setup()` loads models or opens clients, once per worker / actor;
-- `process_rows(rows)` (or `process_batch(table)`) does the work.
+- `validate()` fails before any work starts (missing model folder, bad value);
+- `skip_reason()` says why the stage does nothing with this recipe: the runner then passes
+  the rows through without starting a worker;
+- `setup()` loads models or opens clients. A stage that defines it runs on an actor pool
+  (set up once per actor); a stage without it runs as stateless Ray tasks;
+- `process_rows(rows)` (or `process_batch(table)`) does the work;
+- `source_keys` / `uses_seed` name what else of the recipe it reads, so a resumed run
+  re-runs a stage only when something it reads changed (`fingerprint`);
+- `finish(job)` may add facts to the stage's marker once its rows are written.
 
-Rows that must leave the pipeline are returned with `reject_reason` set (use
-`curate.records.reject`); the runner writes them to `<out>/rejects/`. A stage may also
-return new rows (synthesized samples) with `origin = "synthesized:<stage name>"`.
-Columns a stage adds are declared in `outputs()` with their Arrow type so every block
-of the dataset has the same schema.
+Rows that leave the pipeline keep travelling with `reject_reason` set (curate.records.reject);
+the runner writes them to `<out>/rejects/`. A stage may add rows (synthesized samples) with
+`origin = "synthesized:<stage name>"`. Columns a stage adds are declared in `outputs()` with
+their Arrow type, so every block of the dataset has the same schema.
+
+A `GlobalStage` needs the whole dataset (dedupe, the packing plan, the shard write) and
+implements `transform(ds, job)` with Ray's groupby/shuffle instead of a per-batch call.
 """
 
 from __future__ import annotations
@@ -21,45 +30,82 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from curate.records import CORE_SCHEMA
+from curate.layout import RunLayout
 
 
 @dataclasses.dataclass(frozen=True)
 class Resources:
-    """What one worker of a stage needs. `gpus > 0` puts the stage on GPU actors."""
+    """What one worker of a stage needs, how many workers and how big a batch.
+
+    `actors` is the actor-pool size of a stage with `setup()` (None: autoscale up to one
+    actor per free CPU) or the task cap of a stateless stage (None: Ray decides).
+    `gpu_if_available` asks for one GPU per actor when the cluster has GPUs (CLIP).
+    """
 
     cpus: float = 1.0
     gpus: float = 0.0
     memory_gb: float = 0.0
+    actors: int | None = None
+    batch_size: int = 64
+    gpu_if_available: bool = False
 
     def __post_init__(self) -> None:
         if self.cpus < 0 or self.gpus < 0 or self.memory_gb < 0:
             raise ValueError(f"Resources must be non-negative, got {self}")
+        if self.actors is not None and self.actors < 1:
+            raise ValueError(f"Resources.actors must be at least 1 (or null), got {self.actors}")
+        if self.batch_size < 1:
+            raise ValueError(f"Resources.batch_size must be at least 1, got {self.batch_size}")
+
+    def with_(self, **changes: Any) -> "Resources":
+        """A copy with the non-null `changes` applied (a recipe's resources block)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 @dataclasses.dataclass(frozen=True)
 class RunContext:
-    """Paths and per-source settings every stage may read. Pickles cleanly."""
+    """The run folder and the recipe-wide settings every stage may read. Pickles cleanly."""
 
     out_dir: str
-    media_dir: str
     seed: int = 0
     sources: dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> SourceConfig
+    modality_targets: dict[str, float] = dataclasses.field(default_factory=dict)
+    default_actors: int | None = None  # ray.concurrency: actors/tasks of stages without their own
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(Path(self.out_dir))
+
+    @property
+    def media_dir(self) -> str:
+        return str(self.layout.media)
 
     @property
     def review_dir(self) -> Path:
-        return Path(self.out_dir) / "review"
+        return self.layout.review()
 
     def source(self, name: str) -> Any:
         return self.sources.get(name)
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One execution of a stage, as the runner gives it to `transform` and `finish`."""
+
+    input_dir: Path | None  # the previous stage's output (None for the first stage)
+    output_dir: Path  # where the runner writes this stage's rows
+    resources: Resources
+
+
 class Stage:
     name: ClassVar[str] = "stage"
     resources: ClassVar[Resources] = Resources()
-    batch_size: ClassVar[int] = 64
-    #: True for stages that hold a model: the runner uses an actor pool (setup once per actor).
-    uses_actor: ClassVar[bool] = False
+    #: fields of sources[] this stage reads (they enter its resume hash)
+    source_keys: ClassVar[tuple[str, ...]] = ()
+    #: whether the recipe's seed decides anything in this stage (it enters the resume hash)
+    uses_seed: ClassVar[bool] = False
+    #: the key of the stage's config section that holds its `resources` block
+    resources_key: ClassVar[str] = "resources"
 
     def __init__(self, config: Any, ctx: RunContext) -> None:
         self.config = config
@@ -75,9 +121,55 @@ class Stage:
         """Columns this stage adds, with their Arrow types."""
         return {}
 
-    # --- lifecycle ----------------------------------------------------------------------
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        schema = input_schema
+        for name, dtype in self.outputs().items():
+            if schema.get_field_index(name) < 0:
+                schema = schema.append(pa.field(name, dtype))
+        return schema
+
+    # --- before work --------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise (naming the recipe key and the fix) when the stage cannot run."""
+
+    def skip_reason(self) -> str | None:
+        """Why this stage has nothing to do with this recipe (None: it runs)."""
+        return None
+
+    def default_resources(self) -> Resources:
+        """The stage's resources before the recipe's `resources` block; may read the config."""
+        return self.resources
+
+    def resolved_resources(self) -> Resources:
+        """The stage's resources with the recipe's block (`stages.<name>.resources`) applied."""
+        res = self.default_resources()
+        if res.actors is None and self.ctx.default_actors:
+            res = res.with_(actors=self.ctx.default_actors)
+        block = getattr(self.config, self.resources_key, None)
+        return res.with_(**block.model_dump()) if block is not None else res
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides this stage's output besides its input: the resume hash covers it."""
+        cfg = self.config.model_dump(mode="json") if hasattr(self.config, "model_dump") else {}
+        cfg = {k: v for k, v in cfg.items() if not k.endswith("resources")}
+        sources = {name: {k: getattr(src, k) for k in self.source_keys}
+                   for name, src in self.ctx.sources.items()} if self.source_keys else {}
+        return {"stage": self.name, "config": cfg, "sources": sources,
+                "seed": self.ctx.seed if self.uses_seed else None}
+
+    @classmethod
+    def needs_actor(cls) -> bool:
+        """A stage that loads something in setup() runs on an actor pool (loaded once per actor)."""
+        return cls.setup is not Stage.setup
+
+    # --- work -----------------------------------------------------------------------------
     def setup(self) -> None:
-        """Load models, open clients. Called once per worker before the first batch."""
+        """Load models, open clients. Called once per actor before the first batch."""
+
+    def ensure_setup(self) -> None:
+        if not self._ready:
+            self.setup()
+            self._ready = True
 
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raise NotImplementedError(f"{type(self).__name__} must implement process_rows or process_batch")
@@ -87,21 +179,33 @@ class Stage:
         return pa.Table.from_pylist(rows, schema=self.output_schema(batch.schema))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if not self._ready:
-            self.setup()
-            self._ready = True
+        self.ensure_setup()
         out = self.process_batch(batch)
         return out.cast(self.output_schema(batch.schema))
 
-    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        schema = input_schema
-        for name, dtype in self.outputs().items():
-            if schema.get_field_index(name) < 0:
-                schema = schema.append(pa.field(name, dtype))
-        return schema
+    def finish(self, job: Job) -> dict[str, Any]:
+        """Facts for the stage's marker, computed on the driver once its rows are written."""
+        return {}
 
     def describe(self) -> str:
-        return f"{self.name} (batch {self.batch_size}, {self.resources})"
+        return self.name
+
+
+class GlobalStage(Stage):
+    """A stage that needs the whole dataset at once (dedupe, the packing plan, the shard write).
+
+    Instead of a per-batch `__call__`, it implements `transform(ds, job) -> (ds, info)` over a
+    Ray Dataset, using Ray's groupby/shuffle for the global part (never a driver loop over
+    rows); `info` goes into its marker. It returns every input row, with `reject_reason` set on
+    those that leave.
+    """
+
+    @classmethod
+    def needs_actor(cls) -> bool:
+        return False
+
+    def transform(self, ds: Any, job: Job) -> tuple[Any, dict[str, Any]]:  # ray.data.Dataset
+        raise NotImplementedError
 
 
 def check_columns(stage: Stage, schema: pa.Schema) -> None:
@@ -114,17 +218,26 @@ def check_columns(stage: Stage, schema: pa.Schema) -> None:
         )
 
 
-def core_schema() -> pa.Schema:
-    return CORE_SCHEMA
+def map_options(res: Resources, actor: bool) -> dict[str, Any]:
+    """Ray Data map_batches arguments for a stage's resources: the one place they are applied."""
+    import ray
 
-
-class GlobalStage(Stage):
-    """A stage that needs the whole dataset at once (dedupe, mixture).
-
-    Instead of a per-batch `__call__`, it implements `transform(ds) -> ds` over a Ray
-    Dataset, using Ray's groupby/shuffle for the global part (never a driver loop over
-    rows). It returns every input row, with `reject_reason` set on those that leave.
-    """
-
-    def transform(self, ds: Any) -> Any:  # ray.data.Dataset -> ray.data.Dataset
-        raise NotImplementedError
+    opts: dict[str, Any] = {"batch_format": "pyarrow", "batch_size": res.batch_size, "num_cpus": res.cpus}
+    if res.memory_gb:
+        opts["memory"] = res.memory_gb * 1024**3
+    gpus = res.gpus
+    if not gpus and res.gpu_if_available and ray.cluster_resources().get("GPU", 0) >= 1:
+        gpus, opts["num_cpus"] = 1, 0
+    if gpus:
+        opts["num_gpus"] = gpus
+    if actor:
+        size = res.actors
+        if size is None:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            per = res.cpus if res.cpus > 0 else 1
+            opts["compute"] = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus // per)))
+        else:
+            opts["compute"] = ray.data.ActorPoolStrategy(size=size)
+    elif res.actors is not None:
+        opts["compute"] = ray.data.TaskPoolStrategy(size=res.actors)
+    return opts

@@ -27,8 +27,8 @@ becomes a candidate with probability >= 0.99, and among such splits the one with
 false-positive mass is taken (128 bins, threshold 0.8: 16 bands x 6 rows). Candidates
 are then verified with the exact Jaccard of their shingle-hash sets, so extra candidates
 cost time, not precision.
-Keep rule: highest `quality_score` if a scoring stage ran before, then the source listed
-first in the recipe, then the smallest id.
+Keep rule: the sample of the source listed first in the recipe, then the smallest id. (Quality
+scores cannot decide: LLM scoring runs after dedupe, so that no GPU time goes to duplicates.)
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.records import reject
-from curate.stages.base import GlobalStage, Resources
+from curate.stages.base import GlobalStage, Job, Resources, map_options
 
 MAX_HASH = np.uint64((1 << 32) - 1)
 EMPTY = np.uint64(1 << 40)  # marks a bin no shingle fell into (above any 32-bit value)
@@ -395,15 +395,13 @@ def _features(batch: pa.Table, cfg: dict[str, Any], source_order: dict[str, int]
         for m in r.get("media") or []:
             ph = phash_int(m["path"]) if cfg["near_image"] and m["kind"] == "image" and m.get("path") else None
             media.append({"kind": m["kind"], "sha": m.get("sha256") or m.get("ref"), "ph": ph})
-        score = r.get("quality_score")
         media_key = ",".join(m["sha"] or "" for m in media)
         out["id"].append(r["id"])
         out["exact"].append(hashlib.sha256(f"{text}\x00{media_key}".encode()).hexdigest())
         out["sig"].append(sig.tobytes() if text else b"")
         out["shingles"].append(h.astype(np.uint32).tobytes())
         out["media"].append(json.dumps(media))
-        out["rank"].append(json.dumps([-(score if score is not None else 0.0),
-                                       source_order.get(r["source"], 1 << 30), r["id"]]))
+        out["rank"].append(json.dumps([source_order.get(r["source"], 1 << 30), r["id"]]))
         out["question"].append(next((t["value"] for t in r.get("conversations") or [] if t["from"] == "human"), ""))
     return pa.table(out, schema=FEATURES)
 
@@ -483,7 +481,7 @@ def _mark(batch: pa.Table, decisions_ref: list[Any]) -> pa.Table:
 
 class DedupeStage(GlobalStage):
     name: ClassVar[str] = "dedupe"
-    resources: ClassVar[Resources] = Resources(cpus=1)
+    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=1024)
 
     def inputs(self) -> list[str]:
         return ["conversations", "media"]
@@ -506,16 +504,21 @@ class DedupeStage(GlobalStage):
     def validate(self) -> None:
         self.settings()
 
-    def transform(self, ds: Any) -> Any:
+    def fingerprint(self) -> dict[str, Any]:
+        # the keep rule prefers the source listed first, so the order of sources matters
+        return super().fingerprint() | {"source_order": list(self.ctx.sources)}
+
+    def transform(self, ds: Any, job: Job) -> tuple[Any, dict[str, Any]]:
         import ray
 
         cfg = self.settings()
         order = {name: i for i, name in enumerate(self.ctx.sources)}
-        feats = ds.map_batches(_features, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "source_order": order})
-        keys = feats.map_batches(_explode_batch, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
+        opts = map_options(job.resources, actor=False)
+        feats = ds.map_batches(_features, **opts, fn_kwargs={"cfg": cfg, "source_order": order})
+        keys = feats.map_batches(_explode_batch, **opts, fn_kwargs={"cfg": cfg})
         # a few shuffle partitions per CPU: enough parallelism, without hundreds of tiny tasks
         partitions = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         edges = keys.groupby("key", num_partitions=partitions).map_groups(
             _group_edges, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
         decisions = ray.remote(_decide_task).remote(edges.to_arrow_refs())
-        return ds.map_batches(_mark, batch_format="pyarrow", fn_kwargs={"decisions_ref": [decisions]})
+        return ds.map_batches(_mark, **opts, fn_kwargs={"decisions_ref": [decisions]}), {}

@@ -68,10 +68,8 @@ class UrlIndex:
 
 class DownloadStage(Stage):
     name: ClassVar[str] = "download"
-    resources: ClassVar[Resources] = Resources(cpus=1)
-    batch_size: ClassVar[int] = 256
-    #: one connection pool per actor, reused across batches
-    uses_actor: ClassVar[bool] = True
+    # one actor: its `concurrency` threads share one connection pool (set resources.actors for more)
+    resources: ClassVar[Resources] = Resources(cpus=1, actors=1, batch_size=256)
 
     def inputs(self) -> list[str]:
         return ["media"]
@@ -83,9 +81,10 @@ class DownloadStage(Stage):
                                max_bytes=c.max_bytes, max_redirects=c.max_redirects, allow_hosts=c.allow_hosts,
                                deny_hosts=c.deny_hosts, per_host=c.per_host, pool_size=c.concurrency,
                                user_agent=c.user_agent, fsspec_options=c.options)
-        self.store = MediaStore(self.ctx.media_dir)
-        self.index = UrlIndex(Path(self.ctx.media_dir) / "urls")
-        self.log_dir = Path(self.ctx.out_dir) / "download"
+        layout = self.ctx.layout
+        self.store = MediaStore(layout.media)
+        self.index = UrlIndex(layout.url_index)
+        self.log_dir = layout.download_logs
         self.pool = ThreadPoolExecutor(max_workers=c.concurrency, thread_name_prefix="fetch")
 
     # ------------------------------------------------------------------ per batch
@@ -166,30 +165,3 @@ class DownloadStage(Stage):
         path = self.log_dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.parquet"
         pq.write_table(table, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)
-
-
-def download_summary(run_dir: str | Path) -> dict[str, Any] | None:
-    """The stats report's download section, from <run>/download/*.parquet (None: no fetches)."""
-    folder = Path(run_dir) / "download"
-    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
-    if not files:
-        return None
-    log = pa.concat_tables([pq.read_table(p) for p in files]).to_pylist()
-    latest: dict[str, dict[str, Any]] = {}
-    for entry in sorted(log, key=lambda e: e["finished"]):
-        latest[entry["url"]] = entry  # a URL retried in a later run counts once, as it ended
-    ok = [e for e in latest.values() if e["status"] == "ok"]
-    failures: dict[str, int] = {}
-    for e in latest.values():
-        if e["status"] != "ok":
-            failures[e["reason"]] = failures.get(e["reason"], 0) + 1
-    fetch_seconds = sum(e["elapsed"] for e in log)
-    total_bytes = sum(e["bytes"] for e in ok)
-    return {
-        "urls": len(latest), "fetched": len(ok), "failed": len(latest) - len(ok),
-        "success_rate": round(len(ok) / len(latest), 4) if latest else 0.0,
-        "failures": dict(sorted(failures.items(), key=lambda kv: -kv[1])),
-        "bytes": total_bytes, "requests": sum(e["attempts"] for e in log),
-        "fetch_seconds": round(fetch_seconds, 3),
-        "mb_per_fetch_second": round(total_bytes / 1e6 / fetch_seconds, 3) if fetch_seconds else 0.0,
-    }

@@ -1,45 +1,31 @@
-"""Filter: heuristic rules, repetition and language id per batch; CLIP on an actor pool.
+"""Filter: InternVL 2.5's heuristic rules, the repetition detector and fastText language id.
 
-The stage is composite (STYLE.md: composite stages expand into smaller ones):
-1. text filters - a stateless Ray Data map over batches (`FilterStage.__call__`): InternVL's
-   heuristic rules, the repetition detector and fastText language id. Every alive row gets
-   `repetition_score`, `language`, `language_score` and `filter_flags` (the names of every
-   check it failed, "" when none); the first failure rejects it with the check's name as
-   reason and its score or rule detail as `reject_detail`.
-2. CLIP - only when `clip_model` names a local open_clip folder: an actor pool (the model
-   loads once per actor, on a GPU when the cluster has one) writes `clip_score` for
-   single-image samples and rejects those below `clip_min_score`. With no model the CLIP
-   part is skipped, `clip_score` stays null and skip_reason() says so in the log and stats.
+Every alive row gets `repetition_score`, `language`, `language_score` and `filter_flags` (the
+names of every check it failed, "" when none); the first failure rejects it with the check's
+name as reason and its score or rule detail as `reject_detail`. The CLIP image-text check
+that follows is its own stage (curate.stages.filter_clip) reading the same recipe section.
 
 Sources with `exempt_repetition` are scored but never rejected for repetition (InternVL 2.5
 exempts curated academic sets); such samples are flagged `repetitive_exempt`. With
 `write_review`, every rejected or flagged sample is written with its scores and signals to
-`<out>/review/filter-<hash>.jsonl`, because the papers review flagged samples before removal.
+`<out>/review/filter/`, because the papers review flagged samples before removal.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
 from curate.records import is_rejected, reject
-from curate.stages.base import GlobalStage, Resources
-
-log = logging.getLogger("curate")
-
-CLIP_SKIPPED = "CLIP image-text filter skipped: stages.filter.clip_model is null (text filters ran; clip_score is null)"
+from curate.review import write_review
+from curate.stages.base import Resources, Stage
 
 
-class FilterStage(GlobalStage):
+class FilterStage(Stage):
     name: ClassVar[str] = "filter"
-    resources: ClassVar[Resources] = Resources(cpus=1)
-    batch_size: ClassVar[int] = 64
+    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=64)
+    source_keys: ClassVar[tuple[str, ...]] = ("exempt_repetition", "languages")
 
     def inputs(self) -> list[str]:
         return ["conversations", "media", "source", "modality"]
@@ -59,13 +45,6 @@ class FilterStage(GlobalStage):
             from filters.language import lid_path
 
             lid_path(self.config.lid_model)
-        if self.config.clip_model:
-            from filters.clipscore import check_clip_folder
-
-            check_clip_folder(self.config.clip_model)
-
-    def skip_reason(self) -> str | None:
-        return None if self.config.clip_model else CLIP_SKIPPED
 
     def needs_language(self) -> bool:
         return self.config.language or any(getattr(s, "languages", None) for s in self.ctx.sources.values())
@@ -97,8 +76,8 @@ class FilterStage(GlobalStage):
             flagged = self.filter_row(row)
             if flagged is not None:
                 review.append(flagged)
-        if review and self.config.write_review:
-            write_review(self.ctx.review_dir, review)
+        if self.config.write_review:
+            write_review(self.ctx.layout, self.name, review)
         return rows
 
     def filter_row(self, row: dict[str, Any]) -> dict[str, Any] | None:
@@ -149,64 +128,6 @@ class FilterStage(GlobalStage):
                     best = (sig["score"], [f"{n}={sig[n]:.3g}" for n in names], i + 1)
         return best
 
-    # ------------------------------------------------------------------ the Ray plan
-    def transform(self, ds: Any) -> Any:
-        """Text filters as tasks, then (if configured) CLIP on an actor pool."""
-        clear_review(self.ctx.review_dir)
-        ds = ds.map_batches(self, batch_format="pyarrow", batch_size=self.batch_size, num_cpus=self.resources.cpus)
-        if not self.config.clip_model:
-            log.warning("stage filter: %s", CLIP_SKIPPED)
-            return ds
-        import ray
-
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        return ds.map_batches(ClipFilter, fn_constructor_args=(self.config, self.ctx), batch_format="pyarrow",
-                              batch_size=32, concurrency=self.config.clip_actors, num_gpus=gpus,
-                              num_cpus=0 if gpus else 1)
-
-
-# ---------------------------------------------------------------------- CLIP actor
-class ClipFilter:
-    """Ray actor: loads the open_clip model once, scores single-image samples per batch."""
-
-    def __init__(self, config: Any, ctx: Any, device: str | None = None) -> None:
-        from filters.clipscore import ClipScorer
-
-        self.config, self.ctx = config, ctx
-        self.scorer = ClipScorer(config.clip_model, device)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        todo = [(row, caption) for row in rows if not is_rejected(row) and (caption := caption_of(row))]
-        if todo:
-            from PIL import Image
-
-            images = []
-            for row, _ in todo:
-                with Image.open(row["media"][0]["path"]) as im:
-                    images.append(im.convert("RGB"))
-            scores = self.scorer.score(images, [c for _, c in todo])
-            review = []
-            for (row, _), score in zip(todo, scores):
-                row["clip_score"] = score
-                if score < self.config.clip_min_score:
-                    detail = f"clip_score={score:.4f} clip_min_score={self.config.clip_min_score}"
-                    reject(row, FilterStage.name, "low_clip_score", detail)
-                    row["filter_flags"] = ",".join(filter(None, [row.get("filter_flags"), "low_clip_score"]))
-                    review.append(review_entry(row, [("low_clip_score", detail)], row["filter_flags"].split(",")))
-            if review and self.config.write_review:
-                write_review(self.ctx.review_dir, review, prefix="filter-clip")
-        return pa.Table.from_pylist(rows, schema=batch.schema)
-
-
-def caption_of(row: dict[str, Any]) -> str | None:
-    """The answer of a caption-like sample: one stored image and a non-empty first answer."""
-    media = row.get("media") or []
-    if len(media) != 1 or media[0].get("kind") != "image" or not media[0].get("path"):
-        return None
-    answer = next((t["value"] for t in row.get("conversations") or [] if t["from"] == "gpt"), None)
-    return answer.strip() if answer and answer.strip() else None
-
 
 # ---------------------------------------------------------------------- review files
 def review_entry(row: dict[str, Any], failures: list[tuple[str, str]], flags: list[str]) -> dict[str, Any]:
@@ -219,23 +140,3 @@ def review_entry(row: dict[str, Any], failures: list[tuple[str, str]], flags: li
         "language_score": row.get("language_score"), "clip_score": row.get("clip_score"),
         "conversations": [{"from": t["from"], "value": (t["value"] or "")[:4000]} for t in turns],
     }
-
-
-def write_review(review_dir: Path, entries: list[dict[str, Any]], prefix: str = "filter") -> Path:
-    """One JSONL file per batch, named by the hash of its ids (same batch, same file)."""
-    review_dir = Path(review_dir)
-    review_dir.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256("\n".join(e["id"] for e in entries).encode()).hexdigest()[:16]
-    path = review_dir / f"{prefix}-{key}.jsonl"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for e in entries:
-            f.write(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def clear_review(review_dir: Path) -> None:
-    """A re-run of the stage rewrites its review files; old ones would double-count."""
-    for old in Path(review_dir).glob("filter*-*.jsonl"):
-        old.unlink(missing_ok=True)

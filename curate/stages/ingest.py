@@ -16,17 +16,15 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from curate.records import CORE_SCHEMA, MEDIA_KINDS, PLACEHOLDERS, dumps_meta, empty_media, record_id, reject
-from curate.stages.base import Stage
+from curate.records import RowError, CORE_SCHEMA, MEDIA_KINDS, PLACEHOLDERS, dumps_meta, empty_media, record_id, reject
+from curate.stages.base import Resources, Stage
 
 ROLE_ALIASES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
 KNOWN_KEYS = {"id", "conversations", *MEDIA_KINDS}
 
 
-class RecordError(ValueError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+class RecordError(RowError):
+    """A manifest row that is not a usable sample; `reason` is the reject reason."""
 
 
 def parse_conversations(value: Any) -> list[dict[str, str]]:
@@ -92,7 +90,8 @@ def infer_modality(media: list[dict[str, Any]]) -> str:
 
 class IngestStage(Stage):
     name: ClassVar[str] = "ingest"
-    batch_size: ClassVar[int] = 512
+    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=512)
+    source_keys: ClassVar[tuple[str, ...]] = ("name", "manifests", "modality", "domain")
 
     def inputs(self) -> list[str]:
         return ["source", "manifest", "line", "raw"]

@@ -8,6 +8,7 @@ mono FLAC with its duration. URLs must already have been fetched by the download
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -24,14 +25,16 @@ from packing.tiles import choose_grid, per_image_n_max
 
 class MediaStage(Stage):
     name: ClassVar[str] = "media"
-    resources: ClassVar[Resources] = Resources(cpus=1)
-    batch_size: ClassVar[int] = 16
+    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=16)
+    source_keys: ClassVar[tuple[str, ...]] = ("n_max",)
 
     def inputs(self) -> list[str]:
         return ["media", "manifest", "source"]
 
-    def setup(self) -> None:
-        self.store = MediaStore(self.ctx.media_dir)
+    @functools.cached_property
+    def store(self) -> MediaStore:
+        """A plain folder handle (no setup() needed, so the stage runs as stateless tasks)."""
+        return MediaStore(self.ctx.media_dir)
 
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for row in rows:

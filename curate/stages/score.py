@@ -15,29 +15,23 @@ re-run does not ask again. Flagged samples go to <out>/review/score/ for a human
 
 With no model or endpoint in the recipe the stage is skipped (skip_reason names the key)
 and rows pass through with empty score columns: scores are never invented.
-The model is loaded once per actor (setup); `loss_clean` adds a second, whole-dataset
-pass (curate.scoring.loss), which is why this is a GlobalStage: transform() runs the
-actor pool, then the per-source statistics.
+The model is loaded once per actor (setup). `loss_clean` needs the whole dataset's losses,
+so it is the next stage (curate.stages.score_loss).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
-import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
 from curate.records import reject, text_of
-from curate.scoring import loss as loss_pass
+from curate.review import write_review
 from curate.scoring.parse import parse_domain, parse_score, parse_yes_no
 from curate.scoring.prompts import clip_text, load_prompts
-from curate.stages.base import GlobalStage, Resources
-
-log = logging.getLogger("curate.score")
+from curate.stages.base import Resources, Stage
 
 SCORE_CHOICES = tuple(str(i) for i in range(11))
 YES_NO = ("yes", "no")
@@ -45,23 +39,10 @@ YES_NO = ("yes", "no")
 SCORED, UNSCORED, EXEMPT, REPETITION_ONLY = "scored", "unscored", "exempt", "repetition_only"
 
 
-class _ScoreActor:
-    """One per actor: loads the model once, then scores batch after batch."""
-
-    def __init__(self, stage: "ScoreStage") -> None:
-        self.stage = stage
-        stage.setup()
-        stage._ready = True
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.stage(batch)
-
-
-class ScoreStage(GlobalStage):
+class ScoreStage(Stage):
     name: ClassVar[str] = "score"
-    resources: ClassVar[Resources] = Resources(cpus=1.0)
-    batch_size: ClassVar[int] = 16
-    uses_actor: ClassVar[bool] = True
+    resources: ClassVar[Resources] = Resources(cpus=1.0, actors=1, batch_size=16)
+    source_keys: ClassVar[tuple[str, ...]] = ("exempt_repetition", "domain")
 
     def inputs(self) -> list[str]:
         return ["id", "source", "modality", "domain", "conversations"]
@@ -72,6 +53,9 @@ class ScoreStage(GlobalStage):
                 "sample_loss": pa.float64()}
 
     # ------------------------------------------------------------------ before work
+    def default_resources(self) -> Resources:
+        return self.resources.with_(gpus=1.0 if self.config.backend == "vllm" else None)
+
     def skip_reason(self) -> str | None:
         c = self.config
         if c.backend == "http" and not c.endpoint:
@@ -130,8 +114,9 @@ class ScoreStage(GlobalStage):
                                                c.loss_model, None, c.options)
             else:
                 self.loss_scorer = self.scorer
-        cache = ReplyCache(Path(self.ctx.out_dir) / "cache" / "score.sqlite") if c.cache else NullCache()
-        self.judge = Judge(self.scorer, self.prompts.prompt_id, cache, c.batch_size)
+        cache = ReplyCache(self.ctx.layout.score_cache) if c.cache else NullCache()
+        self.batch_size = self.resolved_resources().batch_size
+        self.judge = Judge(self.scorer, self.prompts.prompt_id, cache, self.batch_size)
 
     # ------------------------------------------------------------------ the work
     def threshold(self, domain: str | None) -> float:
@@ -197,9 +182,8 @@ class ScoreStage(GlobalStage):
         roles = {"human": "user", "gpt": "assistant"}
         texts = [chatml([{"role": roles.get(t["from"], t["from"]), "content": t["value"] or ""}
                          for t in r["conversations"] or []]) for r in rows]
-        for i in range(0, len(rows), self.config.batch_size):
-            for r, v in zip(rows[i:i + self.config.batch_size],
-                            self.loss_scorer.losses(texts[i:i + self.config.batch_size])):
+        for i in range(0, len(rows), self.batch_size):
+            for r, v in zip(rows[i:i + self.batch_size], self.loss_scorer.losses(texts[i:i + self.batch_size])):
                 r["sample_loss"] = v
 
     def _decide(self, rows: list[dict[str, Any]]) -> None:
@@ -215,34 +199,7 @@ class ScoreStage(GlobalStage):
                 reject(r, self.name, "unscored", "no usable reply after one retry (or the server failed)")
 
     def _write_review(self, flagged: list[dict[str, Any]], texts: dict[str, str]) -> None:
-        if not flagged:
-            return
-        folder = self.ctx.review_dir / "score"
-        folder.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha256("".join(r["id"] for r in flagged).encode()).hexdigest()[:16]
         keys = ("id", "source", "modality", "score_domain", "quality_score", "repetition_llm", "score_status",
                 "sample_loss", "reject_reason", "reject_detail", "score_prompt", "score_model")
-        with open(folder / f"flagged-{name}.jsonl", "w") as f:
-            for r in flagged:
-                f.write(json.dumps({k: r.get(k) for k in keys} | {"text": texts[r["id"]][:4000]},
-                                   ensure_ascii=False) + "\n")
-
-    # ------------------------------------------------------------------ the dataset
-    def transform(self, ds: Any) -> Any:
-        c = self.config
-        if self.skip_reason():
-            log.warning("score: %s", self.skip_reason())
-            return ds
-        gpus = float(c.options.get("gpus", 1.0 if c.backend == "vllm" else 0.0))
-        kwargs: dict[str, Any] = {"num_gpus": gpus} if gpus else {}
-        out = ds.map_batches(_ScoreActor, fn_constructor_args=(self,), batch_format="pyarrow",
-                             batch_size=c.batch_size, concurrency=int(c.options.get("actors", 1)),
-                             num_cpus=self.resources.cpus, **kwargs)
-        if not c.loss_clean:
-            return out
-        out = out.materialize()  # pass 2 reads every loss; keep pass 1's result instead of recomputing
-        stats = loss_pass.source_loss_stats(out)
-        log.info("score: per-source loss statistics %s", stats)
-        return out.map_batches(loss_pass.reject_outliers, batch_format="pyarrow",
-                               fn_kwargs={"stats": stats, "k": c.loss_k, "min_samples": c.loss_min_samples,
-                                          "stage": self.name})
+        write_review(self.ctx.layout, self.name,
+                     [{k: r.get(k) for k in keys} | {"text": texts[r["id"]][:4000]} for r in flagged])

@@ -12,19 +12,29 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import pyarrow as pa
 
-from curate.stages.base import Stage
+from curate.records import IGNORE, PLACEHOLDER_SPLIT_RE
+from curate.stages.base import Resources, Stage
 
-IGNORE = -100
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 AUDIO_START, AUDIO_END, AUDIO_CONTEXT = "<audio_start>", "<audio_end>", "<AUDIO_CONTEXT>"
 SPECIAL_TOKENS = [IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT, AUDIO_START, AUDIO_END, AUDIO_CONTEXT]
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
-PLACEHOLDER_RE = re.compile(r"(<image>|<video>|<audio>)")
+
+
+class Encoded(NamedTuple):
+    """One tokenized record."""
+
+    input_ids: list[int]
+    labels: list[int]
+    n_tiles: int
+    n_audio_tokens: int
+    turn_starts: list[int]  # token offset of each of the record's own turns (the select step splits there)
+    media_spans: list[int]  # [start, end) token offsets of its media items, flattened
 
 
 def audio_token_count(seconds: float, frames_per_second: float, pooling: int) -> int:
@@ -54,14 +64,11 @@ class ChatEncoder:
         self.system_prompt = system_prompt
         self.ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
         self._nl = self.encode_text("\n")
-        self.turn_starts: list[int] = []  # offsets of the last encoded record's turns
-        self.media_spans: list[int] = []  # [start, end) token offsets of its media items, flattened
 
     def encode_text(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False) if text else []
 
-    def encode(self, row: dict[str, Any]) -> tuple[list[int], list[int], int, int]:
-        """(input_ids, labels, tiles, audio tokens); offsets land in self.turn_starts/self.media_spans."""
+    def encode(self, row: dict[str, Any]) -> Encoded:
         ids: list[int] = []
         labels: list[int] = []
         media = iter(row.get("media") or [])
@@ -76,22 +83,23 @@ class ChatEncoder:
         injected = bool(self.system_prompt) and not any(t["from"] == "system" for t in turns)
         if injected:
             turns.insert(0, {"from": "system", "value": self.system_prompt})
-        self.turn_starts, self.media_spans = [], []
+        turn_starts: list[int] = []
+        media_spans: list[int] = []
         for j, turn in enumerate(turns):
-            if j >= injected:  # offsets of the record's own turns (the select step splits there)
-                self.turn_starts.append(len(ids))
+            if j >= injected:  # offsets of the record's own turns, not of an injected system prompt
+                turn_starts.append(len(ids))
             train = turn["from"] == "gpt"
             add([self.ids[IM_START]] + self.encode_text(f"{ROLES[turn['from']]}\n"), False)
-            for piece in PLACEHOLDER_RE.split(turn["value"]):
+            for piece in PLACEHOLDER_SPLIT_RE.split(turn["value"]):
                 if piece in ("<image>", "<video>", "<audio>"):
                     start = len(ids)
                     add(self.media_tokens(next(media), n_images, counter), False)
-                    self.media_spans += [start, len(ids)]
+                    media_spans += [start, len(ids)]
                 elif piece:
                     add(self.encode_text(piece), train)
             add([self.ids[IM_END]], train)
             add(self._nl, False)
-        return ids, labels, counter["tiles"], counter["audio"]
+        return Encoded(ids, labels, counter["tiles"], counter["audio"], turn_starts, media_spans)
 
     def media_tokens(self, item: dict[str, Any], n_images: int, counter: dict[str, int]) -> list[int]:
         ctx, start, end = self.ids[IMG_CONTEXT], self.ids[IMG_START], self.ids[IMG_END]
@@ -113,7 +121,7 @@ class ChatEncoder:
 
 class TokenizeStage(Stage):
     name: ClassVar[str] = "tokenize"
-    batch_size: ClassVar[int] = 128
+    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=128)
 
     def inputs(self) -> list[str]:
         return ["conversations", "media"]
@@ -130,8 +138,8 @@ class TokenizeStage(Stage):
 
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for row in rows:
-            ids, labels, tiles, audio = self.encoder.encode(row)
-            row.update(input_ids=ids, labels=labels, n_tokens=len(ids), n_tiles=tiles, n_audio_tokens=audio,
-                       n_response_tokens=sum(lab != IGNORE for lab in labels),
-                       turn_starts=self.encoder.turn_starts, media_spans=self.encoder.media_spans)
+            enc = self.encoder.encode(row)
+            row.update(input_ids=enc.input_ids, labels=enc.labels, n_tokens=len(enc.input_ids), n_tiles=enc.n_tiles,
+                       n_audio_tokens=enc.n_audio_tokens, n_response_tokens=sum(lab != IGNORE for lab in enc.labels),
+                       turn_starts=enc.turn_starts, media_spans=enc.media_spans)
         return rows

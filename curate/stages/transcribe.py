@@ -30,27 +30,23 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
 from curate import asr
 from curate.mediaio import MediaError
-from curate.records import PLACEHOLDERS, dumps_meta, reject
+from curate.records import PLACEHOLDER_RE, PLACEHOLDERS, RowError, dumps_meta, reject
 from curate.stages.base import Resources, Stage
 from curate.store import MediaStore
 from curate.tts import SAMPLE_RATE
 
 SEGMENT_TYPE = pa.struct([("item", pa.int32()), ("start", pa.float64()), ("end", pa.float64()),
                           ("text", pa.string()), ("avg_logprob", pa.float64()), ("no_speech_prob", pa.float64())])
-PLACEHOLDER_RE = re.compile("|".join(map(re.escape, PLACEHOLDERS.values())))
 
 
-class ClipError(ValueError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+class ClipError(RowError):
+    """An audio clip that cannot be used; `reason` is the reject reason."""
 
 
 def reference_transcript(row: dict[str, Any], meta: dict[str, Any]) -> tuple[str | None, int | None]:
@@ -68,14 +64,10 @@ def reference_transcript(row: dict[str, Any], meta: dict[str, Any]) -> tuple[str
 
 class TranscribeStage(Stage):
     name: ClassVar[str] = "transcribe"
-    resources: ClassVar[Resources] = Resources(cpus=1)
-    batch_size: ClassVar[int] = 8
-    uses_actor: ClassVar[bool] = True
+    resources: ClassVar[Resources] = Resources(cpus=1, actors=1, batch_size=8)
 
-    def __init__(self, config: Any, ctx: Any) -> None:
-        super().__init__(config, ctx)
-        if config.device == "cuda":
-            self.resources = Resources(cpus=1, gpus=1)
+    def default_resources(self) -> Resources:
+        return self.resources.with_(gpus=1 if self.config.device == "cuda" else None)
 
     def inputs(self) -> list[str]:
         return ["media", "conversations", "meta", "modality"]

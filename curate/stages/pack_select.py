@@ -1,0 +1,54 @@
+"""Pack, step 1 (select): make over-budget samples fit a packed sequence (InternVL 2.5, sec. 4.2).
+
+Rows within both budgets (l_max tokens, t_max tiles) pass untouched and are never turned
+into Python objects. An over-budget row is split at turn boundaries or truncated
+(packing.select); its parts replace it, later parts counting as `synthesized:pack`. A row
+that cannot be made to fit is rejected `too_long` (reject stage `pack`), with its sizes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from curate.stages.base import Job, Resources, Stage
+from packing.select import counts_from_meta, select_row
+
+
+class PackSelectStage(Stage):
+    name: ClassVar[str] = "pack_select"
+    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=256)
+
+    def inputs(self) -> list[str]:
+        return ["input_ids", "labels", "n_tokens", "n_tiles", "turn_starts", "media_spans"]
+
+    def fingerprint(self) -> dict[str, Any]:
+        c = self.config
+        return {"stage": self.name, "max_tokens": c.max_tokens, "max_tiles": c.max_tiles, "split": c.split,
+                "truncate": c.truncate}
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        c = self.config
+        fits = pc.and_(pc.less_equal(batch.column("n_tokens"), c.max_tokens),
+                       pc.less_equal(batch.column("n_tiles"), c.max_tiles))
+        over = pc.and_(pc.invert(fits), pc.is_null(batch.column("reject_reason")))
+        if not pc.any(over).as_py():
+            return batch
+        rows = [out for row in batch.filter(over).to_pylist()
+                for out in select_row(row, c.max_tokens, c.max_tiles, split=c.split, truncate=c.truncate)]
+        return pa.concat_tables([batch.filter(pc.invert(over)), pa.Table.from_pylist(rows, schema=batch.schema)])
+
+    def finish(self, job: Job) -> dict[str, Any]:
+        """What the select step did, from its output: parts carry their provenance in `meta`."""
+        out = pads.dataset(str(job.output_dir), format="parquet")
+        parts = out.to_table(columns=["meta"], filter=pc.field("reject_reason").is_null()
+                             & pc.match_substring(pc.field("meta"), '"select"'))
+        metas = parts.column("meta").to_pylist()
+        counts = counts_from_meta(metas)
+        counts.rejected = out.count_rows(filter=pc.field("reject_reason").is_valid())
+        counts.over_budget = sum((json.loads(m).get("select") or {}).get("part") == 1 for m in metas) + counts.rejected
+        return {"select": counts.as_dict()}
