@@ -114,6 +114,17 @@ class _StageActor:
         return self.stage(batch)
 
 
+def apply_stage(stage: Stage, ds: Any, job: Job, skip: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The stage's Ray plan over `ds`, and facts for its marker (the one place a stage is executed)."""
+    if skip:
+        return ds, {}  # nothing to do: rows pass through, no worker starts
+    if isinstance(stage, GlobalStage):
+        return stage.transform(ds, job)
+    if stage.needs_actor():
+        return ds.map_batches(_StageActor, fn_constructor_args=(stage,), **map_options(job.resources, actor=True)), {}
+    return ds.map_batches(stage, **map_options(job.resources, actor=False)), {}
+
+
 def _alive(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.is_null(batch.column("reject_reason")))
 
@@ -227,15 +238,7 @@ class Runner:
         t0 = time.perf_counter()
         self.invalidate(job.output_dir)
         ds = self.input_dataset(job, manifests)
-        info: dict[str, Any] = {}
-        if skip:
-            out = ds  # nothing to do: rows pass through, no worker starts
-        elif isinstance(stage, GlobalStage):
-            out, info = stage.transform(ds, job)
-        elif stage.needs_actor():
-            out = ds.map_batches(_StageActor, fn_constructor_args=(stage,), **map_options(job.resources, actor=True))
-        else:
-            out = ds.map_batches(stage, **map_options(job.resources, actor=False))
+        out, info = apply_stage(stage, ds, job, skip)
         out = out.map_batches(_conform_fn, batch_format="pyarrow", fn_kwargs={"schema": schema})
         tmp = self.layout.tmp(job.output_dir)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -282,4 +285,4 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, address: str | None = None) 
     return Runner(recipe, out_dir, address).run()
 
 
-__all__ = ["Runner", "run_recipe", "build_stages", "stage_hash", "STAGES", "CORE_SCHEMA"]
+__all__ = ["Runner", "run_recipe", "build_stages", "apply_stage", "stage_hash", "STAGES", "CORE_SCHEMA"]

@@ -1,7 +1,7 @@
 """Repetition detection: the defect InternVL 2.5 found makes a model loop in long answers.
 
 A few thousand samples whose answer repeats a sentence at the end, or loops over two
-statements, teach a model to loop (PAPERS.md, "Data filtering"). One signal alone either
+statements, teach a model to loop (InternVL 2.5, sec. 4.3). One signal alone either
 misses a pattern or flags ordinary text, so nine cheap signals are measured and each is
 mapped to a strength in [0, 1] that reaches 0.5 exactly at its threshold:
 

@@ -1,4 +1,4 @@
-"""InternVL 2.5 dynamic high resolution (PAPERS.md, "Images"): how many 448px tiles an image gets.
+"""InternVL 2.5 dynamic high resolution (InternVL 2.5, sec. 3.1): how many 448px tiles an image gets.
 
 Candidate grids are all (cols, rows) with n_min <= cols*rows <= n_max. The grid whose
 aspect ratio is closest to the image's wins; on a tie the larger grid wins only when the

@@ -44,7 +44,7 @@ def ffmpeg(*args: str) -> None:
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory):
     out = tmp_path_factory.mktemp("audio")
-    return RunContext(out_dir=str(out), media_dir=str(out / "media"), seed=3)
+    return RunContext(out_dir=str(out), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +58,13 @@ def qa_stage(ctx):
 @pytest.fixture(scope="module")
 def speech(ctx):
     """Real espeak-ng clips in the store: {sentence: flac path}."""
-    store = MediaStore(ctx.media_dir)
+    store = MediaStore(ctx.layout.media)
     return {q: synthesize_to_store(EspeakTTS(), q, "en", store)["path"] for q in [*QUESTIONS, SWAPPED]}
 
 
 # ---------------------------------------------------------------------------- TTS + gate
 def test_tts_writes_16k_mono_flac_with_duration(ctx):
-    item = synthesize_to_store(EspeakTTS(), QUESTIONS[0], "en+f3", MediaStore(ctx.media_dir))
+    item = synthesize_to_store(EspeakTTS(), QUESTIONS[0], "en+f3", MediaStore(ctx.layout.media))
     info = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", item["path"]],
                                      capture_output=True, check=True).stdout)["streams"][0]
     assert info["codec_name"] == "flac" and info["sample_rate"] == "16000" and info["channels"] == 1

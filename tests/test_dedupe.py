@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from tests.builders import apply_on_ray
 from curate.demo import prose_topics
 from curate.recipe import DedupeConfig
 from curate.records import CORE_SCHEMA
@@ -103,14 +104,9 @@ def rows_from_texts(texts, source="s"):
 
 
 def run_stage(ray_session, rows, sources=("s",), **cfg):
-    import ray
-
-    stage = DedupeStage(DedupeConfig(**cfg), RunContext(out_dir="/tmp", media_dir="/tmp",
-                                                        sources={s: None for s in sources}))
+    stage = DedupeStage(DedupeConfig(**cfg), RunContext(out_dir="/tmp", sources={s: None for s in sources}))
     stage.validate()
-    table = pa.Table.from_pylist([{k: r.get(k) for k in CORE_SCHEMA.names} for r in rows], schema=CORE_SCHEMA)
-    out = stage.transform(ray.data.from_arrow(table)).take_all()
-    return {r["id"]: r for r in out}
+    return {r["id"]: r for r in apply_on_ray(stage, rows)}
 
 
 def test_ray_path_gives_the_single_process_clusters(ray_session):
@@ -211,6 +207,6 @@ def test_similar_instructions_about_one_video_are_deduplicated(mixed_run):
 
 
 def test_unknown_option_fails_before_work():
-    stage = DedupeStage(DedupeConfig(options={"imge_only": True}), RunContext(out_dir="/tmp", media_dir="/tmp"))
+    stage = DedupeStage(DedupeConfig(options={"imge_only": True}), RunContext(out_dir="/tmp"))
     with pytest.raises(ValueError, match="imge_only"):
         stage.validate()

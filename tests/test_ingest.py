@@ -6,7 +6,7 @@ from curate.stages.ingest import IngestStage
 
 
 def stage():
-    ctx = RunContext(out_dir="/tmp/x", media_dir="/tmp/x/media",
+    ctx = RunContext(out_dir="/tmp/x",
                      sources={"s": SourceConfig(name="s", manifests=["m.jsonl"], domain="math")})
     return IngestStage(IngestConfig(), ctx)
 

@@ -36,7 +36,7 @@ def corpus(tmp_path):
 
 
 def run(corpus, kind, ref, **cfg):
-    ctx = RunContext(out_dir=str(corpus.parent / "out"), media_dir=str(corpus.parent / "out" / "media"),
+    ctx = RunContext(out_dir=str(corpus.parent / "out"),
                      sources={"s": SourceConfig(name="s", manifests=["m"], n_max=12)})
     st = MediaStage(MediaConfig(video_frames=4, **cfg), ctx)
     st.setup()
@@ -103,7 +103,7 @@ def test_caps_from_the_recipe(corpus):
 
 
 def test_multi_image_shares_n_max(corpus):
-    ctx = RunContext(out_dir=str(corpus / "o"), media_dir=str(corpus / "o" / "m"),
+    ctx = RunContext(out_dir=str(corpus / "o"),
                      sources={"s": SourceConfig(name="s", manifests=["m"], n_max=6)})
     st = MediaStage(MediaConfig(), ctx)
     st.setup()

@@ -52,7 +52,7 @@ def test_filter_rejects_exactly_the_demo_loops(first_run):
     names = {r["id"]: str(json.loads(r["meta"] or "{}").get("orig_id")) for r in ingested}
     assert {names[i] for i in looped} == {n for n in names.values() if n.startswith("loop-")} != set()
     assert all("repetition_score=" in r["reject_detail"] for r in rejects if r["reject_reason"] == "repetitive")
-    assert list((out / "review").glob("filter-*.jsonl"))
+    assert list((out / "review" / "filter").glob("*.jsonl"))
 
 
 def test_shards_load_with_plain_webdataset_within_budgets(first_run):
@@ -93,7 +93,7 @@ def test_interrupted_stage_is_recomputed_and_gives_the_same_shards(first_run):
     runner = Runner(recipe, out)
     runner.run()
     resumed = {s["stage"]: bool(s.get("resumed")) for s in runner.summary["stages"]}
-    assert resumed["ingest"] and resumed["media"] and not resumed["tokenize"] and not resumed["pack"]
+    assert resumed["ingest"] and resumed["media"] and not resumed["tokenize"] and not resumed["pack_plan"]
     assert shard_hashes(out) == hashes
 
 
@@ -104,12 +104,26 @@ def test_changed_budget_reruns_only_packing(first_run, demo_small, tmp_path):
     recipe = load_recipe(RECIPE, demo_overrides(demo_small, *EXTRA, "stages.pack.max_tokens=8192"))
     runner = Runner(recipe, copy)
     new = runner.run()
-    assert [s["stage"] for s in runner.summary["stages"] if not s.get("resumed")] == ["pack"]
+    assert [s["stage"] for s in runner.summary["stages"] if not s.get("resumed")] == ["pack_select", "pack_plan",
+                                                                                      "shard"]
     import pyarrow.parquet as pq
 
     assert new["invariant_ok"] and new["budgets"]["max_tokens"] == 8192
     assert max(pq.read_table(copy / "shards" / "sequences.parquet").column("n_tokens").to_pylist()) <= 8192
     assert new["rejected"].get("too_long", 0) >= 1  # the 24-tile multi-image samples no longer fit 8192 tokens
+
+
+def test_changed_repeat_or_seed_reruns_only_the_plan(first_run, demo_small, tmp_path):
+    """sources[].repeat and the seed are read by the mixture (and audio-QA's draw), not by
+    transcription, filtering or scoring: a resumed run re-runs only what reads them."""
+    _, out, _, _ = first_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    recipe = load_recipe(RECIPE, demo_overrides(demo_small, *EXTRA, "sources.demo-video.repeat=1.0"))
+    runner = Runner(recipe, copy)
+    new = runner.run()
+    assert [s["stage"] for s in runner.summary["stages"] if not s.get("resumed")] == ["pack_plan", "shard"]
+    assert new["invariant_ok"] and new["repeats"] == 0
 
 
 def test_cli_stats_json_and_verify(first_run):

@@ -73,11 +73,3 @@ def test_duplicate_source_names_and_missing_file(tmp_path):
         load_recipe(p)
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "nope.yaml")
-
-
-def test_stage_hash_changes_with_config_and_upstream():
-    a = load_recipe(RECIPE)
-    b = load_recipe(RECIPE, ["stages.media.video_frames=4"])
-    assert a.stage_hash("media") != b.stage_hash("media")
-    assert a.stage_hash("tokenize") == b.stage_hash("tokenize")
-    assert a.stage_hash("tokenize", "x") != a.stage_hash("tokenize", "y")

@@ -224,7 +224,7 @@ def http_stage(server, out_dir, sources=None, **cfg) -> ScoreStage:
 
     srcs = {n: SourceConfig(name=n, manifests=["x"], **v) for n, v in (sources or {}).items()}
     config = ScoreConfig(backend="http", endpoint=server.url, model="served-tiny", cache=False, **cfg)
-    stage = ScoreStage(config, RunContext(out_dir=str(out_dir), media_dir=str(out_dir), sources=srcs))
+    stage = ScoreStage(config, RunContext(out_dir=str(out_dir), sources=srcs))
     stage.validate()
     return stage
 
@@ -240,7 +240,10 @@ def text_recipe(demo, *sets):
 
 
 def score_rows(out: Path) -> list[dict]:
-    return pq.read_table(next((out / "work").glob("*-score"))).to_pylist()
+    """Rows after scoring, with the loss-cleaning step's rejects (its own stage) applied."""
+    rows = pq.read_table(next((out / "work").glob("*-score"))).to_pylist()
+    cleaned = {r["id"]: r for r in pq.read_table(next((out / "work").glob("*-score_loss"))).to_pylist()}
+    return [cleaned.get(r["id"], r) for r in rows]
 
 
 def first_question(row) -> str:
@@ -337,7 +340,7 @@ def test_importing_the_project_never_imports_vllm(tmp_path):
     code = ("import sys; import curate.cli, curate.runner, curate.stages.score, curate.scoring.backends; "
             "from curate.recipe import ScoreConfig; from curate.stages.score import ScoreStage; "
             "from curate.stages.base import RunContext; "
-            f"ScoreStage(ScoreConfig(backend='vllm', model='{tmp_path}/model'), RunContext('o', 'm')).validate(); "
+            f"ScoreStage(ScoreConfig(backend='vllm', model='{tmp_path}/model'), RunContext('o')).validate(); "
             "assert 'vllm' not in sys.modules; print('ok')")
     env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -23,7 +23,7 @@ def test_text_labels_cover_only_the_answer(tok_dir):
     enc = ChatEncoder(tok, 256, 50, 3)
     row = {"conversations": [{"from": "human", "value": "What is 2+2?"}, {"from": "gpt", "value": "It is 4."}],
            "media": []}
-    ids, labels, tiles, audio = enc.encode(row)
+    ids, labels, tiles, audio, _, _ = enc.encode(row)
     assert len(ids) == len(labels) and tiles == 0 and audio == 0
     trained = [i for i, lab in zip(ids, labels) if lab != IGNORE]
     assert tok.decode(trained) == "It is 4." + IM_END
@@ -41,7 +41,7 @@ def test_media_expansion_and_masks(tok_dir):
         "media": [image(5), image(1),
                   {"kind": "video", "tiles": 3, "frames": ["a", "b", "c"], "duration": 2.0},
                   {"kind": "audio", "tiles": 0, "frames": None, "duration": 3.0}]}
-    ids, labels, tiles, audio = enc.encode(row)
+    ids, labels, tiles, audio, _, _ = enc.encode(row)
     assert tiles == 5 + 1 + 3
     assert ids.count(ctx_id) == tiles * 256
     assert audio == audio_token_count(3.0, 50, 3) == 50 and ids.count(aud_id) == 50
@@ -53,7 +53,7 @@ def test_media_expansion_and_masks(tok_dir):
 
 
 def test_stage_counts_tokens_and_tiles(tok_dir):
-    ctx = RunContext(out_dir="/tmp/o", media_dir="/tmp/o/m", sources={"s": SourceConfig(name="s", manifests=["m"])})
+    ctx = RunContext(out_dir="/tmp/o", sources={"s": SourceConfig(name="s", manifests=["m"])})
     st = TokenizeStage(TokenizeConfig(tokenizer=str(tok_dir)), ctx)
     st.setup()
     rows = [{"id": str(i), "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": a}],

@@ -58,7 +58,7 @@ def stage_path(urls: list[str], out: Path, resize: int | None) -> int:
     from curate.stages.download import DownloadStage
 
     cfg = DownloadConfig(concurrency=16, per_host=16, resize_max_side=resize, jpeg_quality=90)
-    stage = DownloadStage(cfg, RunContext(out_dir=str(out), media_dir=str(out / "media")))
+    stage = DownloadStage(cfg, RunContext(out_dir=str(out)))
     stage.setup()
     rows = [{"id": str(i), "reject_reason": None, "media": [{"kind": "image", "ref": u, "path": None}]}
             for i, u in enumerate(urls)]

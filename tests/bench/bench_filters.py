@@ -74,7 +74,7 @@ def main() -> None:
     pool = [t for _, t, _ in data]
     texts = [(a + "\n\n" + b)[:2048] for a, b in zip(pool, pool[1:] + pool[:1])]  # exactly 2 KB each
     mean_kb = sum(len(t.encode()) for t in texts) / len(texts) / 1024
-    ctx = RunContext(out_dir=tempfile.mkdtemp(), media_dir="", sources={"s": SourceConfig(name="s", manifests=["m"])})
+    ctx = RunContext(out_dir=tempfile.mkdtemp(), sources={"s": SourceConfig(name="s", manifests=["m"])})
     stage = FilterStage(FilterConfig(language=True, write_review=False), ctx)
     stage.setup()
     rows = [{"id": str(i), "source": "s", "media": [], "reject_reason": None,

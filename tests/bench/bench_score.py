@@ -41,8 +41,8 @@ def run(model: Path, out: Path, batch_size: int) -> float:
     from curate.stages.base import RunContext
     from curate.stages.score import ScoreStage
 
-    stage = ScoreStage(ScoreConfig(model=str(model), cache=False, batch_size=batch_size),
-                       RunContext(out_dir=str(out), media_dir=str(out)))
+    stage = ScoreStage(ScoreConfig(model=str(model), cache=False, resources={"batch_size": batch_size}),
+                       RunContext(out_dir=str(out)))
     stage.validate()
     stage.setup()
     topics = prose_topics(N)

@@ -9,7 +9,9 @@ from PIL import Image
 from curate.recipe import FilterConfig, SourceConfig
 from curate.records import CORE_SCHEMA, empty_media
 from curate.stages.base import RunContext
-from curate.stages.filter import CLIP_SKIPPED, FilterStage
+from curate.stages.filter import FilterStage
+from curate.stages.filter_clip import CLIP_SKIPPED, ClipFilterStage
+from tests.builders import apply_on_ray
 from tests.filters.test_clipscore import save_tiny_clip
 from tests.filters.test_repetition import prose_chunks, sentences_of
 
@@ -24,12 +26,12 @@ def row(rid, q, a, source="text", media=None, modality="text"):
             "media": media or [], "meta": "{}", "reject_stage": None, "reject_reason": None, "reject_detail": None}
 
 
-def make_stage(tmp_path, **cfg):
+def make_stage(tmp_path, stage_class=FilterStage, **cfg):
     sources = {"text": SourceConfig(name="text", manifests=["m"]),
                "academic": SourceConfig(name="academic", manifests=["m"], exempt_repetition=True),
                "english": SourceConfig(name="english", manifests=["m"], languages=["en"])}
-    ctx = RunContext(out_dir=str(tmp_path / "out"), media_dir=str(tmp_path / "out" / "media"), sources=sources)
-    stage = FilterStage(FilterConfig(**cfg), ctx)
+    ctx = RunContext(out_dir=str(tmp_path / "out"), sources=sources)
+    stage = stage_class(FilterConfig(**cfg), ctx)
     stage.validate()
     return stage
 
@@ -41,7 +43,7 @@ def run_rows(stage, rows):
 
 
 def review_lines(tmp_path):
-    return [json.loads(line) for p in sorted((tmp_path / "out" / "review").glob("filter-*.jsonl"))
+    return [json.loads(line) for p in sorted((tmp_path / "out" / "review").glob("filter*/*.jsonl"))
             for line in p.read_text().splitlines()]
 
 
@@ -62,7 +64,7 @@ def test_scores_decisions_and_review(tmp_path):
     assert exempt["reject_reason"] is None and exempt["repetition_score"] >= 0.5
     assert exempt["filter_flags"] == "repetitive_exempt"
     assert out["already"]["reject_reason"] == "broken_image" and out["already"]["repetition_score"] is None
-    assert out["clean"]["clip_score"] is None and stage.skip_reason() == CLIP_SKIPPED
+    assert out["clean"]["clip_score"] is None and make_stage(tmp_path, ClipFilterStage).skip_reason() == CLIP_SKIPPED
     review = {e["id"]: e for e in review_lines(tmp_path)}
     assert set(review) == {"loop", "empty", "academic-loop"}
     assert review["academic-loop"]["decision"] == "kept" and review["loop"]["decision"] == "rejected"
@@ -104,14 +106,11 @@ def test_clip_actor_path_on_ray(ray_session, tmp_path):
     media = [empty_media("image", "red.png") | {"path": str(img)}]
     rows = [row(f"img{i}", "<image>\nDescribe.", "A red square.", media=media, modality="image") for i in range(3)]
     rows.append(row("text", "Explain.", PROSE))
-    import ray
-
     scores = {}
     for min_score, rejected in ((-1.0, 0), (1.0, 3)):
-        stage = make_stage(tmp_path, clip_model=str(folder), clip_min_score=min_score)
-        assert stage.skip_reason() is None
-        ds = stage.transform(ray.data.from_arrow(pa.Table.from_pylist(rows, schema=CORE_SCHEMA)))
-        out = {r["id"]: r for r in ds.take_all()}
+        stage = make_stage(tmp_path, ClipFilterStage, clip_model=str(folder), clip_min_score=min_score)
+        assert stage.skip_reason() is None and stage.needs_actor()
+        out = {r["id"]: r for r in apply_on_ray(stage, rows)}
         assert out["text"]["clip_score"] is None and out["text"]["reject_reason"] is None
         got = [out[f"img{i}"] for i in range(3)]
         assert all(-1 <= r["clip_score"] <= 1 for r in got)
@@ -124,4 +123,4 @@ def test_clip_actor_path_on_ray(ray_session, tmp_path):
 
 def test_missing_clip_folder_fails_validation(tmp_path):
     with pytest.raises(FileNotFoundError, match="clip_model"):
-        make_stage(tmp_path, clip_model=str(tmp_path / "none"))
+        make_stage(tmp_path, ClipFilterStage, clip_model=str(tmp_path / "none"))

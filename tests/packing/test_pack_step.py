@@ -73,10 +73,11 @@ def test_small_budgets_split_truncate_and_stay_within_budgets(ray_session, demo_
     contents = pq.read_table(out / "shards" / "contents.parquet").to_pylist()
     assert seen == {r["id"]: r["copies"] for r in contents}
     assert len([i for i in seen if "#" in i]) == sel["parts_added"]  # no mixture target: every part is drawn
-    rejects = pq.read_table(out / "rejects" / "pack.parquet").to_pylist()
+    rejects = [r for name in ("pack_select", "pack_plan") if (out / "rejects" / f"{name}.parquet").exists()
+               for r in pq.read_table(out / "rejects" / f"{name}.parquet").to_pylist()]
     too_long = [r for r in rejects if r["reject_reason"] == "too_long"]
     assert len(too_long) == sel["rejected"] and all("budget" in r["reject_detail"] for r in too_long)
     text = format_stats(stats)
     assert "over budget" in text and "packing" in text
-    info = json.loads((out / "shards" / "_DONE.json").read_text())
+    info = json.loads(next((out / "work").glob("*-pack_select/_DONE.json")).read_text())
     assert info["select"] == sel

@@ -18,10 +18,10 @@ def encoder(tmp_path_factory):
 def record(encoder, turns, media=()):
     row = {"id": "r1", "source": "s", "origin": "manifest", "conversations": [{"from": f, "value": v} for f, v in turns],
            "media": list(media), "reject_reason": None}
-    ids, labels, tiles, audio = encoder.encode(row)
+    ids, labels, tiles, audio, turn_starts, media_spans = encoder.encode(row)
     row.update(input_ids=ids, labels=labels, n_tokens=len(ids), n_tiles=tiles, n_audio_tokens=audio,
-               n_response_tokens=sum(lab != IGNORE for lab in labels), turn_starts=list(encoder.turn_starts),
-               media_spans=list(encoder.media_spans))
+               n_response_tokens=sum(lab != IGNORE for lab in labels), turn_starts=turn_starts,
+               media_spans=media_spans)
     return row
 
 

@@ -1,4 +1,4 @@
-"""The InternVL 2.5 tile rule (PAPERS.md, sec. 3.1) on several aspect ratios."""
+"""The InternVL 2.5 tile rule (InternVL 2.5, sec. 3.1) on several aspect ratios."""
 
 import pytest
 
