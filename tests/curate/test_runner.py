@@ -14,7 +14,7 @@ from curate.runner import STAGES, build_stages, stage_hash
 from curate.stages.base import GlobalStage, Resources, Stage, map_options
 from tests.builders import apply_on_ray, make_ctx, make_row
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sft-stage3.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sft-stage3.yaml"
 
 
 class Touching(Stage):

@@ -32,7 +32,7 @@ from curate.stages.base import RunContext
 from curate.stages.score import ScoreStage
 from tests.conftest import demo_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 RECIPE = ROOT / "recipes" / "sft-stage3.yaml"
 DOMAINS = ("disciplinary", "programming", "mathematics", "general")
 

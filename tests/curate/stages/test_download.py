@@ -14,7 +14,7 @@ from curate.runner import Runner
 from tests.http_faults import FaultServer, closed_port, jpeg_bytes
 
 FAST = dict(connect_timeout=0.5, read_timeout=0.3, total_timeout=3.0, retries=2, backoff=0.01, max_bytes=2_000_000)
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sft-stage3.yaml"
+RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "sft-stage3.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 
 from curate.recipe import RecipeError, load_recipe
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sft-stage3.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sft-stage3.yaml"
 
 
 def write(tmp_path, text):
