@@ -103,10 +103,7 @@ class ScoreStage(Stage):
 
         c = self.config
         self.prompts = load_prompts(c.prompts)
-        self.scorer = None
         self.loss_scorer = None
-        if self.skip_reason():
-            return
         self.scorer = make_scorer(c.backend, c.model, c.endpoint, c.options)
         if c.loss_clean:
             if c.loss_model and c.loss_model != c.model or c.backend == "http":
@@ -126,8 +123,6 @@ class ScoreStage(Stage):
         c = self.config
         for row in rows:
             row.update({k: None for k in self.outputs()})
-        if self.scorer is None:  # skipped: pass through untouched
-            return rows
         live = [r for r in rows if r.get("reject_reason") is None]
         for row in live:
             row["score_prompt"], row["score_model"] = self.prompts.prompt_id, self.scorer.model_name
