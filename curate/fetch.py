@@ -1,10 +1,14 @@
 """Bounded, polite fetching of one URL: the HTTP client behind the download stage.
 
-Every fetch is bounded: connect/read timeouts per attempt, a total time per attempt, a
-byte cap that aborts the transfer (never reads it all), a redirect limit with the scheme
-checked at every hop (http/https only), host allow/deny lists. Retries with exponential
-backoff and jitter happen only for retryable failures: timeouts, connection resets and
-refusals, truncated bodies, 429 and 5xx. The content type is sniffed from the bytes
+Every fetch is bounded: connect/read timeouts per attempt, and a deadline per attempt
+(`total_timeout_s`, all redirect hops included) that holds whatever the server does: a
+watchdog shuts the socket down when it passes, so slow headers, a body dripping one byte at
+a time, or a body that never ends all stop at the deadline. Also a byte cap that aborts the
+transfer (never reads it all), a redirect limit with the scheme checked at every hop
+(http/https only), host allow/deny lists. Retries with exponential backoff and jitter happen
+only for retryable failures: timeouts (but not an attempt that ran into its deadline: a
+server that slow would only hold a worker slot again), connection resets and refusals,
+truncated bodies, 429 and 5xx. The content type is sniffed from the bytes
 (magic numbers), never taken from the headers.
 
 One `Fetcher` holds one urllib3 connection pool and a semaphore per host; it is shared by
@@ -17,10 +21,13 @@ import dataclasses
 import hashlib
 import io
 import random
+import socket
 import threading
 import time
 from typing import Any
 from urllib.parse import urljoin, urlsplit
+
+import urllib3
 
 from curate.security import NETWORK_SCHEMES
 
@@ -49,9 +56,88 @@ class FetchResult:
 
 
 class FetchError(Exception):
-    def __init__(self, reason: str, detail: str, code: int | None = None) -> None:
+    def __init__(self, reason: str, detail: str, code: int | None = None, final: bool = False) -> None:
         super().__init__(detail)
         self.reason, self.code = reason, code
+        self.final = final  # not worth retrying, whatever the reason
+
+
+# ---------------------------------------------------------------------------- the deadline
+_attempt_watch = threading.local()
+
+
+class Deadline:
+    """One attempt's deadline. At expiry a timer shuts down every socket the attempt used, so a
+    blocking read returns at once however slowly the server drips bytes (a read timeout alone
+    never fires while bytes keep coming)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+        self.seconds = seconds
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._socks.append(sock)
+            if self.expired:
+                _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._socks:
+                _shutdown(sock)
+
+    def __enter__(self) -> "Deadline":
+        self._timer.start()
+        _attempt_watch.deadline = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+        _attempt_watch.deadline = None
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+class _Watched:
+    """Connection mixin: hands the socket to the calling thread's deadline before waiting for headers."""
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        deadline = getattr(_attempt_watch, "deadline", None)
+        if deadline is not None:
+            deadline.watch(getattr(self, "sock", None))
+        return super().getresponse(*args, **kwargs)
+
+
+class _HTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
 
 
 # ---------------------------------------------------------------------------- sniffing
@@ -102,9 +188,7 @@ class Fetcher:
                  allow_hosts: list[str] | None = None, deny_hosts: list[str] | None = None,
                  per_host: int = 4, pool_size: int = 16, user_agent: str = USER_AGENT,
                  fsspec_options: dict[str, Any] | None = None) -> None:
-        import urllib3
-
-        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.total_timeout = total_timeout
         self.retries, self.backoff = retries, backoff
         self.max_bytes, self.max_redirects = max_bytes, max_redirects
@@ -113,6 +197,7 @@ class Fetcher:
         self.user_agent = user_agent
         self.fsspec_options = fsspec_options or {}
         self.pool = urllib3.PoolManager(num_pools=64, maxsize=pool_size, retries=False, block=False)
+        self.pool.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
         self._hosts: dict[str, threading.Semaphore] = {}
         self._lock = threading.Lock()
 
@@ -130,7 +215,7 @@ class Fetcher:
                 data, code, final = self._attempt(url)
             except FetchError as e:
                 result.reason, result.error, result.code = e.reason, str(e), e.code
-                if e.reason not in RETRYABLE or attempt == self.retries:
+                if e.reason not in RETRYABLE or e.final or attempt == self.retries:
                     break
                 # exponential backoff with jitter; deterministic per URL and attempt
                 jitter = random.Random(f"{url}#{attempt}").random()
@@ -163,6 +248,16 @@ class Fetcher:
         return scheme, host
 
     def _attempt(self, url: str) -> tuple[bytes, int | None, str]:
+        with Deadline(self.total_timeout) as deadline:
+            try:
+                return self._follow(url, deadline)
+            except FetchError as e:
+                if deadline.expired:  # whatever broke, it broke because the deadline shut the socket
+                    raise FetchError("timeout", f"no complete answer within total_timeout_s={self.total_timeout} "
+                                                f"(stages.download.total_timeout_s)", e.code, final=True) from None
+                raise
+
+    def _follow(self, url: str, deadline: Deadline) -> tuple[bytes, int | None, str]:
         seen = {url}
         current = url
         for _ in range(self.max_redirects + 1):
@@ -170,7 +265,7 @@ class Fetcher:
             if scheme not in ("http", "https"):
                 return self._fetch_object_store(current), None, current
             with self._host_slot(host):
-                location, data, code = self._http_once(current)
+                location, data, code = self._http_once(current, deadline)
             if location is None:
                 return data, code, current
             nxt = urljoin(current, location)
@@ -182,13 +277,14 @@ class Fetcher:
             current = nxt
         raise FetchError("redirect_loop", f"more than {self.max_redirects} redirects (stages.download.max_redirects)")
 
-    def _http_once(self, url: str) -> tuple[str | None, bytes, int]:
-        import urllib3
-
-        start = time.monotonic()
+    def _http_once(self, url: str, deadline: Deadline) -> tuple[str | None, bytes, int]:
+        left = deadline.remaining()
+        if left <= 0:
+            raise FetchError("timeout", "deadline passed before the request", final=True)
+        timeout = urllib3.Timeout(connect=min(self.connect_timeout, left), read=min(self.read_timeout, left))
         try:
             resp = self.pool.request("GET", url, headers={"User-Agent": self.user_agent}, redirect=False,
-                                     preload_content=False, timeout=self.timeout, retries=False)
+                                     preload_content=False, timeout=timeout, retries=False)
         except urllib3.exceptions.NewConnectionError as e:  # refused, unreachable (a TimeoutError subclass)
             raise FetchError("connection_error", f"cannot connect: {e}") from None
         except urllib3.exceptions.TimeoutError as e:
@@ -213,12 +309,19 @@ class Fetcher:
             if length and length.isdigit() and int(length) > self.max_bytes:
                 raise FetchError("too_large", f"Content-Length {length} > stages.download.max_bytes={self.max_bytes}", code)
             buf = io.BytesIO()
-            for chunk in resp.stream(1 << 16):
+            while chunk := resp.read1(1 << 16):  # whatever has arrived, not a full 64 KiB
                 buf.write(chunk)
                 if buf.tell() > self.max_bytes:
                     raise FetchError("too_large", f"more than stages.download.max_bytes={self.max_bytes} bytes", code)
-                if time.monotonic() - start > self.total_timeout:
-                    raise FetchError("timeout", f"transfer took longer than total_timeout_s={self.total_timeout}", code)
+                if deadline.remaining() <= 0:
+                    raise FetchError("timeout", f"transfer took longer than total_timeout_s={self.total_timeout}",
+                                     code, final=True)
+            if deadline.expired:  # the watchdog shut the socket: what arrived is a cut-off body
+                raise FetchError("timeout", f"transfer took longer than total_timeout_s={self.total_timeout}",
+                                 code, final=True)
+            length = resp.headers.get("Content-Length")
+            if length and length.isdigit() and buf.tell() < int(length):
+                raise FetchError("truncated", f"got {buf.tell()} of {length} bytes", code)
             done = True
             return None, buf.getvalue(), code
         except urllib3.exceptions.ProtocolError as e:

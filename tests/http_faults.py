@@ -2,7 +2,7 @@
 
 Routes: /img/<name> (good JPEG), /wrongtype.jpg (JPEG served as text/html), /notmedia
 (HTML served as image/jpeg), /404, /flaky (500 once, then the image), /always500, /slow
-(drips past the read timeout), /big (larger than the byte cap), /loop (redirect loop),
+(drips past the read timeout), /drip, /slowheaders, /endless (bytes keep coming, never done), /big (larger than the byte cap), /loop (redirect loop),
 /tofile (redirect to file://), /redirect (to a good image), /truncated (Content-Length
 larger than the body), /reset (connection reset). `hits` counts requests per path.
 """
@@ -69,6 +69,27 @@ class FaultServer:
                     self.send_body(500, b"oops", "text/plain") if n == 1 else self.send_body(200, img)
                 elif path == "/always500":
                     self.send_body(503, b"down", "text/plain")
+                elif path == "/drip":  # a byte every 0.1 s: faster than any read timeout, never done
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    for _ in range(600):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                elif path == "/slowheaders":  # the status line and headers, one byte every 0.1 s
+                    for byte in b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Padding: " + b"p" * 600:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                elif path == "/endless":  # a body with no length that never ends
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.end_headers()
+                    for _ in range(1200):
+                        self.wfile.write(b"\xff" * 100)
+                        self.wfile.flush()
+                        time.sleep(0.05)
                 elif path == "/slow":
                     self.send_response(200)
                     self.send_header("Content-Length", "1000")

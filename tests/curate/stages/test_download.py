@@ -35,6 +35,29 @@ def test_faulty_routes_end_with_their_reason(server, path, reason):
     assert time.monotonic() - t0 < 10, "bounded: never hangs"
 
 
+@pytest.mark.parametrize("path", ["/drip", "/slowheaders", "/endless"])
+def test_the_deadline_holds_while_bytes_keep_coming(server, path):
+    """A read timeout never fires while a server drips; the per-attempt deadline must, and such a
+    server is not asked again (it would only hold a worker slot for another deadline)."""
+    t0 = time.monotonic()
+    result = Fetcher(**(FAST | {"total_timeout": 1.5})).fetch(server.url(path))
+    elapsed = time.monotonic() - t0
+    assert not result.ok and result.reason == "timeout" and "total_timeout_s" in result.error, result.error
+    assert result.attempts == 1 and elapsed < 1.5 + 1.0, elapsed
+
+
+def test_a_stalled_url_delays_its_batch_by_its_deadline_only(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    f = Fetcher(**(FAST | {"total_timeout": 1.5}))
+    urls = [server.url(p) for p in ("/drip", "/img/0.jpg", "/slowheaders", "/img/1.jpg")]
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(f.fetch, urls))
+    assert [r.ok for r in results] == [False, True, False, True]
+    assert time.monotonic() - t0 < 1.5 + 1.0
+
+
 def test_retryable_errors_are_retried_and_others_are_not(server):
     f = Fetcher(**FAST)
     flaky = f.fetch(server.url("/flaky"))
