@@ -15,12 +15,26 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+USER_ERROR_EXIT = 2  # a problem the user can fix (recipe, path, cluster): one paragraph, no traceback
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
-def main(verbose: bool) -> None:
+@click.option("--debug", is_flag=True, help="show the full traceback of an error")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, debug: bool) -> None:
     """omnicurate: curate omni-modal instruction data into 2D-packed WebDataset shards."""
+    ctx.obj = {"debug": debug}
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def fail(message: str, code: int = USER_ERROR_EXIT) -> None:
+    """Print one paragraph to stderr and exit: the user's errors get no traceback (use --debug)."""
+    if (click.get_current_context().obj or {}).get("debug"):
+        raise
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
 
 @main.command()
@@ -33,18 +47,32 @@ def main(verbose: bool) -> None:
 def run(recipe: str, inputs: tuple[str, ...], out: str | None, overrides: tuple[str, ...],
         address: str | None, retry_failed: bool) -> None:
     """Run RECIPE (a path or a name under recipes/) and write shards, rejects and stats."""
+    from curate.errors import UserError
+    from curate.layout import write_text_atomic
     from curate.recipe import RecipeError, load_recipe
     from curate.runner import Runner
     from curate.stats import format_stats
 
     sets = list(overrides) + (["stages.download.retry_failed=true"] if retry_failed else [])
-    try:
+    try:  # everything a user can get wrong is found here, before any work
         rec = load_recipe(recipe, sets, list(inputs) or None)
         runner = Runner(rec, out or f"runs/{rec.name}", address)
         runner.prepare()
-    except (RecipeError, FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-    stats = runner.run()
+        runner.init_ray()
+    except (RecipeError, UserError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    try:
+        stats = runner.run()
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        import traceback
+
+        log_file = write_text_atomic(runner.layout.logs / "error.log", traceback.format_exc())
+        last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        fail(f"the run failed in stage {runner.current_stage or '(before the first stage)'}: {type(e).__name__}: "
+             f"{last}. The traceback is in {log_file} (or rerun with --debug). Finished stages are kept: the "
+             f"same command resumes after the fix.", code=1)
     click.echo(format_stats(stats))
     click.echo(f"shards in {runner.out / 'shards'}; rejects in {runner.out / 'rejects'}; "
                f"run took {stats['wall_seconds']:.1f}s")

@@ -8,6 +8,7 @@
   download/                 per-URL download logs
   review/                   flagged samples kept for manual review (review/score/: LLM scoring)
   cache/score.sqlite        LLM reply cache
+  logs/                     error.log (the traceback of a failed run)
   stats.json, report.html   the run's statistics and its report page
 
 State is written atomically (a temporary file in the same folder, then a rename), so a crash
@@ -109,6 +110,10 @@ class RunLayout:
 
     def review(self, sub: str = "") -> Path:
         return self.root / "review" / sub if sub else self.root / "review"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
 
     @property
     def score_cache(self) -> Path:

@@ -51,6 +51,8 @@ def probe_image(data: bytes, max_pixels: int, min_side: int = 1) -> ImageInfo:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise MediaError("image_too_large", str(e)) from None
+    except Image.UnidentifiedImageError:
+        raise MediaError("broken_image", "cannot decode image: not a format Pillow recognises") from None
     except Exception as e:  # Pillow raises many types for bad bytes
         raise MediaError("broken_image", f"cannot decode image: {e}") from None
     if fmt in ("JPEG", "PNG"):

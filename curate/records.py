@@ -67,11 +67,18 @@ def record_id(source: str, key: str) -> str:
     return hashlib.sha256(f"{source}\x00{key}".encode()).hexdigest()[:24]
 
 
+MEMORY_ADDRESS_RE = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
+
+
 def reject(row: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:
-    """Mark a row as leaving the pipeline; the runner writes it to the rejects table."""
+    """Mark a row as leaving the pipeline; the runner writes it to the rejects table.
+
+    Memory addresses that library messages carry ("<_io.BytesIO object at 0x7f...>") are cut,
+    so the same input gives byte-identical rejects on every run.
+    """
     row["reject_stage"] = stage
     row["reject_reason"] = reason
-    row["reject_detail"] = detail[:2000]
+    row["reject_detail"] = MEMORY_ADDRESS_RE.sub("", detail)[:2000]
     return row
 
 

@@ -34,6 +34,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import yaml
 
+from curate.errors import UserError
 from curate.layout import RunLayout, read_marker, write_json_atomic, write_parquet_atomic, write_text_atomic
 from curate.manifest import RAW_SCHEMA, check_manifests, read_lines
 from curate.recipe import Recipe
@@ -103,6 +104,23 @@ def stage_hash(stage: Stage, upstream: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not after Ray's long retry loop, when a host:port address does not answer."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); check the address "
+                        f"(`ray status` on the head node prints it), or drop --address / RAY_ADDRESS to run "
+                        f"on a local Ray") from None
+
+
 class _StageActor:
     """Actor wrapper: the stage's setup() runs once per actor, in its constructor."""
 
@@ -151,6 +169,7 @@ class Runner:
                               modality_targets=dict(recipe.modality_targets),
                               default_actors=recipe.ray.concurrency)
         self.summary: dict[str, Any] = {"stages": [], "skipped": {}}
+        self.current_stage: str | None = None  # the stage running now (named in error messages)
 
     # ------------------------------------------------------------------ preparation
     def prepare(self) -> tuple[dict[str, list[Path]], list[Stage]]:
@@ -163,7 +182,22 @@ class Runner:
             stage.resolved_resources()
             check_columns(stage, schema)
             schema = stage.output_schema(schema)
+        self.check_out_dir()
         return manifests, stages
+
+    def check_out_dir(self) -> None:
+        """The run folder is a folder we can write (checked by writing, as permission bits lie to root)."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file; give a folder for the run (it is created if missing)")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"--out {out} cannot be written ({e.strerror or e}); choose a folder on a writable "
+                            f"file system") from None
 
     def init_ray(self) -> None:
         import ray
@@ -172,7 +206,12 @@ class Runner:
             address = self.address or self.recipe.ray.address or os.environ.get("RAY_ADDRESS")
             kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False, "log_to_driver": False}
             if address:
-                ray.init(address=address, **kwargs)
+                check_reachable(address)
+                try:
+                    ray.init(address=address, **kwargs)
+                except (ConnectionError, TimeoutError) as e:
+                    raise UserError(f"cannot connect to the Ray cluster at {address}: {e}. Start one with "
+                                    f"`ray start --head`, or drop --address / RAY_ADDRESS to run on a local Ray") from None
             else:
                 ray.init(num_cpus=self.recipe.ray.num_cpus, object_store_memory=self.recipe.ray.object_store_memory,
                          **kwargs)
@@ -235,6 +274,7 @@ class Runner:
     def run_stage(self, stage: Stage, job: Job, schema: pa.Schema, config_hash: str,
                   manifests: dict[str, list[Path]], skip: str | None) -> None:
         log.info("stage %s: running (%s)", stage.name, stage.describe())
+        self.current_stage = stage.name
         t0 = time.perf_counter()
         self.invalidate(job.output_dir)
         ds = self.input_dataset(job, manifests)

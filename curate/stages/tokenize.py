@@ -11,7 +11,7 @@ their closing `<|im_end|>`, so the loss never trains on prompts or media tokens.
 from __future__ import annotations
 
 import math
-import re
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import pyarrow as pa
@@ -130,6 +130,19 @@ class TokenizeStage(Stage):
         return {"input_ids": pa.list_(pa.int32()), "labels": pa.list_(pa.int32()), "n_tokens": pa.int32(),
                 "n_tiles": pa.int32(), "n_audio_tokens": pa.int32(), "n_response_tokens": pa.int32(),
                 "turn_starts": pa.list_(pa.int32()), "media_spans": pa.list_(pa.int32())}
+
+    def validate(self) -> None:
+        """The tokenizer folder exists and holds the special tokens, before any stage runs."""
+        folder = Path(self.config.tokenizer)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"stages.tokenize.tokenizer: no tokenizer folder at {folder} (a local Hugging Face "
+                                    f"tokenizer; `curate demo-data data/demo` writes the demo one)")
+        try:
+            load_tokenizer(str(folder))
+        except ValueError:
+            raise
+        except Exception as e:
+            raise ValueError(f"stages.tokenize.tokenizer: {folder} is not a loadable tokenizer folder: {e}") from None
 
     def setup(self) -> None:
         cfg = self.config
