@@ -256,6 +256,9 @@ class Runner:
         stats = compute_stats(self.out)
         stats["wall_seconds"] = round(time.perf_counter() - start, 2)
         stats["skipped_stages"] = self.summary["skipped"]
+        # this run's work: a stage finished by an earlier run took no time now
+        stats["resumed_stages"] = [s["stage"] for s in self.summary["stages"] if s.get("resumed")]
+        stats["stage_seconds"] = {s["stage"]: 0.0 if s.get("resumed") else s["seconds"] for s in self.summary["stages"]}
         write_json_atomic(self.layout.stats, stats)
         from curate.report.html import write_report
 

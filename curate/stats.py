@@ -164,6 +164,7 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append(f"over budget     {select['over_budget']:>10,}   split {select['split']} (+{select['parts_added']} "
                      f"parts), truncated {select['truncated']}, rejected {select['rejected']}")
     lines += [
-        "stage seconds   " + ", ".join(f"{k} {v:.1f}" for k, v in stats["stage_seconds"].items()),
+        "stage seconds   " + ", ".join(f"{k} {v:.1f}" if k not in stats.get("resumed_stages", ()) else
+                                       f"{k} (done before)" for k, v in stats["stage_seconds"].items()),
     ]
     return "\n".join(lines)

@@ -80,8 +80,11 @@ def test_shards_load_with_plain_webdataset_within_budgets(first_run):
 def test_rerun_skips_every_finished_stage(first_run):
     recipe, out, _, hashes = first_run
     runner = Runner(recipe, out)
-    runner.run()
+    stats = runner.run()
     assert all(s.get("resumed") for s in runner.summary["stages"])
+    # the stats of a resumed run say what was done before, and count no earlier seconds as its own
+    assert set(stats["resumed_stages"]) == set(stats["stage_seconds"]) and not any(stats["stage_seconds"].values())
+    assert json.loads((out / "stats.json").read_text())["resumed_stages"] == stats["resumed_stages"]
     assert shard_hashes(out) == hashes
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.fetch import FetchResult, Fetcher, resize_image
+from curate.layout import write_jsonl_atomic, write_parquet_atomic
 from curate.records import reject
 from curate.security import is_network_url
 from curate.stages.base import Resources, Stage
@@ -57,11 +57,7 @@ class UrlIndex:
     def append(self, entries: list[dict[str, Any]]) -> None:
         if not entries:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
-        os.replace(tmp, path)
+        write_jsonl_atomic(self.folder / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl", entries)
         for e in entries:
             self.entries[e["url"]] = e
 
@@ -162,6 +158,4 @@ class DownloadStage(Stage):
             "attempts": [r.attempts for r in results],
             "finished": [now] * len(results),
         }, schema=LOG_SCHEMA)
-        path = self.log_dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.parquet"
-        pq.write_table(table, path.with_suffix(".tmp"))
-        os.replace(path.with_suffix(".tmp"), path)
+        write_parquet_atomic(self.log_dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.parquet", table)
