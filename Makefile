@@ -16,7 +16,16 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: default setup run test bench stats clean demo
+.PHONY: default setup run test bench stats clean demo ray-head ray-worker submit ray-stop
+
+# A Ray cluster over a shared file system (README "Running on a Ray cluster").
+RAY_PORT ?= 6379
+DASHBOARD_PORT ?= 8265
+DASHBOARD_HOST ?= 0.0.0.0
+RAY_START_ARGS ?=
+head ?= 127.0.0.1:$(RAY_PORT)
+dashboard ?= 127.0.0.1:$(DASHBOARD_PORT)
+VENV_PATH := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
 # `make` with recipe= runs that recipe; plain `make` prints help.
 default:
@@ -59,6 +68,20 @@ bench: .setup-stamp
 
 stats:
 	$(CURATE) stats $(out)
+
+ray-head: .setup-stamp
+	$(VENV_PATH) ray start --head --port=$(RAY_PORT) --dashboard-host=$(DASHBOARD_HOST) --dashboard-port=$(DASHBOARD_PORT) \
+	  --disable-usage-stats $(RAY_START_ARGS)
+
+ray-worker: .setup-stamp
+	$(VENV_PATH) ray start --address=$(head) --disable-usage-stats $(RAY_START_ARGS)
+
+submit: .setup-stamp $(demo)/.stamp
+	$(VENV_PATH) ray job submit --address http://$(dashboard) -- \
+	  curate run $(recipe) --out $(out) $(if $(input),--input $(input)) $(foreach s,$(SET),--set $(s))
+
+ray-stop:
+	$(VENV_PATH) ray stop --force
 
 clean:
 	rm -rf runs .pytest_cache
