@@ -227,6 +227,8 @@ class ScoreConfig(StageConfig):
     """base URL of the OpenAI-compatible server for backend http (null: stage skipped)"""
     prompts: str | None = Field(None, examples=["recipes/prompts/score-v1.yaml"])
     """versioned prompt file (domain, per-domain score, repetition); null: recipes/prompts/score-v1.yaml"""
+    prompts_zh: str | None = Field("recipes/prompts/score-v1-zh.yaml", examples=["recipes/prompts/score-v1-zh.yaml"])
+    """prompt file for Chinese samples (fastText LID language zh, or mostly CJK text); null: `prompts` for all"""
     threshold: float = Field(7.0, ge=0, le=10)
     """samples scoring below this are rejected (low_quality); InternVL 2.5 uses 7"""
     thresholds: dict[str, float] = Field(default_factory=dict, examples=[{"mathematics": 6.0}])

@@ -1,7 +1,8 @@
 """Robust parsing of LLM replies: a domain, a 0-10 score, a yes/no.
 
 Models answer in many shapes: "7", "Score: 7/10", "**8**", '{"score": 6}', "I would
-rate this 9 out of 10.", or a chatty paragraph. Each parser returns None when it cannot
+rate this 9 out of 10.", or a chatty paragraph; in Chinese "评分：8", "8分", "满分10分，给7分",
+"数学", "是" / "否". Each parser returns None when it cannot
 find one unambiguous answer (or the number is outside 0-10); the caller retries once and
 then records the sample as unscored. None is never turned into a made-up value.
 """
@@ -18,6 +19,12 @@ _KEYWORD_NUMBER = re.compile(r"\b(?:score|rating|rated|rate(?: it| this)?|qualit
 # A number written as a fraction of ten ("7/10", "7 out of 10").
 _OUT_OF_TEN = re.compile(_NUMBER + r"\s*(?:/|out of)\s*10\b", re.I)
 _ANY_NUMBER = re.compile(r"(?<![\w.])" + _NUMBER + r"(?![\w])")
+# Chinese: a number after 评分/分数/得分/打分/给 or before 分 ("8分"), but not the 10 of 满分10分 / 10分制.
+_ZH_KEYWORD_NUMBER = re.compile(r"(?:评分|分数|得分|打分|评为|给出?)[^0-9\-\n]{0,6}?" + _NUMBER)
+_ZH_POINTS = re.compile(r"(?<!满分)(?<![\d.])" + _NUMBER + r"\s*分(?!制)")
+_ZH_OUT_OF_TEN = re.compile(r"(?:满分\s*10\s*分|10\s*分制)")
+_ZH_DOMAINS = {"学科": "disciplinary", "学术": "disciplinary", "编程": "programming", "代码": "programming",
+               "程序": "programming", "数学": "mathematics", "通用": "general", "日常": "general", "一般": "general"}
 _THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
 
 
@@ -62,10 +69,12 @@ def parse_score(reply: str | None) -> float | None:
         except (TypeError, ValueError):
             return None
     text = _strip(reply)
+    zh_text = _ZH_OUT_OF_TEN.sub(" ", text)
     marked = {float(v) for pattern in (_KEYWORD_NUMBER, _OUT_OF_TEN) for v in pattern.findall(text)}
+    marked |= {float(v) for pattern in (_ZH_KEYWORD_NUMBER, _ZH_POINTS) for v in pattern.findall(zh_text)}
     if marked:  # numbers tied to "score"/"rating" or written "/10"; two different ones are ambiguous
         return _in_range(marked.pop()) if len(marked) == 1 else None
-    numbers = {float(v) for v in _ANY_NUMBER.findall(text)}
+    numbers = {float(v) for v in _ANY_NUMBER.findall(zh_text)}
     if len(numbers) == 1:  # a lone number is the answer; several without a keyword are ambiguous
         return _in_range(numbers.pop())
     return None
@@ -84,6 +93,8 @@ def parse_domain(reply: str | None, domains: tuple[str, ...] | list[str]) -> str
         aliases = {"math": "mathematics", "maths": "mathematics", "code": "programming", "coding": "programming"}
         hits = [(m.start(), aliases[a]) for a in aliases if aliases[a] in domains
                 for m in [re.search(rf"\b{a}\b", text)] if m]
+    if not hits:  # a Chinese reply names the domain in Chinese (no word boundaries there)
+        hits = [(text.find(zh), d) for zh, d in _ZH_DOMAINS.items() if d in domains and zh in text]
     return min(hits)[1] if hits else None
 
 
@@ -103,6 +114,9 @@ def parse_yes_no(reply: str | None) -> bool | None:
     match = re.search(r"\b(yes|no)\b", text)
     if match:
         return match.group(1) == "yes"
+    zh = re.match(r"\W*(不是|否|没有|不重复|是|有)", text)  # the reply opens with its answer ("是的，..."/"否。")
+    if zh:
+        return zh.group(1) in ("是", "有")
     if _NEGATED.search(text):
         return False
     if re.search(r"\b(?:is|are|very|highly)\s+repetitive\b", text):

@@ -35,6 +35,7 @@ from curate.stages.base import Resources, Stage
 
 SCORE_CHOICES = tuple(str(i) for i in range(11))
 YES_NO = ("yes", "no")
+YES_NO_ZH = ("是", "否")
 # score_status values
 SCORED, UNSCORED, EXEMPT, REPETITION_ONLY = "scored", "unscored", "exempt", "repetition_only"
 
@@ -70,6 +71,10 @@ class ScoreStage(Stage):
         """Fail before any work: prompt file, model folders, vllm install, names in the recipe."""
         c = self.config
         prompts = load_prompts(c.prompts)
+        zh = load_prompts(c.prompts_zh or c.prompts)
+        if zh.domains != prompts.domains:
+            raise ValueError(f"stages.score.prompts_zh: its domains {list(zh.domains)} differ from "
+                             f"stages.score.prompts' {list(prompts.domains)} (thresholds and stats use one list)")
         unknown = sorted(set(c.thresholds) - set(prompts.domains))
         if unknown:
             raise ValueError(f"stages.score.thresholds: unknown domains {unknown}; the prompt file "
@@ -102,7 +107,7 @@ class ScoreStage(Stage):
         from curate.scoring.judge import Judge
 
         c = self.config
-        self.prompts = load_prompts(c.prompts)
+        self.prompt_sets = {lang: load_prompts(path) for lang, path in self.prompt_files().items()}
         self.loss_scorer = None
         self.scorer = make_scorer(c.backend, c.model, c.endpoint, c.options)
         if c.loss_clean:
@@ -113,7 +118,21 @@ class ScoreStage(Stage):
                 self.loss_scorer = self.scorer
         cache = ReplyCache(self.ctx.layout.score_cache) if c.cache else NullCache()
         self.batch_size = self.resolved_resources().batch_size
-        self.judge = Judge(self.scorer, self.prompts.prompt_id, cache, self.batch_size)
+        self.judges = {lang: Judge(self.scorer, ps.prompt_id, cache, self.batch_size)
+                       for lang, ps in self.prompt_sets.items()}
+
+    def prompt_files(self) -> dict[str, str | None]:
+        """Prompt file per language: `prompts` for every language, `prompts_zh` for Chinese samples."""
+        return {"en": self.config.prompts, "zh": self.config.prompts_zh or self.config.prompts}
+
+    def language_of(self, row: dict[str, Any], text: str) -> str:
+        """"zh" for a Chinese sample (fastText LID when the filter ran it, else mostly-CJK text)."""
+        from curate.text_units import is_cjk
+
+        lang = (row.get("language") or "").split("_")[0]
+        if lang:
+            return "zh" if lang in ("zh", "wuu", "yue") else "en"
+        return "zh" if is_cjk(text) else "en"
 
     # ------------------------------------------------------------------ the work
     def threshold(self, domain: str | None) -> float:
@@ -124,13 +143,18 @@ class ScoreStage(Stage):
         for row in rows:
             row.update({k: None for k in self.outputs()})
         live = [r for r in rows if r.get("reject_reason") is None]
+        texts = {r["id"]: clip_text(text_of(r), c.max_chars) for r in live}
+        groups: dict[str, list[dict[str, Any]]] = {}
         for row in live:
-            row["score_prompt"], row["score_model"] = self.prompts.prompt_id, self.scorer.model_name
+            lang = self.language_of(row, texts[row["id"]])
+            row["score_prompt"], row["score_model"] = self.prompt_sets[lang].prompt_id, self.scorer.model_name
             row["score_status"] = EXEMPT if row["source"] in c.exempt_sources else SCORED
-        todo = [r for r in live if r["score_status"] != EXEMPT]
-        texts = {r["id"]: clip_text(text_of(r), c.max_chars) for r in todo}
-        self._quality(todo, texts)
-        self._repetition(todo, texts)
+            if row["score_status"] != EXEMPT:
+                groups.setdefault(lang, []).append(row)
+        for lang, group in sorted(groups.items()):
+            self._quality(group, texts, self.prompt_sets[lang], self.judges[lang])
+            self._repetition(group, texts, self.prompt_sets[lang], self.judges[lang], lang)
+        todo = [r for group in groups.values() for r in group]
         if c.loss_clean:
             self._losses(todo)
         self._decide(todo)
@@ -138,14 +162,14 @@ class ScoreStage(Stage):
                             or r["score_status"] == UNSCORED], texts)
         return rows
 
-    def _quality(self, rows: list[dict[str, Any]], texts: dict[str, str]) -> None:
+    def _quality(self, rows: list[dict[str, Any]], texts: dict[str, str], prompts: Any, judge: Any) -> None:
         rated = [r for r in rows if r["modality"] in self.config.modalities]
         for r in rows:
             if r["modality"] not in self.config.modalities:
                 r["score_status"] = REPETITION_ONLY
         if self.config.classify_domain:
-            domains = self.judge.ask("classify", [self.prompts.classify_prompt(texts[r["id"]]) for r in rated],
-                                     lambda reply: parse_domain(reply, self.prompts.domains), self.prompts.domains)
+            domains = judge.ask("classify", [prompts.classify_prompt(texts[r["id"]]) for r in rated],
+                                lambda reply: parse_domain(reply, prompts.domains), prompts.domains)
         else:
             domains = [(r.get("domain") or "general").lower() for r in rated]
         for r, d in zip(rated, domains):
@@ -153,19 +177,20 @@ class ScoreStage(Stage):
             if d is None:
                 r["score_status"] = UNSCORED
         asked = [r for r in rated if r["score_domain"] is not None]
-        scores = self.judge.ask("score", [self.prompts.score_prompt(texts[r["id"]], r["score_domain"]) for r in asked],
-                                parse_score, SCORE_CHOICES)
+        scores = judge.ask("score", [prompts.score_prompt(texts[r["id"]], r["score_domain"]) for r in asked],
+                           parse_score, SCORE_CHOICES)
         for r, s in zip(asked, scores):
             r["quality_score"] = s
             if s is None:
                 r["score_status"] = UNSCORED
 
-    def _repetition(self, rows: list[dict[str, Any]], texts: dict[str, str]) -> None:
+    def _repetition(self, rows: list[dict[str, Any]], texts: dict[str, str], prompts: Any, judge: Any,
+                    lang: str) -> None:
         if not self.config.repetition_check:
             return
         asked = [r for r in rows if not getattr(self.ctx.source(r["source"]), "exempt_repetition", False)]
-        answers = self.judge.ask("repetition", [self.prompts.repetition_prompt(texts[r["id"]]) for r in asked],
-                                 parse_yes_no, YES_NO)
+        answers = judge.ask("repetition", [prompts.repetition_prompt(texts[r["id"]]) for r in asked],
+                            parse_yes_no, YES_NO_ZH if lang == "zh" else YES_NO)
         for r, a in zip(asked, answers):
             r["repetition_llm"] = a
             if a is None:

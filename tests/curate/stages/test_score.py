@@ -52,6 +52,25 @@ def test_parse_score(reply, expected):
 
 
 @pytest.mark.parametrize("reply,expected", [
+    ("8", 8.0), ("评分：8", 8.0), ("8分", 8.0), ("满分10分，我给7分。", 7.0), ("得分为 9 分", 9.0),
+    ("10分制下给5分", 5.0), ("这个样本还可以，6", 6.0), ("给6分或7分", None), ("无法评分", None),
+])
+def test_parse_chinese_score(reply, expected):
+    assert parse_score(reply) == expected
+
+
+@pytest.mark.parametrize("reply,expected,kind", [
+    ("数学", "mathematics", "domain"), ("这是一道编程题。", "programming", "domain"), ("通用", "general", "domain"),
+    ("烹饪", None, "domain"), ("是", True, "yes_no"), ("否。", False, "yes_no"), ("是的，最后一句重复了。", True, "yes_no"),
+    ("不是，内容没有重复", False, "yes_no"), ("没有重复。", False, "yes_no"),
+    ("这是正常的回答", None, "yes_no"),  # 是 inside a sentence is not an answer
+])
+def test_parse_chinese_domain_and_yes_no(reply, expected, kind):
+    got = parse_domain(reply, DOMAINS) if kind == "domain" else parse_yes_no(reply)
+    assert got == expected
+
+
+@pytest.mark.parametrize("reply,expected", [
     ("programming", "programming"), ("Domain: Mathematics.", "mathematics"), ('{"domain": "general"}', "general"),
     ("This is a **math** word problem.", "mathematics"), ("code", "programming"),
     ("It is about cooking.", None), ("", None), (None, None),
@@ -140,6 +159,12 @@ class FakeLLM(ThreadingHTTPServer):
         loop, proof = "Summarise the topic" in sample, "Prove that" in sample
         if self.garbage:
             return "I cannot judge this sample."
+        if prompt.startswith("请将"):  # the Chinese prompt file: Chinese replies
+            return "数学"
+        if prompt.startswith("请从0"):
+            return "评分：8分"
+        if prompt.startswith("下面的样本"):
+            return "是的，同一句话重复了很多次。" if "重复重复" in sample else "否"
         if prompt.startswith("Classify"):
             return "Domain: mathematics" if proof else "**programming**"
         if prompt.startswith("Rate"):
@@ -208,14 +233,29 @@ def test_exemptions_thresholds_and_modalities(fake_llm, tmp_path):
     assert [r["reject_reason"] for r in review] == ["repetitive_llm"]
 
 
+def test_chinese_samples_get_the_chinese_prompts(fake_llm, tmp_path):
+    rows = text_rows(["求证：1 小于 2。", "Explain lists.", "重复重复重复重复重复重复重复重复。"],
+                     answers=["因为 2 减 1 等于 1，大于零。", "An answer about it.", "好的。"])
+    out = http_stage(fake_llm, tmp_path)(rows).to_pylist()
+    zh, en, loop = out
+    assert zh["score_prompt"].startswith("score-v1-zh@") and en["score_prompt"].startswith("score-v1@")
+    assert (zh["score_domain"], zh["quality_score"], zh["repetition_llm"]) == ("mathematics", 8.0, False)
+    assert (en["score_domain"], en["quality_score"]) == ("programming", 8.0)
+    assert loop["repetition_llm"] is True and loop["reject_reason"] == "repetitive_llm"
+    rows_zh_off = http_stage(fake_llm, tmp_path, prompts_zh=None)(
+        text_rows(["求证：1 小于 2。"], answers=["因为 2 减 1 等于 1。"])).to_pylist()
+    assert rows_zh_off[0]["score_prompt"].startswith("score-v1@")  # null: one prompt file for every language
+
+
 # ---------------------------------------------------------------------------- stage helpers
-def text_rows(questions, sources=None, modalities=None) -> pa.Table:
+def text_rows(questions, sources=None, modalities=None, answers=None) -> pa.Table:
     rows = []
     for i, q in enumerate(questions):
         rows.append({name: None for name in CORE_SCHEMA.names} | {
             "id": f"id{i}", "source": (sources or ["s"] * len(questions))[i], "origin": "manifest",
             "modality": (modalities or ["text"] * len(questions))[i], "domain": "general", "media": [],
-            "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": "An answer about it."}]})
+            "conversations": [{"from": "human", "value": q},
+                              {"from": "gpt", "value": (answers or ["An answer about it."] * len(questions))[i]}]})
     return pa.Table.from_pylist(rows, schema=CORE_SCHEMA)
 
 
