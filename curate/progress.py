@@ -6,7 +6,7 @@ by reading the row counts in the footers of the Parquet files already written th
 thread polls the folder; nothing in the Ray plan changes), so it works for every stage.
 
   TTY stdout      a `rich` live line: rows done / total, rows/s, elapsed, ETA; then the summary
-  other stdout    the summary line per stage only (plus a plain progress line every 30 s of a
+  other stdout    the summary line per stage only (plus a plain progress line every minute of a
                   long stage), so CI and `ray job submit` logs stay short
   quiet           nothing but errors (they are raised, not printed, by the runner)
 """
@@ -23,7 +23,7 @@ MODEL_KEYS = {  # stage -> the config key naming its model (None: the packaged d
     "filter": "lid_model", "filter_clip": "clip_model", "transcribe": "model", "score": "model",
     "score_loss": "loss_model", "audio_qa": "asr_model", "tokenize": "tokenizer",
 }
-PLAIN_EVERY_S = 30.0
+PLAIN_EVERY_S = 60.0
 
 
 def stage_model(stage: Any) -> tuple[str | None, str | None]:
