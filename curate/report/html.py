@@ -86,9 +86,14 @@ def _plt():
     return plt
 
 
-def _column(layout: RunLayout, name: str, columns: list[str]) -> pa.Table | None:
-    """`columns` of the last stage folder that has column `name` (rows alive or rejected there)."""
-    for folder in sorted(layout.work.glob("[0-9][0-9]-*"), reverse=True) if layout.work.exists() else []:
+def _column(layout: RunLayout, name: str, columns: list[str], stage: str | None = None) -> pa.Table | None:
+    """`columns` of the stage that produced column `name` (the first folder that has it), or of `stage`.
+
+    The producing stage still holds the rows it rejected, so a score histogram shows both sides
+    of its threshold; later folders would count repeated copies.
+    """
+    folders = sorted(layout.work.glob(f"[0-9][0-9]-{stage or '*'}")) if layout.work.exists() else []
+    for folder in folders:
         if folder.name.endswith(".tmp") or not folder.is_dir():
             continue
         try:
@@ -327,7 +332,7 @@ def section_scores(layout: RunLayout, recipe: dict[str, Any]) -> str:
         if vals:
             panels.append((title, vals, thr, label))
     durations = []
-    t = _column(layout, "media", ["media"])
+    t = _column(layout, "media", ["media"], stage="tokenize")  # every sample once, spoken questions too
     if t is not None:
         durations = [m["duration"] for ms in t.column("media").to_pylist() for m in ms or []
                      if m and m.get("kind") == "audio" and m.get("duration") is not None]
