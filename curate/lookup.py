@@ -14,8 +14,9 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -195,8 +196,8 @@ def describe_sample(sample: dict[str, Any], ids: np.ndarray, labels: np.ndarray,
 
 
 def format_sample(d: dict[str, Any], width: int = 160) -> list[str]:
-    lines = [f"  {d['orig_id'] or d['id']}  {d['source']}/{d['modality']}: {d['n_tokens']} tokens at offset "
-             f"{d['token_offset']}, {d['n_tiles']} tiles, {d['n_response_tokens']} trained tokens (id {d['id']})"]
+    lines = [(f"  {d['orig_id'] or d['id']}  {d['source']}/{d['modality']}: {d['n_tokens']} tokens at offset "
+              f"{d['token_offset']}, {d['n_tiles']} tiles, {d['n_response_tokens']} trained tokens (id {d['id']})")]
     for m in d["media"]:
         extra = ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("kind", "members", "bytes"))
         members = m["members"] if len(m["members"]) <= 3 else m["members"][:2] + [f"... {len(m['members'])} frames"]
