@@ -23,6 +23,7 @@ MODEL_KEYS = {  # stage -> the config key naming its model (None: the packaged d
     "filter": "lid_model", "filter_clip": "clip_model", "transcribe": "model", "score": "model",
     "score_loss": "loss_model", "audio_qa": "asr_model", "tokenize": "tokenizer",
 }
+DEFAULTS = {"filter": "lid.176.ftz", "transcribe": "whisper-tiny.en", "audio_qa": "whisper-tiny.en"}
 PLAIN_EVERY_S = 60.0
 
 
@@ -32,7 +33,7 @@ def stage_model(stage: Any) -> tuple[str | None, str | None]:
     if key is None:
         return None, None
     model = getattr(stage.config, key, None)
-    model = Path(str(model)).name if model else "default"
+    model = Path(str(model)).name if model else DEFAULTS.get(stage.name, "default")
     device = getattr(stage.config, "device", None)
     if device in (None, "auto"):
         try:
