@@ -34,7 +34,10 @@ table{border-collapse:collapse;margin:.4em 0;max-width:100%}td,th{border-bottom:
 text-align:left;vertical-align:top}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 td.x{max-width:420px;overflow-wrap:anywhere;font-size:.9em}td.code,code{font-family:monospace;overflow-wrap:anywhere}
 img{max-width:100%;height:auto;display:block}.bad{color:#c44e52;font-weight:bold}.ok{color:#55a868}
-.note{color:#666;font-size:.9em}.wrap{overflow-x:auto;max-width:100%}"""
+.note{color:#666;font-size:.9em}.wrap{overflow-x:auto;max-width:100%}
+.ex table{width:100%;table-layout:fixed}.ex td{overflow-wrap:anywhere;font-size:.9em}
+.ex th:nth-child(1){width:16%}.ex th:nth-child(2){width:14%}.ex th:nth-child(3){width:10%}
+.ex th:nth-child(4){width:32%}.ex th:nth-child(5){width:28%}"""
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -203,6 +206,10 @@ def section_stages(stats: dict[str, Any], layout: RunLayout, recipe: dict[str, A
     return out
 
 
+def _clip(text: str, n: int) -> str:
+    return text[:n] + ("..." if len(text) > n else "")
+
+
 def _excerpt(row: dict[str, Any]) -> str:
     turns = row.get("conversations") or []
     text = " ".join(" ".join((t.get("value") or "").split()) for t in turns)
@@ -215,7 +222,7 @@ def _excerpt(row: dict[str, Any]) -> str:
                         break
         except OSError:
             text = ""
-    return text[:EXCERPT_CHARS] + ("..." if len(text) > EXCERPT_CHARS else "")
+    return _clip(text, EXCERPT_CHARS)
 
 
 def section_rejects(layout: RunLayout) -> str:
@@ -237,9 +244,9 @@ def section_rejects(layout: RunLayout) -> str:
         for p in picked:
             p["conversations"] = convs.get(p["id"])
             examples.append([f"{stage}: {reason}", p.get("orig_id") or p["id"], p.get("source"),
-                             _excerpt(p), (p.get("reject_detail") or "")[:300]])
-    out += "<h3>Examples (three per reason)</h3>" + table(
-        ["stage: reason", "id", "source", "excerpt", "detail"], examples, numeric=set(), cls="x")
+                             _excerpt(p), _clip(p.get("reject_detail") or "", 200)])
+    out += "<h3>Examples (three per reason)</h3><div class=ex>" + table(
+        ["stage: reason", "id", "source", "excerpt", "detail"], examples, numeric=set()) + "</div>"
     files = [f"<code>{_e(p.relative_to(layout.root))}</code>" for p in sorted(layout.rejects_dir.glob("*.parquet"))]
     review = layout.review()
     if review.exists():
@@ -386,7 +393,8 @@ def section_packing(stats: dict[str, Any], layout: RunLayout) -> str:
         if "partition_loss" in packing:
             facts.append(["partitions (cost vs one)", f"{packing['partitions']} ({packing['partition_loss']:+.2%})"])
     if select:
-        facts += [[f"over budget: {k.replace('_', ' ')}", v] for k, v in select.items() if not isinstance(v, dict)]
+        facts += [[f"select (over budget): {k.replace('_', ' ')}", v] for k, v in select.items()
+                  if not isinstance(v, dict)]
     if facts:
         out += table(["packing", "value"], facts)
     plt = _plt()
