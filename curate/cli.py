@@ -43,7 +43,7 @@ def run(ctx: click.Context, recipe: str, inputs: tuple[str, ...], out: str | Non
     A terminal shows one live line per stage (rows, rows/s, elapsed, ETA), then its summary;
     other outputs get the summaries only. Ray's own output goes to OUT/logs/ (see --verbose).
     """
-    from curate.progress import make_view, stderr_to
+    from curate.progress import make_view, quiet_terminal
     from curate.recipe import RecipeError, load_recipe
     from curate.runner import Runner
     from curate.stats import format_stats
@@ -58,7 +58,7 @@ def run(ctx: click.Context, recipe: str, inputs: tuple[str, ...], out: str | Non
     except (RecipeError, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     try:
-        with stderr_to(None if opts.get("verbose") else runner.layout.root / "logs" / "stderr.log"):
+        with quiet_terminal(None if opts.get("verbose") else runner.layout.root / "logs" / "ray-output.log"):
             stats = runner.run()
     finally:
         view.close()

@@ -220,35 +220,44 @@ def make_view(mode: str = "auto", stream: TextIO | None = None) -> ProgressView:
     return ProgressView(stream)
 
 
-class stderr_to:
-    """Send file descriptor 2 (Ray's C++ warnings, worker noise, Python logging) to a file for a while.
+class quiet_terminal:
+    """Send what Ray prints to a log file for a while: file descriptor 2 and Python's `sys.stdout`.
 
-    Ray's core writes to fd 2 directly, so replacing `sys.stderr` is not enough; the original
-    descriptor is restored on exit, before any error reaches the user. `None`: no change.
+    Ray's core writes warnings to fd 2 directly, so replacing `sys.stderr` is not enough; the
+    driver prints raylet warnings with `print(..., file=sys.stdout)` looked up at call time, so
+    `sys.stdout` is swapped too (fd 1 is left alone: the progress view keeps the stream it was
+    given). Both are restored on exit, before any error reaches the user. `None`: no change.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = Path(path) if path else None
         self._saved: int | None = None
+        self._stdout: TextIO | None = None
+        self._log: TextIO | None = None
 
-    def __enter__(self) -> "stderr_to":
+    def __enter__(self) -> quiet_terminal:
         if self.path is None:
             return self
         import os
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         sys.stderr.flush()
+        sys.stdout.flush()
         self._saved = os.dup(2)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 2)
         os.close(fd)
+        self._log = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+        self._stdout, sys.stdout = sys.stdout, self._log
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._saved is None:
             return
         import os
 
+        sys.stdout = self._stdout
+        self._log.close()
         sys.stderr.flush()
         os.dup2(self._saved, 2)
         os.close(self._saved)

@@ -9,7 +9,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.progress import ProgressView, RichView, count_rows, make_view, stderr_to, summary_line
+from curate.progress import ProgressView, RichView, count_rows, make_view, quiet_terminal, summary_line
 
 MARKER = {"stage": "filter", "rows": 300, "kept": 290, "rejected": {"repetitive": 7, "lang": 3}, "seconds": 2.0}
 
@@ -55,10 +55,16 @@ def test_rich_view_replaces_the_live_line_with_the_summary(tmp_path):
     assert "(skipped: no text)" in out.getvalue()
 
 
-def test_stderr_to_moves_fd2_to_a_file_and_back(tmp_path, capfd):
-    log = tmp_path / "logs" / "stderr.log"
-    with stderr_to(log):
+def test_quiet_terminal_moves_fd2_and_python_stdout_to_a_file_and_back(tmp_path, capfd):
+    import sys
+
+    log = tmp_path / "logs" / "ray-output.log"
+    view = ProgressView(sys.stdout)
+    with quiet_terminal(log):
         os.write(2, b"ray core says hello\n")
+        print("(raylet) WARNING: many workers")  # how the Ray driver prints raylet warnings
+        view.emit("stage x: 1 rows")  # the view keeps the stream it was given
     os.write(2, b"after\n")
-    assert log.read_text() == "ray core says hello\n"
-    assert capfd.readouterr().err == "after\n"
+    assert log.read_text().splitlines() == ["ray core says hello", "(raylet) WARNING: many workers"]
+    captured = capfd.readouterr()
+    assert captured.err == "after\n" and captured.out == "stage x: 1 rows\n"
