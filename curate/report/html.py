@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -464,6 +465,11 @@ def write_report(run_dir: str | Path, stats: dict[str, Any] | None = None) -> Pa
             if not layout.work.exists():
                 raise FileNotFoundError(f"{run}: not a run folder (no work/ and no shards/)") from None
             stats = partial_stats(layout)
+        try:  # what only the run itself knew: wall time, skipped stages
+            saved = json.loads(layout.stats.read_text())
+            stats |= {k: saved[k] for k in ("wall_seconds", "skipped_stages") if k in saved}
+        except (OSError, ValueError):
+            pass
     recipe = _recipe(layout)
     sections = [
         ("Funnel", section_summary(stats, layout)),
