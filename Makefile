@@ -10,7 +10,7 @@ out ?= runs/$(recipe)
 input ?=
 demo ?= data/demo
 SET ?=
-APT_PACKAGES := ffmpeg espeak-ng
+APT_PACKAGES := ffmpeg espeak-ng chromium
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -38,7 +38,7 @@ endif
 setup: .setup-stamp
 
 .setup-stamp: pyproject.toml Makefile
-	@command -v ffmpeg >/dev/null && command -v espeak-ng >/dev/null || \
+	@command -v ffmpeg >/dev/null && command -v espeak-ng >/dev/null && command -v chromium >/dev/null || \
 	  { echo "[setup] apt: $(APT_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); }
 	@test -x $(PY) || { echo "[setup] creating $(VENV)"; python3 -m venv $(VENV); }
 	$(PY) -m pip install -q -U pip
@@ -51,14 +51,15 @@ setup: .setup-stamp
 	@touch $@
 
 $(demo)/.stamp: .setup-stamp
-	$(CURATE) demo-data $(demo)
+	@echo "[demo] building the offline demo corpus in $(demo)"
+	@$(CURATE) demo-data $(demo) > /dev/null
 	@touch $@
 
 demo: $(demo)/.stamp
 
 run: .setup-stamp $(demo)/.stamp
+	@# `curate run` prints the statistics table once; `make stats out=DIR` prints it again later.
 	$(CURATE) run $(recipe) --out $(out) $(if $(input),--input $(input)) $(foreach s,$(SET),--set $(s))
-	$(CURATE) stats $(out)
 
 test: .setup-stamp
 	$(PY) -m pytest -q tests

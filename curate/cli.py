@@ -19,13 +19,16 @@ USER_ERROR_EXIT = 2  # a problem the user can fix (recipe, path, cluster): one p
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+@click.option("-v", "--verbose", is_flag=True, help="debug logging, and Ray's own progress bars and logs")
+@click.option("-q", "--quiet", is_flag=True, help="print errors only")
 @click.option("--debug", is_flag=True, help="show the full traceback of an error")
 @click.pass_context
-def main(ctx: click.Context, verbose: bool, debug: bool) -> None:
+def main(ctx: click.Context, verbose: bool, quiet: bool, debug: bool) -> None:
     """omnicurate: curate omni-modal instruction data into 2D-packed WebDataset shards."""
-    ctx.obj = {"debug": debug}
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    if verbose and quiet:
+        raise click.UsageError("--verbose and --quiet exclude each other")
+    ctx.obj = {"verbose": verbose, "quiet": quiet, "debug": debug}
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
@@ -44,25 +47,35 @@ def fail(message: str, code: int = USER_ERROR_EXIT) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe key")
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
 @click.option("--retry-failed", is_flag=True, help="download stage: retry URLs that failed before")
-def run(recipe: str, inputs: tuple[str, ...], out: str | None, overrides: tuple[str, ...],
+@click.pass_context
+def run(ctx: click.Context, recipe: str, inputs: tuple[str, ...], out: str | None, overrides: tuple[str, ...],
         address: str | None, retry_failed: bool) -> None:
-    """Run RECIPE (a path or a name under recipes/) and write shards, rejects and stats."""
+    """Run RECIPE (a path or a name under recipes/) and write shards, rejects and stats.
+
+    A terminal shows one live line per stage (rows, rows/s, elapsed, ETA), then its summary;
+    other outputs get the summaries only. Ray's own output goes to OUT/logs/ (see --verbose).
+    """
     from curate.errors import UserError
     from curate.layout import write_text_atomic
+    from curate.progress import make_view, quiet_terminal
     from curate.recipe import RecipeError, load_recipe
     from curate.runner import Runner
     from curate.stats import format_stats
 
+    opts = ctx.obj or {}
     sets = list(overrides) + (["stages.download.retry_failed=true"] if retry_failed else [])
+    view = make_view("quiet" if opts.get("quiet") else "auto")
     try:  # everything a user can get wrong is found here, before any work
         rec = load_recipe(recipe, sets, list(inputs) or None)
-        runner = Runner(rec, out or f"runs/{rec.name}", address)
+        runner = Runner(rec, out or f"runs/{rec.name}", address, view=view, verbose=opts.get("verbose", False))
         runner.prepare()
         runner.init_ray()
     except (RecipeError, UserError, FileNotFoundError, ValueError) as e:
+        view.close()
         fail(str(e))
     try:
-        stats = runner.run()
+        with quiet_terminal(None if opts.get("verbose") else runner.layout.logs / "ray-output.log"):
+            stats = runner.run()
     except KeyboardInterrupt:
         raise
     except Exception as e:
@@ -73,9 +86,12 @@ def run(recipe: str, inputs: tuple[str, ...], out: str | None, overrides: tuple[
         fail(f"the run failed in stage {runner.current_stage or '(before the first stage)'}: {type(e).__name__}: "
              f"{last}. The traceback is in {log_file} (or rerun with --debug). Finished stages are kept: the "
              f"same command resumes after the fix.", code=1)
-    click.echo(format_stats(stats))
-    click.echo(f"shards in {runner.out / 'shards'}; rejects in {runner.out / 'rejects'}; "
-               f"run took {stats['wall_seconds']:.1f}s")
+    finally:
+        view.close()
+    if not opts.get("quiet"):
+        click.echo(format_stats(stats))
+        click.echo(f"shards in {runner.out / 'shards'}; rejects in {runner.out / 'rejects'}; report "
+                   f"{runner.layout.report}; logs in {runner.layout.logs}; run took {stats['wall_seconds']:.1f}s")
     if not stats["invariant_ok"]:
         raise click.ClickException("counts do not add up (samples_in + synthesized != samples_out + rejected)")
 
@@ -109,31 +125,51 @@ def report(run_dir: str) -> None:
 @main.command()
 @click.argument("shard", type=click.Path(exists=True, dir_okay=False))
 @click.option("--limit", default=3, show_default=True, help="packed sequences to show")
-@click.option("--tokenizer", default=None, help="decode the first tokens of each sample with this tokenizer")
-def inspect(shard: str, limit: int, tokenizer: str | None) -> None:
-    """Show the packed sequences of one shard: samples, budgets, media members."""
-    from packing.loader import iter_packed
+@click.option("--tokenizer", default=None, help="tokenizer folder to decode with (default: the run's own)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per sequence")
+def inspect(shard: str, limit: int, tokenizer: str | None, as_json: bool) -> None:
+    """Show the packed sequences of one shard: samples, turns, trained spans, media members.
+
+    Runs of media tokens are collapsed (`<IMG_CONTEXT> x 1792 (7 tiles x 256)`); text the loss
+    is computed on is shown between « and ».
+    """
+    from curate.lookup import describe_sample, find_tokenizer, format_sample, read_sequences
 
     tok = None
-    if tokenizer:
+    path = tokenizer or find_tokenizer(shard)
+    if path:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
-    for n, seq in enumerate(iter_packed([shard], decode=True)):
-        if n >= limit:
-            break
-        ids = seq["input_ids"]
-        click.echo(f"{seq['key']}: {len(ids)} tokens, {seq['pixel_values'].shape[0]} tiles, "
-                   f"{len(seq['samples'])} samples, cu_seqlens={seq['cu_seqlens'].tolist()}")
-        for s in seq["samples"]:
-            media = ", ".join(m["kind"] + (f" {m['grid'][0]}x{m['grid'][1]}" if "grid" in m else "")
-                              for m in s["media"])
-            click.echo(f"  {s['id']} {s['source']}/{s['modality']}: {s['n_tokens']} tokens, "
-                       f"{s['n_tiles']} tiles{' [' + media + ']' if media else ''}")
-            if tok is not None:
-                start = s["token_offset"]
-                text = tok.decode(ids[start:start + 48].tolist())
-                click.echo(f"    {text!r}")
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    elif not as_json:
+        click.echo("(no tokenizer found: pass --tokenizer to see the text)", err=True)
+    for seq in read_sequences(shard, limit):
+        meta = seq["meta"]
+        samples = [describe_sample(s, seq["input_ids"], seq["labels"], tok, seq["members"]) for s in meta["samples"]]
+        if as_json:
+            click.echo(json.dumps({"key": seq["key"], "sequence": meta["sequence"], "n_tokens": meta["n_tokens"],
+                                   "n_tiles": meta["n_tiles"], "members": seq["members"], "samples": samples},
+                                  ensure_ascii=False))
+            continue
+        click.echo(f"{seq['key']} (sequence {meta['sequence']}): {meta['n_tokens']} tokens, {meta['n_tiles']} tiles, "
+                   f"{len(samples)} samples, {sum(seq['members'].values()):,} bytes in {len(seq['members'])} members")
+        for d in samples:
+            click.echo("\n".join(format_sample(d)))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("sample_id")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def find(run_dir: str, sample_id: str, as_json: bool) -> None:
+    """Where SAMPLE_ID (the manifest's id, or the pipeline's) went: shard, sequence and token
+    offset, or the stage that rejected it and why; its synthesized children too."""
+    from curate.lookup import find_sample, format_found
+
+    found = find_sample(run_dir, sample_id)
+    click.echo(json.dumps(found, ensure_ascii=False) if as_json else format_found(found))
+    if not found["placed"] and not found["rejected"]:
+        sys.exit(1)
 
 
 @main.command()

@@ -44,6 +44,7 @@ MODALITIES = ("text", "image", "multi_image", "video", "audio", "audio_qa", "int
 CORE_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
+        ("orig_id", pa.string()),  # the manifest's own id (or "<manifest file>:<line>"); children add "#..."
         ("source", pa.string()),
         ("origin", pa.string()),  # "manifest" or "synthesized:<stage>"
         ("manifest", pa.string()),
@@ -59,7 +60,7 @@ CORE_SCHEMA = pa.schema(
     ]
 )
 
-REJECT_COLUMNS = ["id", "source", "origin", "modality", "manifest", "line", "reject_stage", "reject_reason", "reject_detail"]
+REJECT_COLUMNS = ["id", "orig_id", "source", "origin", "modality", "manifest", "line", "reject_stage", "reject_reason", "reject_detail"]
 
 
 def record_id(source: str, key: str) -> str:

@@ -36,7 +36,8 @@ import yaml
 
 from curate.errors import UserError
 from curate.layout import RunLayout, read_marker, write_json_atomic, write_parquet_atomic, write_text_atomic
-from curate.manifest import RAW_SCHEMA, check_manifests, read_lines
+from curate.manifest import RAW_SCHEMA, check_manifests, is_parquet, read_lines
+from curate.progress import ProgressView, count_rows, stage_model
 from curate.recipe import Recipe
 from curate.records import CORE_SCHEMA, REJECT_COLUMNS
 from curate.review import clear_review
@@ -159,8 +160,11 @@ def _read_manifest(item: dict[str, Any]) -> list[dict[str, Any]]:
 
 class Runner:
     def __init__(self, recipe: Recipe, out_dir: str | Path, address: str | None = None,
-                 base_dir: str | Path | None = None) -> None:
+                 base_dir: str | Path | None = None, view: ProgressView | None = None,
+                 verbose: bool = False) -> None:
         self.recipe = recipe
+        self.view = view or ProgressView(quiet=True)  # the CLI passes a live view (curate.progress)
+        self.verbose = verbose  # Ray's own progress bars and logs on the terminal
         self.layout = RunLayout(Path(out_dir).resolve())
         self.out = self.layout.root
         self.address = address
@@ -218,7 +222,12 @@ class Runner:
         from ray.data.context import ShuffleStrategy
 
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = os.environ.get("CURATE_PROGRESS", "1") == "1"
+        # The runner's own view (curate.progress) shows progress; Ray's bars, plans and logs
+        # go to <out>/logs/ unless --verbose.
+        ctx.enable_progress_bars = self.verbose
+        ctx.print_on_execution_start = self.verbose
+        if not self.verbose:
+            route_ray_logs(self.layout.root / "logs")
         # Ray Data skips a UDF on an empty block and passes the block on with its old schema; the
         # hash shuffle then fails on a missing key column (dedupe's buckets, the shard groupby).
         # The sort-based shuffle copes with such blocks.
@@ -247,6 +256,7 @@ class Runner:
             if marker is not None and marker.get("hash") == upstream:
                 log.info("stage %s: done in an earlier run (config hash %s), skipping", stage.name, upstream)
                 self.summary["stages"].append(marker | {"resumed": True})
+                self.view.stage_resumed(marker)
             else:
                 self.run_stage(stage, Job(prev_dir, stage_dir, stage.resolved_resources()), schema, upstream,
                                manifests, skip)
@@ -285,6 +295,9 @@ class Runner:
         out = out.map_batches(_conform_fn, batch_format="pyarrow", fn_kwargs={"schema": schema})
         tmp = self.layout.tmp(job.output_dir)
         shutil.rmtree(tmp, ignore_errors=True)
+        model, device = stage_model(stage) if not skip else (None, None)
+        self.view.stage_started(stage.name, self.expected_rows(stage, job, manifests), model=model, device=device,
+                                output=tmp)
         out.write_parquet(str(tmp))
         tmp.mkdir(parents=True, exist_ok=True)
         pq.write_table(schema.empty_table(), tmp / "part-empty.parquet")  # keeps the schema when no row is left
@@ -294,8 +307,18 @@ class Runner:
         marker = self.finish_stage(stage.name, job.output_dir, config_hash, time.perf_counter() - t0,
                                    info | ({"skipped": skip} if skip else {}))
         self.summary["stages"].append(marker)
+        self.view.stage_finished(marker)
         log.info("stage %s: %d rows, %d kept, %d rejected in %.1fs", stage.name, marker["rows"], marker["kept"],
                  sum(marker["rejected"].values()), marker["seconds"])
+
+    def expected_rows(self, stage: Stage, job: Job, manifests: dict[str, list[Path]]) -> int | None:
+        """Rows the stage will write, for the progress view (None: not known in advance)."""
+        if job.input_dir is None:
+            return sum(_count_lines(p) for ps in manifests.values() for p in ps)
+        if isinstance(stage, GlobalStage) and stage.name in ("pack_plan", "shard"):
+            return None  # one row per copy / per shard
+        marker = read_marker(job.input_dir)
+        return int(marker["kept"]) if marker and "kept" in marker else count_rows(job.input_dir) or None
 
     # ------------------------------------------------------------------ markers and rejects
     def invalidate(self, stage_dir: Path) -> None:
@@ -322,6 +345,29 @@ class Runner:
                   "rejected": rejected, "seconds": round(seconds, 3)} | info
         write_json_atomic(self.layout.marker(stage_dir), marker)
         return marker
+
+
+def _count_lines(path: Path) -> int:
+    if is_parquet(path):
+        return pq.read_metadata(path).num_rows
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def route_ray_logs(log_dir: Path) -> None:
+    """Ray's and Ray Data's Python loggers, and Python warnings, write to `log_dir`, not the terminal."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_dir / "ray.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.captureWarnings(True)
+    for name in ("ray", "ray.data", "py.warnings"):
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                logger.removeHandler(h)
+        if not any(getattr(h, "baseFilename", None) == handler.baseFilename for h in logger.handlers):
+            logger.addHandler(handler)
+        logger.propagate = False
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, address: str | None = None) -> dict[str, Any]:

@@ -180,6 +180,7 @@ def _part_row(row: dict[str, Any], k: int, ids: list[int], labels: list[int],
     out = copy.copy(row)
     if k:
         out["id"] = f"{row['id']}#{k}"
+        out["orig_id"] = f"{row.get('orig_id') or row['id']}#{k}"
         out["origin"] = "synthesized:pack"
     out.update(
         input_ids=ids, labels=labels, n_tokens=len(ids),

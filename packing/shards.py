@@ -66,7 +66,7 @@ def pack_sequence(key: str, sequence_index: int, samples: list[dict[str, Any]],
                     entry.update(duration=m["duration"])
             media_desc.append(entry)
         described.append({
-            "id": s["id"], "source": s["source"], "modality": s["modality"],
+            "id": s["id"], "orig_id": s.get("orig_id"), "source": s["source"], "modality": s["modality"],
             "token_offset": len(ids), "n_tokens": len(s["input_ids"]),
             "tile_offset": tile_offset, "n_tiles": int(s["n_tiles"]),
             "n_response_tokens": int(s.get("n_response_tokens") or 0), "media": media_desc,

@@ -163,7 +163,8 @@ class AudioQAStage(Stage):
         voice = pick_voice(cfg.voices, self.ctx.seed, parent["id"])
         meta = json.loads(parent.get("meta") or "{}") | {"audio_qa_parent": parent["id"], "spoken_text": spoken,
                                                          "voice": voice, "tts": cfg.tts}
-        row.update(id=record_id(parent["id"], "audio_qa"), origin=ORIGIN, modality="audio_qa",
+        row.update(id=record_id(parent["id"], "audio_qa"), orig_id=f"{parent.get('orig_id') or parent['id']}#audio_qa",
+                   origin=ORIGIN, modality="audio_qa",
                    meta=dumps_meta(meta), audio_qa_parent=parent["id"], audio_qa_voice=voice)
         try:
             item = synthesize_to_store(self.tts, spoken, voice, self.store)

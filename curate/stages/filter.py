@@ -133,7 +133,7 @@ class FilterStage(Stage):
 def review_entry(row: dict[str, Any], failures: list[tuple[str, str]], flags: list[str]) -> dict[str, Any]:
     turns = row.get("conversations") or []
     return {
-        "id": row["id"], "source": row["source"], "modality": row.get("modality"),
+        "id": row["id"], "orig_id": row.get("orig_id"), "source": row["source"], "modality": row.get("modality"),
         "decision": "rejected" if failures else "kept", "reason": row.get("reject_reason"),
         "detail": row.get("reject_detail"), "flags": flags, "checks": [list(f) for f in failures],
         "repetition_score": row.get("repetition_score"), "language": row.get("language"),

@@ -11,6 +11,7 @@ mismatch between media items and placeholders is a reject.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +22,7 @@ from curate.stages.base import Resources, Stage
 
 ROLE_ALIASES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
 KNOWN_KEYS = {"id", "conversations", *MEDIA_KINDS}
+LOOSE_ID_RE = re.compile(r'"id"\s*:\s*"([^"\\]{1,200})"')
 
 
 class RecordError(RowError):
@@ -107,7 +109,7 @@ class IngestStage(Stage):
         source, manifest, line = raw_row["source"], raw_row["manifest"], raw_row["line"]
         row: dict[str, Any] = {name: None for name in CORE_SCHEMA.names}
         row.update(source=source, manifest=manifest, line=line, origin="manifest",
-                   id=record_id(source, f"{Path(manifest).name}:{line}"))
+                   id=record_id(source, f"{Path(manifest).name}:{line}"), orig_id=f"{Path(manifest).name}:{line}")
         src_cfg = self.ctx.source(source)
         row["domain"] = getattr(src_cfg, "domain", None) or "general"
         raw: bytes = raw_row["raw"]
@@ -120,11 +122,15 @@ class IngestStage(Stage):
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
+            found = LOOSE_ID_RE.search(text)  # a broken line still shows the user which sample it was
+            if found:
+                row["orig_id"] = found.group(1)
             return reject(row, self.name, "invalid_json", f"{e.msg} at column {e.colno}")
         if not isinstance(obj, dict):
             return reject(row, self.name, "invalid_record", f"expected a JSON object, got {type(obj).__name__}")
         if obj.get("id") is not None:
             row["id"] = record_id(source, str(obj["id"]))
+            row["orig_id"] = str(obj["id"])
         try:
             turns = parse_conversations(obj.get("conversations"))
             media = parse_media(obj)

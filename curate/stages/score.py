@@ -219,7 +219,7 @@ class ScoreStage(Stage):
                 reject(r, self.name, "unscored", "no usable reply after one retry (or the server failed)")
 
     def _write_review(self, flagged: list[dict[str, Any]], texts: dict[str, str]) -> None:
-        keys = ("id", "source", "modality", "score_domain", "quality_score", "repetition_llm", "score_status",
-                "sample_loss", "reject_reason", "reject_detail", "score_prompt", "score_model")
+        keys = ("id", "orig_id", "source", "modality", "score_domain", "quality_score", "repetition_llm",
+                "score_status", "sample_loss", "reject_reason", "reject_detail", "score_prompt", "score_model")
         write_review(self.ctx.layout, self.name,
                      [{k: r.get(k) for k in keys} | {"text": texts[r["id"]][:4000]} for r in flagged])

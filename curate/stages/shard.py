@@ -24,7 +24,7 @@ from curate.layout import read_marker, write_parquet_atomic
 from curate.stages.base import GlobalStage, Job, Resources, map_options
 from packing.shards import SHARD_PATTERN, pack_sequence, write_index, write_shard
 
-CONTENTS_COLUMNS = ["id", "source", "origin", "modality", "n_tokens", "n_tiles"]
+CONTENTS_COLUMNS = ["id", "orig_id", "source", "origin", "modality", "n_tokens", "n_tiles"]
 
 
 class ShardStage(GlobalStage):

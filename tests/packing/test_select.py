@@ -16,7 +16,7 @@ def encoder(tmp_path_factory):
 
 
 def record(encoder, turns, media=()):
-    row = {"id": "r1", "source": "s", "origin": "manifest", "conversations": [{"from": f, "value": v} for f, v in turns],
+    row = {"id": "r1", "orig_id": "conv-7", "source": "s", "origin": "manifest", "conversations": [{"from": f, "value": v} for f, v in turns],
            "media": list(media), "reject_reason": None}
     ids, labels, tiles, audio, turn_starts, media_spans = encoder.encode(row)
     row.update(input_ids=ids, labels=labels, n_tokens=len(ids), n_tiles=tiles, n_audio_tokens=audio,
@@ -55,6 +55,7 @@ def test_split_at_turn_boundaries_keeps_media_whole(encoder):
     parts = select_row(row, budget, 12, counts=counts)
     assert len(parts) >= 2 and counts.split == 1 and counts.parts_added == len(parts) - 1
     assert [p["id"] for p in parts] == ["r1"] + [f"r1#{k}" for k in range(1, len(parts))]
+    assert [p["orig_id"] for p in parts] == ["conv-7"] + [f"conv-7#{k}" for k in range(1, len(parts))]
     assert parts[0]["origin"] == "manifest" and all(p["origin"] == "synthesized:pack" for p in parts[1:])
     prefix = row["turn_starts"][0]
     for p in parts:

@@ -74,3 +74,11 @@ def test_oversized_line_is_rejected():
     st.config = IngestConfig(max_line_bytes=1024)
     row = st.parse_row({"source": "s", "manifest": "m", "line": 1, "raw": b"{" + b" " * 2000 + b"}"})
     assert row["reject_reason"] == "line_too_long"
+
+
+def test_orig_id_is_the_manifest_id_or_file_and_line():
+    assert parse({"id": "img-0", "conversations": conv()})["orig_id"] == "img-0"
+    assert parse({"conversations": conv()})["orig_id"] == "m.jsonl:3"
+    broken = parse(b'{"id": "cut-7", "conversations": [')  # not JSON, but the user can still find it
+    assert broken["reject_reason"] == "invalid_json" and broken["orig_id"] == "cut-7"
+    assert parse(b"\xff\xfe")["orig_id"] == "m.jsonl:3"
