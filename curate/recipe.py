@@ -328,6 +328,8 @@ class PackConfig(StageConfig):
     """samples per window in stream mode"""
     partitions: int = Field(4, ge=1)
     """partitions packed in parallel Ray tasks in partitioned mode (same source mix in each)"""
+    val_shards: int = Field(0, ge=0, examples=[1])
+    """the last N shards form Energon's val split (.nv-meta/split.yaml), the rest train; 0: all train"""
 
 
 class ShardConfig(StageConfig):

@@ -59,12 +59,17 @@ def jpeg_recompress(img, rng: np.random.Generator, low: int = 75, high: int = 10
     return Image.open(buf)
 
 
-def decode_media(raw: dict[str, bytes], samples: list[dict[str, Any]], tile_size: int = 448,
+def decode_media(raw: dict[str, Any], samples: list[dict[str, Any]], tile_size: int = 448,
                  rng: np.random.Generator | None = None):
+    """Tiles (n, 3, S, S) and audio arrays from a sequence's media member (or, in v1 shards, its m000.* members)."""
     from PIL import Image
 
     from packing.tiles import split_into_tiles
 
+    from packing.shards import MEDIA_MEMBER, media_files
+
+    if MEDIA_MEMBER in raw:
+        raw = media_files(raw[MEDIA_MEMBER])
     tiles, audio = [], []
     for s in samples:
         for m in s["media"]:
@@ -91,13 +96,20 @@ def decode_flac(data: bytes, sample_rate: int = 16000) -> np.ndarray:
     return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
 
 
+def as_array(value: Any) -> np.ndarray:
+    """A token array from .npy bytes or an already decoded array (webdataset .decode(), Energon, datasets)."""
+    if isinstance(value, (bytes, bytearray)):
+        return np.load(io.BytesIO(value), allow_pickle=False)
+    return np.asarray(value)
+
+
 def to_tensors(raw: dict[str, Any], decode: bool = True, tile_size: int = 448,
                rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """One packed sequence (raw or decoded WebDataset members) as the tensors described above."""
     import torch
 
     meta = json.loads(raw["json"]) if isinstance(raw["json"], (bytes, str)) else raw["json"]
-    ids = np.load(io.BytesIO(raw["input_ids.npy"]), allow_pickle=False)
-    labels = np.load(io.BytesIO(raw["labels.npy"]), allow_pickle=False)
+    ids, labels = as_array(raw["input_ids.npy"]), as_array(raw["labels.npy"])
     cu, pos = sample_boundaries(meta["samples"], len(ids))
     out = {
         "key": raw["__key__"],

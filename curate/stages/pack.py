@@ -28,6 +28,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from curate.records import REJECT_COLUMNS
+from packing.energon_meta import write_energon_meta
 from packing.select import SelectCounts, counts_from_meta, fits, select_row
 from packing.shards import SHARD_PATTERN, pack_sequence, write_index, write_shard
 
@@ -233,6 +234,8 @@ class PackStep:
             entries = [json.loads(r["entry"]) for r in written.take_all()]
         pack_cfg = self.recipe.stages.pack
         write_index(tmp_dir, entries, {"max_tokens": pack_cfg.max_tokens, "max_tiles": pack_cfg.max_tiles})
+        if entries:  # Energon's .nv-meta/ (index, train/val split, sample type) beside the shards
+            write_energon_meta(tmp_dir, pack_cfg.val_shards)
         self.write_contents(p, tmp_dir)
         os.replace(tmp_dir, self.shard_dir)
         info = {"stage": "pack", "hash": config_hash, "rows": n_rows,
