@@ -176,3 +176,45 @@ def test_plain_webdataset_reads_the_media_member(shard_dir, expected):
     by_key = {s["__key__"]: s for s in seqs}
     media = by_key["000002-00000006"]["media.mp"]
     assert [m["path"] for m in media["images"]] == ["m000.png", "m001.jpg", "m002.jpg"] and media["audio"] == []
+
+
+def readme_snippets() -> list[str]:
+    """The Python blocks of the README's "Reading the shards" section."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Reading the shards\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("\n", 1)[1] for block in section.split("```python")[1:]
+            for block in [block.split("```", 1)[0]]]
+
+
+def run_snippet(code: str, loop_body: str | None = None) -> dict:
+    """exec a README snippet; `loop_body` (a line of it) is replaced by recording the sequence read."""
+    if loop_body is not None:
+        assert loop_body in code, f"README snippet changed: {loop_body!r} not found"
+        indent = loop_body[:len(loop_body) - len(loop_body.lstrip())]
+        code = code.replace(loop_body, f"{indent}seen.append(seq['key'] if isinstance(seq, dict) else seq.__key__)")
+    namespace: dict = {"seen": []}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace
+
+
+def test_readme_snippets_run_as_written(shard_dir, expected, tmp_path, monkeypatch):
+    """Each snippet, pointed at this test's shards (and a private datasets cache), reads every sequence."""
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "sft-stage3").mkdir(parents=True)
+    (tmp_path / "runs" / "sft-stage3" / "shards").symlink_to(shard_dir)
+    plain, torch_loader, hf, energon = readme_snippets()
+    keys = sorted(expected)
+
+    ns = run_snippet(plain.replace("shard-{000000..000000}.tar", "shard-{000000..000002}.tar"),  # 3 shards here
+                     '    seq["input_ids"], seq["cu_seqlens"], seq["pixel_values"], seq["loss_weight"]')
+    assert ns["seen"] == keys and ns["s"]["__key__"] == keys[-1] and set(ns["media"]) == {"audio", "images"}
+    ns = run_snippet(torch_loader, "        ...")
+    assert sorted(ns["seen"]) == sorted(keys * 2)  # two epochs, each sequence once per epoch
+    ns = run_snippet(hf)
+    assert len(ns["ds"]) == len(keys) and len(ns["raw"]) == len(keys)
+    assert_same(ns["seq"], expected[ns["raw"][0]["__key__"]])
+    ns = run_snippet(energon, "    seq.input_ids, seq.cu_seqlens, seq.pixel_values, seq.audio")
+    assert sorted(ns["seen"]) == [k for k in keys if not k.startswith("000002")]  # the train split
