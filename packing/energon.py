@@ -48,8 +48,8 @@ def sample_fields(raw: dict[str, Any], decode: bool = True, tile_size: int = 448
     """PackedSequenceSample's fields from the decoded members of one packed sequence."""
     t = to_tensors(raw, decode=decode, tile_size=tile_size)
     return {"input_ids": t["input_ids"], "labels": t["labels"], "position_ids": t["position_ids"],
-            "cu_seqlens": t["cu_seqlens"], "loss_weight": t["loss_weight"], "pixel_values": t.get("pixel_values"),
-            "audio": t.get("audio"), "samples": t["samples"]}
+            "cu_seqlens": t["cu_seqlens"], "loss_weight": t["loss_weight"],
+            "pixel_values": t.get("pixel_values"), "audio": t.get("audio"), "samples": t["samples"]}
 
 
 @stateless

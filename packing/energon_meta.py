@@ -32,7 +32,7 @@ from packing.shards import FORMAT, MEMBERS, file_sha256
 log = logging.getLogger("curate")
 META_DIR = ".nv-meta"
 
-SAMPLE_LOADER = f'''"""Written by omnicurate: Energon loads each packed sequence with packing.energon.sample_fields."""
+SAMPLE_LOADER = f'''"""Written by omnicurate: Energon loads packed sequences with packing.energon."""
 from packing.energon import sample_fields
 
 
@@ -46,12 +46,12 @@ def part_filter(part: str) -> bool:
 
 
 def split_shards(names: list[str], val_shards: int) -> dict[str, list[str]]:
-    """Train, val and test shard names: the last `val_shards` shards (in name order) are val; test is empty."""
+    """Train, val and test shard names: the last `val_shards` shards (by name) are val; test is empty."""
     names = sorted(names)
     if val_shards < 0 or (val_shards and val_shards >= len(names)):
-        raise ValueError(f"stages.pack.val_shards={val_shards}: the run wrote {len(names)} shard(s) and train needs "
-                         f"at least one; set val_shards below {len(names)} (or lower stages.shard.max_sequences "
-                         f"to get more shards)")
+        raise ValueError(f"stages.pack.val_shards={val_shards}: the run wrote {len(names)} shard(s) and "
+                         f"train needs at least one; set val_shards below {len(names)} (or lower "
+                         f"stages.shard.max_sequences to get more shards)")
     cut = len(names) - val_shards
     return {"train": names[:cut], "val": names[cut:], "test": []}
 
@@ -79,15 +79,17 @@ def write_energon_meta(shard_dir: str | Path, val_shards: int = 0) -> Path | Non
                                              split_config="split.yaml", shuffle_seed=None, workers=1)
     meta = shard_dir / META_DIR
     index = shard_dir / "index.json"
-    known = {e["shard"]: e["sha256"] for e in json.loads(index.read_text())["shards"]} if index.exists() else {}
+    known = ({e["shard"]: e["sha256"] for e in json.loads(index.read_text())["shards"]}
+             if index.exists() else {})
     digest = hashlib.sha256("".join(known.get(n) or file_sha256(shard_dir / n) for n in names).encode())
     (meta / "index.uuid").write_text(str(uuid.UUID(bytes=digest.digest()[:16], version=5)))
-    # dataset.yaml: the sample type and its loader, so `energon info`/`lint` and a plain get_train_dataset work;
-    # crude.yaml: the same shards as crude dicts, for trainers that cook with PackedTaskEncoder in a metadataset
+    # dataset.yaml: the sample type and its loader (what `energon info`/`lint` and get_train_dataset read);
+    # crude.yaml: the same shards as crude dicts, for trainers that cook them (PackedTaskEncoder)
     dataset = {"sample_type": {"__module__": "packing.energon", "__class__": "PackedSequenceSample"},
-               "sample_loader": "sample_loader.py:sample_loader", "part_filter": "sample_loader.py:part_filter",
-               "subflavors": {"format": FORMAT}}
-    crude = {"__module__": "megatron.energon", "__class__": "CrudeWebdataset", "subflavors": {"format": FORMAT}}
+               "sample_loader": "sample_loader.py:sample_loader",
+               "part_filter": "sample_loader.py:part_filter", "subflavors": {"format": FORMAT}}
+    crude = {"__module__": "megatron.energon", "__class__": "CrudeWebdataset",
+             "subflavors": {"format": FORMAT}}
     (meta / "sample_loader.py").write_text(SAMPLE_LOADER)
     (meta / "dataset.yaml").write_text(yaml.safe_dump(dataset, sort_keys=False))
     (meta / "crude.yaml").write_text(yaml.safe_dump(crude, sort_keys=False))
@@ -101,13 +103,14 @@ def energon_info(shard_dir: str | Path) -> dict[str, Any]:
     split = yaml.safe_load((meta / "split.yaml").read_text())["split_parts"]
     import braceexpand
 
-    return {part: sum(counts[n] for pat in pats for n in braceexpand.braceexpand(pat)) for part, pats in split.items()}
+    return {part: sum(counts[n] for pat in pats for n in braceexpand.braceexpand(pat))
+            for part, pats in split.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write Energon's .nv-meta/ beside a run's shards.")
     parser.add_argument("shard_dir", help="a run's shards/ folder")
-    parser.add_argument("--val-shards", type=int, default=0, help="how many of the last shards are the val split")
+    parser.add_argument("--val-shards", type=int, default=0, help="the last N shards are the val split")
     args = parser.parse_args(argv)
     meta = write_energon_meta(args.shard_dir, args.val_shards)
     if meta is None:

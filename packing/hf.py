@@ -59,7 +59,8 @@ def hf_to_tensors(row: dict[str, Any], decode: bool = True, tile_size: int = 448
 
     media = row[MEDIA_MEMBER]
     if any(not isinstance(m, dict) for kind in ("images", "audio") for m in media[kind]):
-        raise ValueError("hf_to_tensors needs the media as bytes: load with features=packed_features(decode=False)")
+        raise ValueError("hf_to_tensors needs the media as bytes: "
+                         "load with features=packed_features(decode=False)")
     raw = {"__key__": row["__key__"], "json": drop_nulls(row["json"]), "input_ids.npy": row["input_ids.npy"],
            "labels.npy": row["labels.npy"], MEDIA_MEMBER: media}
     return to_tensors(raw, decode=decode, tile_size=tile_size)

@@ -61,7 +61,7 @@ def jpeg_recompress(img, rng: np.random.Generator, low: int = 75, high: int = 10
 
 def decode_media(raw: dict[str, Any], samples: list[dict[str, Any]], tile_size: int = 448,
                  rng: np.random.Generator | None = None):
-    """Tiles (n, 3, S, S) and audio arrays from a sequence's media member (or, in v1 shards, its m000.* members)."""
+    """Tiles (n, 3, S, S) and audio arrays from a sequence's media member (v1 shards: its m000.* members)."""
     from PIL import Image
 
     from packing.tiles import split_into_tiles
@@ -143,7 +143,7 @@ def shard_paths(shards: str | Path | list[str]) -> list[str]:
     if isinstance(shards, (str, Path)) and Path(shards).is_dir():
         found = sorted(str(p) for p in Path(shards).glob("*.tar"))
         if not found:
-            raise FileNotFoundError(f"{shards}: no .tar shards in this folder (is it a run's shards/ folder?)")
+            raise FileNotFoundError(f"{shards}: no .tar shards in this folder (is it a run's shards/?)")
         return found
     if isinstance(shards, (str, Path)):
         import braceexpand
@@ -153,7 +153,7 @@ def shard_paths(shards: str | Path | list[str]) -> list[str]:
 
 
 def count_sequences(paths: list[str]) -> list[int]:
-    """Sequences per shard: from the folder's index.json when it lists the shard, else by reading tar headers."""
+    """Sequences per shard: from the folder's index.json when it lists the shard, else from tar headers."""
     import tarfile
 
     counts = []
@@ -191,7 +191,8 @@ class PackedDataset(torch.utils.data.IterableDataset):
     `shuffle_buffer` sequences seeded by (seed, epoch, consumer). Use batch_size=None in the
     DataLoader: a packed sequence is already a batch. Call set_epoch(e) before each epoch
     (workers are re-created per epoch unless persistent_workers=True, which then keeps the old epoch).
-    Yields the same dicts as iter_packed.
+    Yields the same dicts as iter_packed; `augment_seed` turns on its JPEG re-compression, drawn
+    per (augment_seed, epoch, consumer).
     """
 
     def __init__(self, shards: str | Path | list[str], *, rank: int | None = None,
@@ -255,7 +256,8 @@ class PackedDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         consumer, consumers = self.consumer()
-        rng = None if self.augment_seed is None else np.random.default_rng([self.augment_seed, self.epoch, consumer])
+        rng = (None if self.augment_seed is None
+               else np.random.default_rng([self.augment_seed, self.epoch, consumer]))
         stream = self.raw_sequences(consumer, consumers)
         if self.shuffle_buffer:
             stream = shuffled(stream, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, consumer]))
