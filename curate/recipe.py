@@ -350,6 +350,8 @@ class PackConfig(StageConfig):
 class ShardConfig(StageConfig):
     max_sequences: int = Field(256, ge=1)
     """packed sequences per shard"""
+    val_shards: int = Field(0, ge=0, examples=[1])
+    """the last N shards form Energon's val split (.nv-meta/split.yaml), the rest train; 0: all train"""
 
 
 class StagesConfig(_Strict):

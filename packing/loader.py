@@ -11,6 +11,7 @@ Each packed sequence becomes a dict with
 With `augment_seed` set, images of samples flagged "augment" are re-compressed as JPEG at a
 random quality in [75, 100] (InternVL 2.5), a fresh draw per call; video frames never are.
 Reading uses the plain `webdataset` package, so any WebDataset pipeline can do the same.
+PackedDataset wraps this for a PyTorch DataLoader: rank and worker sharding, a seeded shuffle buffer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import torch.utils.data
 
 
 def sample_boundaries(samples: list[dict[str, Any]], total: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,12 +59,17 @@ def jpeg_recompress(img, rng: np.random.Generator, low: int = 75, high: int = 10
     return Image.open(buf)
 
 
-def decode_media(raw: dict[str, bytes], samples: list[dict[str, Any]], tile_size: int = 448,
+def decode_media(raw: dict[str, Any], samples: list[dict[str, Any]], tile_size: int = 448,
                  rng: np.random.Generator | None = None):
+    """Tiles (n, 3, S, S) and audio arrays from a sequence's media member (v1 shards: its m000.* members)."""
     from PIL import Image
 
     from packing.tiles import split_into_tiles
 
+    from packing.shards import MEDIA_MEMBER, media_files
+
+    if MEDIA_MEMBER in raw:
+        raw = media_files(raw[MEDIA_MEMBER])
     tiles, audio = [], []
     for s in samples:
         for m in s["media"]:
@@ -89,13 +96,20 @@ def decode_flac(data: bytes, sample_rate: int = 16000) -> np.ndarray:
     return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
 
 
+def as_array(value: Any) -> np.ndarray:
+    """A token array from .npy bytes or an already decoded array (webdataset .decode(), Energon, datasets)."""
+    if isinstance(value, (bytes, bytearray)):
+        return np.load(io.BytesIO(value), allow_pickle=False)
+    return np.asarray(value)
+
+
 def to_tensors(raw: dict[str, Any], decode: bool = True, tile_size: int = 448,
                rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """One packed sequence (raw or decoded WebDataset members) as the tensors described above."""
     import torch
 
     meta = json.loads(raw["json"]) if isinstance(raw["json"], (bytes, str)) else raw["json"]
-    ids = np.load(io.BytesIO(raw["input_ids.npy"]), allow_pickle=False)
-    labels = np.load(io.BytesIO(raw["labels.npy"]), allow_pickle=False)
+    ids, labels = as_array(raw["input_ids.npy"]), as_array(raw["labels.npy"])
     cu, pos = sample_boundaries(meta["samples"], len(ids))
     out = {
         "key": raw["__key__"],
@@ -118,9 +132,149 @@ def iter_packed(shards: str | Path | list[str], decode: bool = True, tile_size: 
     """Yield packed sequences as tensors from shard paths, a shard folder, or a brace pattern."""
     import webdataset as wds
 
-    if isinstance(shards, (str, Path)) and Path(shards).is_dir():
-        shards = sorted(str(p) for p in Path(shards).glob("*.tar"))
-    dataset = wds.WebDataset(shards if isinstance(shards, list) else str(shards), shardshuffle=False, empty_check=False)
+    dataset = wds.WebDataset(shard_paths(shards), shardshuffle=False, empty_check=False)
     rng = np.random.default_rng(augment_seed) if augment_seed is not None else None
     for raw in dataset:
         yield to_tensors(raw, decode=decode, tile_size=tile_size, rng=rng)
+
+
+def shard_paths(shards: str | Path | list[str]) -> list[str]:
+    """Tar paths from a shard folder, a brace pattern ("shard-{000000..000003}.tar") or a list."""
+    if isinstance(shards, (str, Path)) and Path(shards).is_dir():
+        found = sorted(str(p) for p in Path(shards).glob("*.tar"))
+        if not found:
+            raise FileNotFoundError(f"{shards}: no .tar shards in this folder (is it a run's shards/?)")
+        return found
+    if isinstance(shards, (str, Path)):
+        import braceexpand
+
+        return list(braceexpand.braceexpand(str(shards)))
+    return [str(s) for s in shards]
+
+
+def count_sequences(paths: list[str]) -> list[int]:
+    """Sequences per shard: from the folder's index.json when it lists the shard, else from tar headers."""
+    import tarfile
+
+    counts = []
+    indexes: dict[Path, dict[str, int]] = {}
+    for p in paths:
+        folder = Path(p).parent
+        if folder not in indexes:
+            index = folder / "index.json"
+            indexes[folder] = ({e["shard"]: e["sequences"] for e in json.loads(index.read_text())["shards"]}
+                               if index.exists() else {})
+        n = indexes[folder].get(Path(p).name)
+        if n is None:
+            with tarfile.open(p) as tf:
+                n = len({m.name.split(".", 1)[0] for m in tf.getmembers() if m.isfile()})
+        counts.append(n)
+    return counts
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class PackedDataset(torch.utils.data.IterableDataset):
+    """Packed sequences for a PyTorch DataLoader, split across ranks and DataLoader workers.
+
+    Every epoch the shard order is shuffled with (seed, epoch) (when shuffle_buffer > 0), the
+    sequences of all shards are laid end to end in that order, and consumer c of C
+    (c = rank * workers + worker) reads the contiguous range [c*N/C, (c+1)*N/C): each sequence
+    is read exactly once per epoch, ranks differ by at most one sequence, and a consumer opens
+    only the shards its range touches. Inside its range a consumer shuffles with a buffer of
+    `shuffle_buffer` sequences seeded by (seed, epoch, consumer). Use batch_size=None in the
+    DataLoader: a packed sequence is already a batch. Call set_epoch(e) before each epoch
+    (workers are re-created per epoch unless persistent_workers=True, which then keeps the old epoch).
+    Yields the same dicts as iter_packed; `augment_seed` turns on its JPEG re-compression, drawn
+    per (augment_seed, epoch, consumer).
+    """
+
+    def __init__(self, shards: str | Path | list[str], *, rank: int | None = None,
+                 world_size: int | None = None, shuffle_buffer: int = 0, seed: int = 0, epoch: int = 0,
+                 decode: bool = True, tile_size: int = 448, augment_seed: int | None = None) -> None:
+        super().__init__()
+        if (rank is None) != (world_size is None):
+            raise ValueError("PackedDataset: give both rank and world_size, or neither "
+                             "(then they come from torch.distributed, or 0 and 1)")
+        if rank is None:
+            rank, world_size = _dist_rank_world()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"PackedDataset: rank={rank} must be in [0, world_size={world_size})")
+        if shuffle_buffer < 0:
+            raise ValueError(f"PackedDataset: shuffle_buffer={shuffle_buffer} must be >= 0 (0 = no shuffle)")
+        self.paths = shard_paths(shards)
+        self.counts = count_sequences(self.paths)
+        self.rank, self.world_size = rank, world_size
+        self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, epoch
+        self.decode, self.tile_size, self.augment_seed = decode, tile_size, augment_seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Sequences this rank reads per epoch (all its workers together)."""
+        total = sum(self.counts)
+        return (self.rank + 1) * total // self.world_size - self.rank * total // self.world_size
+
+    def consumer(self) -> tuple[int, int]:
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def plan(self, consumer: int, consumers: int) -> list[tuple[str, int, int]]:
+        """(shard path, first, end) sequence ranges this consumer reads, in shard order."""
+        order = list(range(len(self.paths)))
+        if self.shuffle_buffer:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(order)).tolist()
+        total = sum(self.counts)
+        lo, hi = consumer * total // consumers, (consumer + 1) * total // consumers
+        out, start = [], 0
+        for i in order:
+            end = start + self.counts[i]
+            if end > lo and start < hi:
+                out.append((self.paths[i], max(lo, start) - start, min(hi, end) - start))
+            start = end
+        return out
+
+    def raw_sequences(self, consumer: int, consumers: int) -> Iterator[dict[str, Any]]:
+        import webdataset as wds
+
+        # the split is ours (plan); webdataset's own node and worker splitters are switched off
+        for path, first, end in self.plan(consumer, consumers):
+            for k, raw in enumerate(wds.WebDataset(path, shardshuffle=False, empty_check=False,
+                                                  nodesplitter=None, workersplitter=None)):
+                if k >= end:
+                    break
+                if k >= first:
+                    yield raw
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        consumer, consumers = self.consumer()
+        rng = (None if self.augment_seed is None
+               else np.random.default_rng([self.augment_seed, self.epoch, consumer]))
+        stream = self.raw_sequences(consumer, consumers)
+        if self.shuffle_buffer:
+            stream = shuffled(stream, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, consumer]))
+        for raw in stream:
+            yield to_tensors(raw, decode=self.decode, tile_size=self.tile_size, rng=rng)
+
+
+def shuffled(stream: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """A shuffle buffer: keep `size` items, emit a random one as each new item arrives."""
+    buf: list[Any] = []
+    for item in stream:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = int(rng.integers(size))
+        buf[j], item = item, buf[j]
+        yield item
+    while buf:
+        yield buf.pop(int(rng.integers(len(buf))))
+

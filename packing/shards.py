@@ -1,10 +1,16 @@
 """Write packed sequences as WebDataset tar shards, plus the shard index.
 
-One WebDataset sample = one packed sequence:
-  <key>.json           {"sequence", "n_tokens", "n_tiles", "samples": [...]} (see pack_sequence)
+One WebDataset sample = one packed sequence, always the same four members:
   <key>.input_ids.npy  int32 token ids of all samples, concatenated
+  <key>.json           {"sequence", "n_tokens", "n_tiles", "samples": [...]} (see pack_sequence)
   <key>.labels.npy     int32 labels (-100 = no loss)
-  <key>.m000.jpg ...   media members (images as stored, video frames as JPEG, audio as FLAC)
+  <key>.media.mp       msgpack {"audio": [{"path", "bytes"}], "images": [{"path", "bytes"}]}: the media
+                       files as stored (images, video frames as JPEG, audio as FLAC), named m000.jpg ...
+                       in the order the samples use them; the JSON refers to them by that name
+Why one media member and not one member per file: Hugging Face `datasets` reads a tar as a table
+whose columns are the member names, so every sequence needs the same names; a list of
+{"path", "bytes"} is exactly the storage of its Image and Audio features, so it decodes there as
+lists of images and audio. Plain `webdataset` and Megatron-Energon decode .mp with msgpack too.
 No pickle members, ever. A shard is written to a temporary name and renamed when complete,
 members are sorted and carry a fixed mtime, so the same input gives byte-identical shards.
 """
@@ -22,6 +28,25 @@ import numpy as np
 
 FIXED_MTIME = 1_700_000_000.0  # reproducible tars
 SHARD_PATTERN = "shard-{:06d}.tar"
+FORMAT = "omnicurate-packed-v2"
+MEDIA_MEMBER = "media.mp"
+MEMBERS = ("input_ids.npy", "json", "labels.npy", MEDIA_MEMBER)  # sorted, as written
+
+
+def media_bytes(images: dict[str, bytes], audio: dict[str, bytes]) -> bytes:
+    """The media member: images (with video frames) and audio, each file named m000.jpg ... in use order."""
+    import msgpack
+
+    return msgpack.packb({"audio": [{"path": k, "bytes": v} for k, v in audio.items()],
+                          "images": [{"path": k, "bytes": v} for k, v in images.items()]}, use_bin_type=True)
+
+
+def media_files(data: bytes | dict[str, Any]) -> dict[str, bytes]:
+    """Member name -> bytes from a media member (raw bytes, or already decoded by a webdataset reader)."""
+    import msgpack
+
+    media = msgpack.unpackb(data, raw=False) if isinstance(data, (bytes, bytearray)) else data
+    return {m["path"]: m["bytes"] for kind in ("images", "audio") for m in media[kind]}
 
 
 def npy_bytes(values: Iterable[int]) -> bytes:
@@ -38,6 +63,8 @@ def pack_sequence(key: str, sequence_index: int, samples: list[dict[str, Any]],
     InternVL's random JPEG re-compression to their images (never to video frames).
     """
     members: dict[str, bytes | str] = {"__key__": key}
+    images: dict[str, bytes] = {}
+    audio: dict[str, bytes] = {}
     ids: list[int] = []
     labels: list[int] = []
     described = []
@@ -51,13 +78,13 @@ def pack_sequence(key: str, sequence_index: int, samples: list[dict[str, Any]],
                 entry["frames"] = []
                 for frame in m["frames"]:
                     name = f"m{n_media:03d}.jpg"
-                    members[name] = Path(frame).read_bytes()
+                    images[name] = Path(frame).read_bytes()
                     entry["frames"].append(name)
                     n_media += 1
                 entry.update(tiles=len(m["frames"]), duration=m["duration"])
             else:
                 name = f"m{n_media:03d}{Path(m['path']).suffix}"
-                members[name] = Path(m["path"]).read_bytes()
+                (audio if m["kind"] == "audio" else images)[name] = Path(m["path"]).read_bytes()
                 n_media += 1
                 entry["member"] = name
                 if m["kind"] == "image":
@@ -79,6 +106,7 @@ def pack_sequence(key: str, sequence_index: int, samples: list[dict[str, Any]],
                                   "samples": described}, ensure_ascii=False, sort_keys=True)
     members["input_ids.npy"] = npy_bytes(ids)
     members["labels.npy"] = npy_bytes(labels)
+    members[MEDIA_MEMBER] = media_bytes(images, audio)
     return members
 
 
@@ -118,7 +146,7 @@ def file_sha256(path: str | Path) -> str:
 
 def write_index(shard_dir: str | Path, entries: list[dict[str, Any]], budgets: dict[str, int]) -> Path:
     entries = sorted(entries, key=lambda e: e["shard"])
-    index = {"format": "omnicurate-packed-v1", "budgets": budgets, "shards": entries,
+    index = {"format": FORMAT, "budgets": budgets, "shards": entries,
              "totals": {k: sum(e[k] for e in entries) for k in ("sequences", "samples", "tokens", "tiles", "bytes")}}
     path = Path(shard_dir) / "index.json"
     tmp = path.with_suffix(".json.tmp")
@@ -143,6 +171,12 @@ def verify_shards(shard_dir: str | Path) -> list[str]:
             problems.append(f"{p.name}: {p.stat().st_size} bytes, index says {entry['bytes']}")
         elif file_sha256(p) != entry["sha256"]:
             problems.append(f"{p.name}: sha256 differs from the index")
+    info = shard_dir / ".nv-meta" / ".info.json"  # Energon's sample counts must agree with the index
+    if info.exists():
+        counts = json.loads(info.read_text()).get("shard_counts", {})
+        problems += [f"{e['shard']}: Energon's .nv-meta/.info.json says {counts.get(e['shard'])} sequences, "
+                     f"index.json {e['sequences']} (rewrite it: python -m packing.energon_meta {shard_dir})"
+                     for e in index["shards"] if counts.get(e["shard"]) != e["sequences"]]
     listed = {e["shard"] for e in index["shards"]}
     problems += [f"{p.name}: not in index.json" for p in sorted(shard_dir.glob("*.tar")) if p.name not in listed]
     return problems

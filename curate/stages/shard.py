@@ -22,6 +22,7 @@ import pyarrow.dataset as pads
 
 from curate.layout import read_marker, write_parquet_atomic
 from curate.stages.base import GlobalStage, Job, Resources, map_options
+from packing.energon_meta import write_energon_meta
 from packing.shards import SHARD_PATTERN, pack_sequence, write_index, write_shard
 
 CONTENTS_COLUMNS = ["id", "orig_id", "source", "origin", "modality", "n_tokens", "n_tiles"]
@@ -64,6 +65,8 @@ class ShardStage(GlobalStage):
                    .to_table(columns=["entry"]).column("entry").to_pylist()]
         budgets = (read_marker(job.input_dir) or {}).get("budgets", {})
         write_index(tmp, entries, budgets)
+        if entries:  # Energon's .nv-meta/ (index, train/val split, sample type) beside the shards
+            write_energon_meta(tmp, self.config.val_shards)
         placed = pads.dataset(str(job.input_dir), format="parquet").to_table(
             columns=CONTENTS_COLUMNS + ["sequence"], filter=pc.field("reject_reason").is_null())
         write_parquet_atomic(tmp / layout.contents.name, contents_table(placed))

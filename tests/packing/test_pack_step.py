@@ -79,5 +79,11 @@ def test_small_budgets_split_truncate_and_stay_within_budgets(ray_session, demo_
     assert len(too_long) == sel["rejected"] and all("budget" in r["reject_detail"] for r in too_long)
     text = format_stats(stats)
     assert "over budget" in text and "packing" in text
+    # Energon's .nv-meta/ is written beside the shards and agrees with index.json
+    from packing.energon_meta import energon_info
+    from packing.shards import verify_shards
+
+    assert energon_info(out / "shards") == {"train": packing["sequences"], "val": 0, "test": 0}
+    assert verify_shards(out / "shards") == []
     info = json.loads(next((out / "work").glob("*-pack_select/_DONE.json")).read_text())
     assert info["select"] == sel
