@@ -29,7 +29,7 @@ def packed_features(decode: bool = True):
     media = {"kind": Value("string"), "sha256": Value("string"), "member": Value("string"),
              "frames": List(Value("string")), "grid": List(Value("int64")), "size": List(Value("int64")),
              "tiles": Value("int64"), "duration": Value("float64")}
-    sample = {"id": Value("string"), "source": Value("string"), "modality": Value("string"),
+    sample = {"id": Value("string"), "orig_id": Value("string"), "source": Value("string"), "modality": Value("string"),
               "token_offset": Value("int64"), "n_tokens": Value("int64"), "tile_offset": Value("int64"),
               "n_tiles": Value("int64"), "n_response_tokens": Value("int64"), "augment": Value("bool"),
               "media": List(media)}

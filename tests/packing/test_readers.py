@@ -47,7 +47,7 @@ def shard_dir(tmp_path_factory):
 
     def sample(k, modality):
         ids = list(range(10 * k, 10 * k + 4 + k % 3))
-        return {"id": f"{modality}-{k}", "source": "demo", "modality": modality, "input_ids": ids,
+        return {"id": f"{modality}-{k}", "orig_id": f"line-{k}", "source": "demo", "modality": modality, "input_ids": ids,
                 "labels": [-100] + ids[1:], "n_tiles": tiles[modality], "n_response_tokens": len(ids) - 1,
                 "media": [media[modality]] if modality in media else []}
 
