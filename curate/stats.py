@@ -126,6 +126,12 @@ def download_summary(layout: RunLayout) -> dict[str, Any] | None:
     }
 
 
+def _pipeline_order(stats: dict[str, Any], stage: str) -> int:
+    """Position of a reject stage in the run (`pack` rejects come from the pack_* steps)."""
+    names = list(stats.get("stage_seconds") or {})
+    return next((i for i, n in enumerate(names) if n == stage or n.startswith(stage + "_")), len(names))
+
+
 def format_stats(stats: dict[str, Any]) -> str:
     lines = [
         f"samples in      {stats['samples_in']:>10,}",
@@ -133,7 +139,12 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"samples out     {stats['samples_out']:>10,}   (+{stats['repeats']:,} repeats)",
         f"rejected        {sum(stats['rejected'].values()):>10,}",
     ]
-    lines += [f"  {reason:<28}{n:>8,}" for reason, n in stats["rejected"].items()]
+    by_stage = stats.get("rejected_by_stage") or {}
+    if by_stage:  # one line per stage keeps the table short (the report has the details)
+        lines += [f"  {stage:<14}" + ", ".join(f"{r} {n:,}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+                  for stage, reasons in sorted(by_stage.items(), key=lambda kv: _pipeline_order(stats, kv[0]))]
+    else:
+        lines += [f"  {reason:<28}{n:>8,}" for reason, n in stats["rejected"].items()]
     lines += [
         f"invariant       {'ok' if stats['invariant_ok'] else 'BROKEN'} (in + synthesized = out + rejected)",
         f"shards          {stats['shards']:>10,}",
@@ -146,8 +157,9 @@ def format_stats(stats: dict[str, Any]) -> str:
     if download:
         lines.append(f"download        {download['fetched']:,}/{download['urls']:,} URLs ok ({download['success_rate']:.1%}), "
                      f"{download['bytes'] / 1e6:,.1f} MB, {download['requests']:,} requests"
-                     + (f", {download['urls_per_second']} URLs/s" if download.get("urls_per_second") else ""))
-        lines += [f"  {reason:<28}{n:>8,}" for reason, n in download["failures"].items()]
+                     + (f", {download['urls_per_second']} URLs/s" if download.get("urls_per_second") else "")
+                     + ("; failed: " + ", ".join(f"{r} {n:,}" for r, n in download["failures"].items())
+                        if download["failures"] else ""))
     packing, select = stats.get("packing") or {}, stats.get("select") or {}
     if packing:
         line = (f"packing         {packing['mode']}: {packing['sequences']:,} sequences, lower bound "
