@@ -11,8 +11,8 @@
 - Confidence of a transcript: the duration-weighted mean of Whisper's per-segment
   `avg_logprob` (exp() of it is the mean token probability) and of `no_speech_prob`.
 - `wer(ref, hyp)`: word error rate (jiwer) after Whisper's own English text normaliser
-  (lower case, no punctuation, spelled numbers as digits, British spellings kept), so
-  "Forty-two." and "42" count as the same word.
+  (lower case, no punctuation, spelled numbers as digits, common British spellings mapped to
+  Whisper's American ones), so "Forty-two." and "42", "colour" and "color" count as the same word.
 - `vote(hypotheses, agree_wer, majority_wer)`: agreement of several transcripts of one clip
   (Baichuan-omni's ASR ensemble): keep when every pair is within `agree_wer`; otherwise
   correct to the transcript that a strict majority agrees with (pairwise WER <=
@@ -150,11 +150,25 @@ def transcribe(model: Any, audio: np.ndarray, *, language: str | None = None, va
 
 
 # ---------------------------------------------------------------------------- text agreement
+# Whisper transcribes in American spelling; its normaliser maps British spellings with a table that
+# ships with the openai-whisper package, not with transformers. These are the common ones in
+# image/chart questions, so "What colour ..." read back as "What color ..." is not an error.
+BRITISH_TO_AMERICAN = {
+    "colour": "color", "colours": "colors", "coloured": "colored", "grey": "gray", "centre": "center",
+    "centres": "centers", "metre": "meter", "metres": "meters", "litre": "liter", "litres": "liters",
+    "favourite": "favorite", "neighbour": "neighbor", "neighbours": "neighbors", "behaviour": "behavior",
+    "organise": "organize", "organised": "organized", "realise": "realize", "recognise": "recognize",
+    "analyse": "analyze", "theatre": "theater", "harbour": "harbor", "labour": "labor", "tyre": "tire",
+    "tyres": "tires", "jewellery": "jewelry", "aeroplane": "airplane", "programme": "program",
+    "kilometre": "kilometer", "kilometres": "kilometers", "travelling": "traveling", "honour": "honor",
+}
+
+
 @functools.lru_cache(maxsize=1)
 def _normalizers() -> tuple[Any, Any]:
     from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
 
-    return EnglishTextNormalizer({}), BasicTextNormalizer()
+    return EnglishTextNormalizer(BRITISH_TO_AMERICAN), BasicTextNormalizer()
 
 
 def normalize(text: str, language: str = "en") -> str:

@@ -297,7 +297,7 @@ def test_video_soundtrack_is_attached_and_transcribed(ctx, speech, tmp_path):
 # ---------------------------------------------------------------------------- end to end on Ray
 def test_runner_transcribes_and_synthesizes_audio_qa_keeping_the_invariant(ray_session, demo_small, tmp_path):
     sets = demo_overrides(demo_small, "stages.transcribe.enabled=true", "stages.audio_qa.enabled=true",
-                          "stages.audio_qa.fraction=0.5", "stages.audio_qa.voices=[en, de]")
+                          "stages.audio_qa.fraction=0.5", "stages.audio_qa.voices=[piper:joe, espeak:de]")
     stats = Runner(load_recipe(RECIPE, sets), tmp_path).run()
     assert stats["invariant_ok"] and stats["synthesized"] >= 3
     assert stats["modalities"].get("audio_qa", 0) >= 1 and stats["rejected"].get("tts_asr_mismatch", 0) >= 1
@@ -307,6 +307,6 @@ def test_runner_transcribes_and_synthesizes_audio_qa_keeping_the_invariant(ray_s
     assert np.median([r["asr_wer"] for r in audio]) <= 0.35
     qa = pads.dataset(str(next((tmp_path / "work").glob("*-audio_qa"))), format="parquet").to_table().to_pylist()
     kept = [r for r in qa if r["modality"] == "audio_qa" and r["reject_reason"] is None]
-    assert all(r["audio_qa_wer"] <= 0.1 and r["audio_qa_voice"] in ("espeak:en", "espeak:de") for r in kept)
+    assert all(r["audio_qa_wer"] <= 0.1 and r["audio_qa_voice"] in ("piper:joe", "espeak:de") for r in kept)
     tok = pads.dataset(str(next((tmp_path / "work").glob("*-tokenize"))), format="parquet").to_table().to_pylist()
     assert all(r["n_audio_tokens"] > 0 for r in tok if r["modality"] == "audio_qa")
