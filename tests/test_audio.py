@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
@@ -16,7 +17,7 @@ from curate import asr
 from curate.recipe import AudioQAConfig, TranscribeConfig, load_recipe
 from curate.records import CORE_SCHEMA, empty_media
 from curate.runner import Runner
-from curate.stages.audio_qa import AudioQAStage, audio_turn, drawn, spoken_question, split_caption
+from curate.stages.audio_qa import AudioQAStage, audio_turn, drawn, spoken_question, split_caption, voice_summary
 from curate.stages.base import RunContext
 from curate.stages.transcribe import TranscribeStage
 from curate.store import MediaStore
@@ -183,6 +184,12 @@ def test_gate_rejects_a_wrong_or_truncated_clip(qa_stage, broken):
     assert bad["audio_qa_wer"] > 0.25 and "WER" in bad["reject_detail"]
 
 
+def test_voice_summary_counts_kept_and_rejected_per_voice():
+    table = pa.table({"audio_qa_voice": [None, "piper:joe", "piper:joe", "piper:joe*0.86"],
+                      "reject_reason": [None, None, "tts_asr_mismatch", None]})
+    assert voice_summary(table) == {"piper:joe": {"kept": 1, "rejected": 1}, "piper:joe*0.86": {"kept": 1, "rejected": 0}}
+
+
 def test_question_and_caption_rewriting():
     q = "Image-1: <image>\nImage-2: <image>\nWhich chart has the largest maximum value?"
     assert spoken_question(q) == "Which chart has the largest maximum value?"
@@ -305,8 +312,12 @@ def test_runner_transcribes_and_synthesizes_audio_qa_keeping_the_invariant(ray_s
     audio = [r for r in work.to_pylist() if r["modality"] == "audio" and r["reject_reason"] is None]
     assert audio and all(r["asr_action"] == "checked" and r["asr_segments"] for r in audio)
     assert np.median([r["asr_wer"] for r in audio]) <= 0.35
-    qa = pads.dataset(str(next((tmp_path / "work").glob("*-audio_qa"))), format="parquet").to_table().to_pylist()
+    qa_table = pads.dataset(str(next((tmp_path / "work").glob("*-audio_qa"))), format="parquet").to_table()
+    qa = qa_table.to_pylist()
     kept = [r for r in qa if r["modality"] == "audio_qa" and r["reject_reason"] is None]
+    summary = voice_summary(qa_table)
+    assert sum(v["kept"] for v in summary.values()) == len(kept) and summary["espeak:de"]["rejected"] >= 1
+    assert all(json.loads(r["audio_qa_tts_params"])["rate"] > 0 for r in kept)
     assert all(r["audio_qa_wer"] <= 0.1 and r["audio_qa_voice"] in ("piper:joe", "espeak:de") for r in kept)
     tok = pads.dataset(str(next((tmp_path / "work").glob("*-tokenize"))), format="parquet").to_table().to_pylist()
     assert all(r["n_audio_tokens"] > 0 for r in tok if r["modality"] == "audio_qa")

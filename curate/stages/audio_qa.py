@@ -78,6 +78,17 @@ def first_turns(turns: list[dict[str, str]]) -> tuple[int | None, int | None]:
     return human, gpt
 
 
+def voice_summary(table: pa.Table) -> dict[str, dict[str, int]]:
+    """Per voice setting, synthesized clips kept and rejected, from the stage's output rows
+    (columns audio_qa_voice, reject_reason); the run report shows this distribution."""
+    out: dict[str, dict[str, int]] = {}
+    for r in table.select(["audio_qa_voice", "reject_reason"]).to_pylist():
+        if r["audio_qa_voice"] is not None:
+            counts = out.setdefault(r["audio_qa_voice"], {"kept": 0, "rejected": 0})
+            counts["rejected" if r["reject_reason"] else "kept"] += 1
+    return dict(sorted(out.items()))
+
+
 class AudioQAStage(Stage):
     name: ClassVar[str] = "audio_qa"
     resources: ClassVar[Resources] = Resources(cpus=1)
