@@ -306,6 +306,19 @@ def encode_flac(audio: np.ndarray, path: str, sample_rate: int = SAMPLE_RATE) ->
             container.mux(packet)
 
 
+def load_flac(path: str | os.PathLike[str]) -> np.ndarray:
+    """A stored 16-bit mono FLAC clip as float32 in [-1, 1], decoded in-process with PyAV (no ffmpeg start)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            chunks = [f.to_ndarray().reshape(-1) for f in container.decode(audio=0)]
+    except (av.error.FFmpegError, OSError) as e:
+        raise TTSError(f"{path}: cannot decode FLAC ({e})") from e
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    return pcm.astype(np.float32) / (32768.0 if pcm.dtype == np.int16 else 1.0)
+
+
 def flac_duration(path: str | os.PathLike[str]) -> float:
     """Seconds of a FLAC file from its STREAMINFO block (sample rate and total samples)."""
     with open(path, "rb") as f:

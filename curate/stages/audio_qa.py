@@ -40,7 +40,8 @@ from curate.mediaio import MediaError
 from curate.records import dumps_meta, record_id, reject
 from curate.stages.base import Resources, Stage
 from curate.store import MediaStore
-from curate.tts import TTSError, draw_params, make_backends, parse_voice, pick_voice, synthesize_to_store
+from curate.tts import (TTSError, draw_params, load_flac, make_backends, parse_voice, pick_voice,
+                        synthesize_to_store)
 
 ORIGIN = "synthesized:audio_qa"
 VISUAL_RE = re.compile(r"(?:(?:Image|Frame)-\d+:\s*)?<(?:image|video)>")
@@ -187,7 +188,7 @@ class AudioQAStage(Stage):
                    audio_qa_tts_params=json.dumps(params.as_dict(), sort_keys=True))
         try:
             item = synthesize_to_store(self.tts, spoken, voice, self.store, params)
-            heard = asr.transcribe(self.model, asr.load_audio(item["path"])).text
+            heard = asr.transcribe(self.model, load_flac(item["path"])).text  # the stored file, read in-process
         except (TTSError, MediaError, OSError) as e:
             return reject(row, self.name, "tts_failed", f"voice {voice}: {e}")
         row["audio_qa_heard"] = heard

@@ -24,14 +24,12 @@ import resource
 import subprocess
 import tempfile
 import time
-from collections import Counter
-
 import numpy as np
 
 from curate import asr
 from curate.recipe import AudioQAConfig
 from curate.store import MediaStore
-from curate.tts import EspeakTTS, draw_params, make_backends, parse_voice, pick_voice, synthesize_to_store
+from curate.tts import draw_params, load_flac, make_backends, parse_voice, pick_voice, synthesize_to_store
 
 VOICES = ["piper:joe", "piper:joe*0.86", "piper:joe*1.1", "espeak:en-us", "espeak:en+f3"]
 NOUNS = ["car", "dog", "bicycle", "table", "lamp", "window", "door", "tree", "boat", "train", "bottle", "chair",
@@ -131,7 +129,7 @@ def main() -> None:
             t.wall += time.perf_counter() - w0
             t.clips += 1
             t.audio += item["duration"]
-            t.wers.append(asr.wer(text, asr.transcribe(model, asr.load_audio(item["path"])).text))
+            t.wers.append(asr.wer(text, asr.transcribe(model, load_flac(item["path"])).text))
 
     old = Tally()
     for text in texts[:per_voice]:
@@ -141,8 +139,11 @@ def main() -> None:
         old.wall += time.perf_counter() - w0
         old.clips += 1
 
-    per: dict[str, Tally] = {}
-    run([(f"q{i}", v, t) for v in VOICES for i, t in enumerate(texts[:per_voice])], per)
+    print(f"{n} template questions; {per_voice} per voice; default mix {cfg.voices}")
+    print(f"rate {list(cfg.rate)}, pitch {list(cfg.pitch)}, noise_scale {list(cfg.noise_scale)}, "
+          f"noise_w {list(cfg.noise_w)}; gate: Whisper base int8, 1 thread, WER <= 0.1\n")
+    print(f"{'voice':<22}{'clips':>6}{'clips/cpu-s':>10}{'wall/s':>9}{'RTF':>7}{'pass':>7}{'mean WER':>9}")
+    print(old.row("old espeak+ffmpeg"), flush=True)
     mix_by_voice: dict[str, Tally] = {}
     run([(f"q{i}", pick_voice(cfg.voices, seed, f"q{i}"), t) for i, t in enumerate(texts)], mix_by_voice)
     mix = Tally()
@@ -150,21 +151,15 @@ def main() -> None:
         mix.clips, mix.cpu, mix.wall, mix.audio = mix.clips + t.clips, mix.cpu + t.cpu, mix.wall + t.wall, \
             mix.audio + t.audio
         mix.wers += t.wers
-
-    print(f"{n} template questions; {per_voice} per voice; default mix {cfg.voices}")
-    print(f"rate {list(cfg.rate)}, pitch {list(cfg.pitch)}, noise_scale {list(cfg.noise_scale)}, "
-          f"noise_w {list(cfg.noise_w)}; gate: Whisper base int8, 1 thread, WER <= 0.1\n")
-    print(f"{'voice':<22}{'clips':>6}{'clips/cpu-s':>10}{'wall/s':>9}{'RTF':>7}{'pass':>7}{'mean WER':>9}")
-    print(old.row("old espeak+ffmpeg"))
-    for spec, t in per.items():
-        print(t.row(spec))
     print(mix.row("default mix"))
-    print(f"\nTTS clips per CPU second vs the old espeak path: default mix {mix.clips / mix.cpu / (old.clips / old.cpu):.2f}x")
-    print("default mix voices: " + ", ".join(f"{v} {t.clips}" for v, t in sorted(mix_by_voice.items())))
-    fails = Counter()
-    for spec, t in mix_by_voice.items():
-        fails[spec] = sum(w > 0.1 for w in t.wers)
-    print("default mix gate failures per voice: " + ", ".join(f"{v} {c}" for v, c in sorted(fails.items())))
+    for spec, t in sorted(mix_by_voice.items()):
+        print(t.row(f"  mix: {spec}"), flush=True)
+    for spec in VOICES:
+        per: dict[str, Tally] = {}
+        run([(f"q{i}", spec, t) for i, t in enumerate(texts[:per_voice])], per)
+        print(per[spec].row(spec), flush=True)
+    print(f"\nTTS clips per CPU second vs the old espeak path: default mix "
+          f"{mix.clips / mix.cpu / (old.clips / old.cpu):.2f}x")
 
 
 if __name__ == "__main__":
