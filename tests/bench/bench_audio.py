@@ -14,6 +14,7 @@ base on one CPU thread (int8, greedy). Printed per voice and for the default mix
 Baseline in the same run: the previous espeak path (espeak-ng WAV -> one ffmpeg process -> FLAC).
 
     python -m tests.bench audio      # BENCH_AUDIO_QUESTIONS=100, BENCH_AUDIO_PER_VOICE=10
+    BENCH_AUDIO_PARTS=voices python -m tests.bench audio     # only the per-voice rows (or: mix)
 """
 
 from __future__ import annotations
@@ -145,7 +146,15 @@ def main() -> None:
     print(f"{'voice':<22}{'clips':>6}{'clips/cpu-s':>10}{'wall/s':>9}{'RTF':>7}{'pass':>7}{'mean WER':>9}")
     print(old.row("old espeak+ffmpeg"), flush=True)
     mix_by_voice: dict[str, Tally] = {}
-    run([(f"q{i}", pick_voice(cfg.voices, seed, f"q{i}"), t) for i, t in enumerate(texts)], mix_by_voice)
+    parts = os.environ.get("BENCH_AUDIO_PARTS", "mix,voices").split(",")  # run halves in parallel on a busy host
+    run([(f"q{i}", pick_voice(cfg.voices, seed, f"q{i}"), t) for i, t in enumerate(texts) if "mix" in parts],
+        mix_by_voice)
+    for spec in VOICES if "voices" in parts else []:
+        per: dict[str, Tally] = {}
+        run([(f"q{i}", spec, t) for i, t in enumerate(texts[:per_voice])], per)
+        print(per[spec].row(spec), flush=True)
+    if "mix" not in parts:
+        return
     mix = Tally()
     for t in mix_by_voice.values():
         mix.clips, mix.cpu, mix.wall, mix.audio = mix.clips + t.clips, mix.cpu + t.cpu, mix.wall + t.wall, \
@@ -154,10 +163,6 @@ def main() -> None:
     print(mix.row("default mix"))
     for spec, t in sorted(mix_by_voice.items()):
         print(t.row(f"  mix: {spec}"), flush=True)
-    for spec in VOICES:
-        per: dict[str, Tally] = {}
-        run([(f"q{i}", spec, t) for i, t in enumerate(texts[:per_voice])], per)
-        print(per[spec].row(spec), flush=True)
     print(f"\nTTS clips per CPU second vs the old espeak path: default mix "
           f"{mix.clips / mix.cpu / (old.clips / old.cpu):.2f}x")
 
