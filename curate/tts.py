@@ -1,48 +1,100 @@
 """Text-to-speech back-ends behind one small interface, writing 16 kHz mono FLAC to the media store.
 
-A back-end turns (text, voice) into WAV bytes; `synthesize_to_store` resamples them to
-16 kHz mono FLAC with ffmpeg and stores them by content (curate.store.MediaStore), so the
-same sentence in the same voice is stored once. Two back-ends:
+A back-end turns (text, voice name, VoiceParams) into float32 samples at its own rate;
+`synthesize_to_store` resamples them to 16 kHz in numpy (scipy's polyphase filter), encodes
+FLAC with PyAV and stores it by content (curate.store.MediaStore). No process is started for
+Piper, and one (espeak-ng itself) for espeak: an ffmpeg start per clip used to cost more than
+the synthesis. Two back-ends:
 
-- EspeakTTS (default): the espeak-ng binary, offline, 100+ voices and variants
-  (`en-us`, `en-gb-scotland`, `en+f3` = English with the female variant 3, ...).
-- PiperTTS: a neural voice (piper, https://github.com/rhasspy/piper) from a local `.onnx`
-  voice file. It only works when a voice file is configured and the `piper` command is on
-  PATH; otherwise `available()` says why and `synthesize` raises TTSError.
+- PiperTTS: a Piper neural voice (VITS, https://github.com/rhasspy/piper) run by onnxruntime
+  through `piper-onnx`; `joe` is the en_US-joe-medium voice installed by `make setup`, any
+  other name is a local `.onnx` file with its `.onnx.json` beside it.
+- EspeakTTS: the espeak-ng binary's formant voices (`en-us`, `en+f3` = English, female variant 3).
 
-Voices are chosen per sample by `pick_voice(voices, seed, key)`: a hash of the run seed and
-the sample id, so the same recipe and seed always give the same voice to the same sample.
+A voice is written `[backend:]name[*pitch]`: `piper:joe`, `espeak:en+f3`, `piper:joe*0.88`
+(the joe voice a little deeper). A bare name uses the recipe's default back-end.
+
+Variation (Baichuan-omni speaks its questions in many timbres): `draw_params` gives each clip
+a speaking rate, a pitch factor and Piper's two noise scales, drawn from (seed, sample id). The
+pitch factor p is applied by resampling, which raises pitch, formants and tempo together by p
+(like sox `speed`, ffmpeg `asetrate`); the back-end speaks at rate r/p so the clip ends at rate r.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import os
+import random
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+import wave
+from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from curate.store import MediaStore
 
 SAMPLE_RATE = 16_000
 TTS_TIMEOUT_S = 60
+BACKENDS = ("espeak", "piper")
 
 
 class TTSError(RuntimeError):
     """Synthesis failed or the back-end is not configured; the message says what to fix."""
 
 
+@dataclass(frozen=True)
+class VoiceParams:
+    """Per-clip variation: rate and pitch are factors (1 = the voice as shipped)."""
+
+    rate: float = 1.0
+    pitch: float = 1.0
+    noise_scale: float | None = None  # Piper: phoneme noise (None: the voice's default)
+    noise_w: float | None = None  # Piper: duration noise (None: the voice's default)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Voice:
+    backend: str
+    name: str
+    pitch: float = 1.0  # fixed pitch factor of this voice setting, times the per-clip one
+
+    def __str__(self) -> str:
+        return f"{self.backend}:{self.name}" + (f"*{self.pitch:g}" if self.pitch != 1.0 else "")
+
+
+def parse_voice(spec: str, default_backend: str = "espeak") -> Voice:
+    """`[backend:]name[*pitch]` -> Voice; ValueError naming the spec when malformed."""
+    backend, sep, rest = spec.partition(":")
+    if not sep or backend not in BACKENDS:
+        backend, rest = default_backend, spec
+    name, star, factor = rest.partition("*")
+    try:
+        pitch = float(factor) if star else 1.0
+    except ValueError:
+        raise ValueError(f"voice {spec!r}: pitch after '*' must be a number, e.g. piper:joe*0.9") from None
+    if not name or not 0.5 <= pitch <= 2.0:
+        raise ValueError(f"voice {spec!r}: write [espeak:|piper:]name[*pitch] with pitch in [0.5, 2]")
+    return Voice(backend, name, pitch)
+
+
 class TTSBackend(Protocol):
     name: str
 
-    def available(self) -> str | None:
-        """None when the back-end can synthesize; otherwise the reason it cannot."""
+    def available(self, voice: str) -> str | None:
+        """None when the back-end can speak in `voice`; otherwise the reason it cannot."""
 
-    def synthesize_wav(self, text: str, voice: str) -> bytes:
-        """WAV bytes of `text` spoken in `voice` (any rate; resampled afterwards)."""
+    def synthesize(self, text: str, voice: str, params: VoiceParams) -> tuple[np.ndarray, int]:
+        """float32 mono samples of `text` at rate `params.rate` (pitch is applied afterwards) and their rate."""
 
 
 def _run(cmd: list[str], stdin: bytes | None = None) -> bytes:
@@ -58,16 +110,31 @@ def _run(cmd: list[str], stdin: bytes | None = None) -> bytes:
     return proc.stdout
 
 
+def read_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """16-bit PCM WAV bytes -> float32 mono samples in [-1, 1] and the sample rate."""
+    with wave.open(io.BytesIO(data)) as w:
+        if w.getsampwidth() != 2:
+            raise TTSError(f"expected 16-bit WAV, got {8 * w.getsampwidth()}-bit")
+        rate, channels = w.getframerate(), w.getnchannels()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+    return pcm.reshape(-1, channels).mean(axis=1), rate
+
+
 @dataclass(frozen=True)
 class EspeakTTS:
     """espeak-ng: `voice` is any `espeak-ng -v` name, with an optional `+variant`."""
 
-    speed: int = 160  # words per minute
+    speed: int = 160  # words per minute at rate 1
     binary: str = "espeak-ng"
     name: str = "espeak"
 
-    def available(self) -> str | None:
-        return None if shutil.which(self.binary) else f"{self.binary} not found on PATH (apt-get install espeak-ng)"
+    def available(self, voice: str = "") -> str | None:
+        if not shutil.which(self.binary):
+            return f"{self.binary} not found on PATH (apt-get install espeak-ng)"
+        if voice and self.unknown_voices([voice]):
+            return (f"espeak-ng has no voice {voice!r}; list them with `espeak-ng --voices` "
+                    f"and `espeak-ng --voices=variant`")
+        return None
 
     def unknown_voices(self, voices: list[str]) -> list[str]:
         """Voices espeak-ng does not know (it would silently fall back to its default voice)."""
@@ -80,15 +147,17 @@ class EspeakTTS:
                 out.append(v)
         return out
 
-    def synthesize_wav(self, text: str, voice: str) -> bytes:
+    def synthesize(self, text: str, voice: str, params: VoiceParams = VoiceParams()) -> tuple[np.ndarray, int]:
+        speed = max(80, min(450, round(self.speed * params.rate)))
         # `--` ends the options, so a sentence starting with "-" is read, not parsed.
-        wav = _run([self.binary, "-v", voice, "-s", str(self.speed), "--stdout", "--", text])
+        wav = _run([self.binary, "-v", voice, "-s", str(speed), "--stdout", "--", text])
         if len(wav) <= 44:  # a bare WAV header: espeak-ng had nothing to say (unknown voice, empty text)
             raise TTSError(f"espeak-ng produced no audio for voice {voice!r}")
-        return wav
+        return read_wav(wav)
 
 
-def _espeak_names(binary: str, which: str) -> set[str]:
+@functools.lru_cache(maxsize=4)
+def _espeak_names(binary: str, which: str) -> frozenset[str]:
     """Lower-cased language codes, voice names and file names from `espeak-ng --voices[=which]`."""
     listing = _run([binary, f"--voices={which}" if which else "--voices"]).decode(errors="replace")
     names = set()
@@ -96,45 +165,99 @@ def _espeak_names(binary: str, which: str) -> set[str]:
         cols = line.split()
         if len(cols) >= 5:
             names.update({cols[1].lower(), cols[3].lower(), cols[4].rsplit("/", 1)[-1].lower()})
-    return names
+    return frozenset(names)
 
 
-@dataclass(frozen=True)
+def piper_model_path(voice: str) -> Path:
+    """`joe` -> the bundled en_US-joe-medium voice; anything else is a local .onnx path."""
+    if voice == "joe":
+        from curate.paths import piper_joe_path
+
+        return piper_joe_path()
+    return Path(voice)
+
+
 class PiperTTS:
-    """piper with a local `.onnx` voice (its `.onnx.json` beside it); `voice` is a speaker id or ''."""
+    """Piper voices through piper-onnx + onnxruntime, one session per voice file, one CPU thread each."""
 
-    model: str | None = None
-    binary: str = "piper"
-    name: str = "piper"
+    name = "piper"
 
-    def available(self) -> str | None:
-        if not self.model:
-            return "piper is not configured: set stages.audio_qa.piper_voice to a local .onnx voice file"
-        if not Path(self.model).is_file():
-            return f"piper voice file {self.model} does not exist"
-        if not shutil.which(self.binary):
-            return f"the {self.binary} command is not on PATH (pip install piper-tts)"
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = threads
+        self._voices: dict[str, Any] = {}
+        self._phonemizers: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle; actors reload them
+        return {"threads": self.threads}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["threads"])
+
+    def available(self, voice: str = "joe") -> str | None:
+        try:
+            path = piper_model_path(voice)
+        except FileNotFoundError as e:
+            return str(e)
+        if path.suffix != ".onnx" or not path.is_file():
+            return f"piper voice {voice!r}: no such .onnx file (use piper:joe or a local .onnx voice path)"
+        if not Path(f"{path}.json").is_file():
+            return f"piper voice {path}: its config {path}.json is missing"
+        try:
+            import piper_onnx  # noqa: F401
+        except ImportError:
+            return "piper-onnx is not installed (make setup: pip install piper-onnx==1.0.6)"
         return None
 
-    def synthesize_wav(self, text: str, voice: str) -> bytes:
-        reason = self.available()
-        if reason:
-            raise TTSError(reason)
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "out.wav"
-            cmd = [self.binary, "--model", str(self.model), "--output_file", str(out)]
-            if voice and voice.isdigit():
-                cmd += ["--speaker", voice]
-            _run(cmd, stdin=text.encode())
-            return out.read_bytes()
+    def voice(self, voice: str) -> Any:
+        """The loaded Piper voice (onnxruntime session), cached per voice name."""
+        if voice not in self._voices:
+            reason = self.available(voice)
+            if reason:
+                raise TTSError(reason)
+            import onnxruntime as ort
+            from piper_onnx import Piper
+
+            path = piper_model_path(voice)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = opts.inter_op_num_threads = self.threads
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self._voices[voice] = Piper.from_session(session, f"{path}.json")
+        return self._voices[voice]
+
+    def phonemes(self, piper: Any, text: str) -> str:
+        """espeak-ng IPA with stress marks and punctuation, as Piper voices are trained on."""
+        lang = piper.config.get("espeak", {}).get("voice", "en-us")
+        if lang not in self._phonemizers:
+            from phonemizer.backend import EspeakBackend
+
+            self._phonemizers[lang] = EspeakBackend(lang, preserve_punctuation=True, with_stress=True)
+        return self._phonemizers[lang].phonemize([text], strip=True)[0]
+
+    def synthesize(self, text: str, voice: str, params: VoiceParams = VoiceParams()) -> tuple[np.ndarray, int]:
+        piper = self.voice(voice)
+        inference = piper.config["inference"]
+        try:
+            audio, rate = piper.create(self.phonemes(piper, text), is_phonemes=True,
+                                       length_scale=inference["length_scale"] / params.rate,
+                                       noise_scale=params.noise_scale or inference["noise_scale"],
+                                       noise_w=params.noise_w or inference["noise_w"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise TTSError(f"piper voice {voice!r} failed: {e}") from e
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if audio.size == 0:
+            raise TTSError(f"piper voice {voice!r} produced no audio")
+        return audio, int(rate)
 
 
-def make_backend(kind: str, speed: int = 160, piper_voice: str | None = None) -> TTSBackend:
-    if kind == "espeak":
-        return EspeakTTS(speed=speed)
-    if kind == "piper":
-        return PiperTTS(model=piper_voice)
-    raise ValueError(f"unknown TTS back-end {kind!r}; use espeak or piper")
+def make_backends(default: str = "espeak", speed: int = 160) -> dict[str, TTSBackend]:
+    if default not in BACKENDS:
+        raise ValueError(f"unknown TTS back-end {default!r}; use espeak or piper")
+    return {"espeak": EspeakTTS(speed=speed), "piper": PiperTTS()}
+
+
+def _unit(seed: int, key: str, what: str) -> random.Random:
+    digest = hashlib.sha256(f"{what}\x00{seed}\x00{key}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 def pick_voice(voices: list[str], seed: int, key: str) -> str:
@@ -143,6 +266,57 @@ def pick_voice(voices: list[str], seed: int, key: str) -> str:
         raise ValueError("the voice list is empty; give at least one voice")
     digest = hashlib.sha256(f"voice\x00{seed}\x00{key}".encode()).digest()
     return voices[int.from_bytes(digest[:8], "big") % len(voices)]
+
+
+def draw_params(seed: int, key: str, voice: Voice, rate: tuple[float, float] = (1.0, 1.0),
+                pitch: tuple[float, float] = (1.0, 1.0), noise_scale: tuple[float, float] | None = None,
+                noise_w: tuple[float, float] | None = None) -> VoiceParams:
+    """Uniform draws in each [lo, hi] range, deterministic in (seed, key); the voice's own pitch multiplies in."""
+    rng = _unit(seed, key, "voice-params")
+    p = VoiceParams(rate=rng.uniform(*rate), pitch=voice.pitch * rng.uniform(*pitch),
+                    noise_scale=rng.uniform(*noise_scale) if noise_scale else None,
+                    noise_w=rng.uniform(*noise_w) if noise_w else None)
+    if voice.backend != "piper":  # the noise scales belong to Piper's VITS decoder
+        p = VoiceParams(rate=p.rate, pitch=p.pitch)
+    return p
+
+
+def resample(audio: np.ndarray, rate: int, pitch: float = 1.0, target: int = SAMPLE_RATE) -> np.ndarray:
+    """Audio at `rate` -> `target` Hz; pitch != 1 plays it as if recorded at rate*pitch (pitch and tempo x pitch)."""
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(target, max(1, round(rate * pitch))).limit_denominator(1000)
+    if ratio == 1:
+        return audio.astype(np.float32)
+    return resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
+
+
+def encode_flac(audio: np.ndarray, path: str, sample_rate: int = SAMPLE_RATE) -> None:
+    """float32 mono -> 16-bit FLAC file with PyAV (STREAMINFO carries the sample count)."""
+    import av
+
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16).reshape(1, -1)
+    with av.open(path, "w", format="flac") as container:
+        stream = container.add_stream("flac", rate=sample_rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = sample_rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def load_flac(path: str | os.PathLike[str]) -> np.ndarray:
+    """A stored 16-bit mono FLAC clip as float32 in [-1, 1], decoded in-process with PyAV (no ffmpeg start)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            chunks = [f.to_ndarray().reshape(-1) for f in container.decode(audio=0)]
+    except (av.error.FFmpegError, OSError) as e:
+        raise TTSError(f"{path}: cannot decode FLAC ({e})") from e
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    return pcm.astype(np.float32) / (32768.0 if pcm.dtype == np.int16 else 1.0)
 
 
 def flac_duration(path: str | os.PathLike[str]) -> float:
@@ -158,22 +332,28 @@ def flac_duration(path: str | os.PathLike[str]) -> float:
     return total / rate
 
 
-def synthesize_to_store(backend: TTSBackend, text: str, voice: str, store: MediaStore,
-                        sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
-    """Speak `text`, store it as mono FLAC at `sample_rate` (one ffmpeg call); returns an audio media item."""
-    wav = backend.synthesize_wav(text, voice)
+def speak(backends: dict[str, TTSBackend], text: str, voice: Voice, params: VoiceParams = VoiceParams()
+          ) -> np.ndarray:
+    """16 kHz float32 speech: the back-end speaks at rate/pitch, the resampling shifts pitch and tempo by pitch."""
+    inner = VoiceParams(params.rate / params.pitch, 1.0, params.noise_scale, params.noise_w)
+    audio, rate = backends[voice.backend].synthesize(text, voice.name, inner)
+    return resample(audio, rate, params.pitch)
+
+
+def synthesize_to_store(backends: dict[str, TTSBackend], text: str, voice: Voice | str, store: MediaStore,
+                        params: VoiceParams = VoiceParams(), sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
+    """Speak `text`, store it as 16 kHz mono FLAC (no ffmpeg); returns an audio media item."""
+    voice = parse_voice(voice) if isinstance(voice, str) else voice
+    audio = speak(backends, text, voice, params)
     fd, tmp = tempfile.mkstemp(dir=store.tmp_dir(), suffix=".flac")
     os.close(fd)
     try:
-        # Written to a seekable file, so ffmpeg fills in STREAMINFO's sample count at the end.
-        _run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", "pipe:0", "-ac", "1", "-ar", str(sample_rate),
-              "-f", "flac", tmp], stdin=wav)
-        seconds = flac_duration(tmp)
+        encode_flac(audio, tmp, sample_rate)
         path, sha = store.put_file(tmp, ".flac")
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return {"kind": "audio", "ref": f"tts:{backend.name}:{voice}", "path": str(path), "sha256": sha,
+    return {"kind": "audio", "ref": f"tts:{voice}", "path": str(path), "sha256": sha,
             "bytes": os.path.getsize(path), "mime": "audio/flac", "width": None, "height": None, "grid_w": None,
-            "grid_h": None, "tiles": 0, "frames": None, "duration": seconds}
+            "grid_h": None, "tiles": 0, "frames": None, "duration": len(audio) / sample_rate}

@@ -1,5 +1,6 @@
-"""Audio: espeak-ng speech read back by the bundled Whisper tiny.en, the WER gate, transcribe rejects,
-the ASR ensemble vote, video soundtracks, and both stages end to end on Ray (demo corpus)."""
+"""Audio: the bundled Piper voice and espeak-ng read back by Whisper (base for the gate, tiny.en for
+transcribe), the WER gate catching wrong and truncated clips, voice variation, transcribe rejects, the
+ASR ensemble vote, video soundtracks, and both stages end to end on Ray (demo corpus)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
@@ -15,11 +17,13 @@ from curate import asr
 from curate.recipe import AudioQAConfig, TranscribeConfig, load_recipe
 from curate.records import CORE_SCHEMA, empty_media
 from curate.runner import Runner
-from curate.stages.audio_qa import AudioQAStage, audio_turn, drawn, spoken_question, split_caption
+from curate.stages.audio_qa import AudioQAStage, audio_turn, drawn, spoken_question, split_caption, voice_summary
 from curate.stages.base import RunContext
 from curate.stages.transcribe import TranscribeStage
 from curate.store import MediaStore
-from curate.tts import EspeakTTS, PiperTTS, TTSError, pick_voice, synthesize_to_store
+from curate import tts
+from curate.tts import (EspeakTTS, PiperTTS, TTSError, VoiceParams, draw_params, make_backends, parse_voice,
+                        pick_voice, synthesize_to_store)
 from tests.conftest import demo_overrides
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sft-stage3.yaml"
@@ -49,7 +53,7 @@ def ctx(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def qa_stage(ctx):
-    stage = AudioQAStage(AudioQAConfig(enabled=True, fraction=1.0, voices=["en"], max_wer=0.1), ctx)
+    stage = AudioQAStage(AudioQAConfig(enabled=True, fraction=1.0, voices=["piper:joe"], max_wer=0.1), ctx)
     stage.validate()
     stage.setup()
     return stage
@@ -58,22 +62,66 @@ def qa_stage(ctx):
 @pytest.fixture(scope="module")
 def speech(ctx):
     """Real espeak-ng clips in the store: {sentence: flac path}."""
-    store = MediaStore(ctx.layout.media)
-    return {q: synthesize_to_store(EspeakTTS(), q, "en", store)["path"] for q in [*QUESTIONS, SWAPPED]}
+    store, backends = MediaStore(ctx.layout.media), make_backends()
+    return {q: synthesize_to_store(backends, q, "espeak:en", store)["path"] for q in [*QUESTIONS, SWAPPED]}
 
 
 # ---------------------------------------------------------------------------- TTS + gate
-def test_tts_writes_16k_mono_flac_with_duration(ctx):
-    item = synthesize_to_store(EspeakTTS(), QUESTIONS[0], "en+f3", MediaStore(ctx.layout.media))
-    info = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", item["path"]],
+def probe(path: str) -> dict:
+    return json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", path],
                                      capture_output=True, check=True).stdout)["streams"][0]
+
+
+@pytest.mark.parametrize("voice", ["espeak:en+f3", "piper:joe"])
+def test_tts_writes_16k_mono_flac_with_duration(ctx, voice):
+    item = synthesize_to_store(make_backends(), QUESTIONS[0], voice, MediaStore(ctx.layout.media))
+    info = probe(item["path"])
     assert info["codec_name"] == "flac" and info["sample_rate"] == "16000" and info["channels"] == 1
     assert 0.8 < item["duration"] < 4 and item["mime"] == "audio/flac" and item["path"].endswith(".flac")
+    assert abs(float(info["duration"]) - item["duration"]) < 0.05 and item["ref"] == f"tts:{voice}"
+    assert -40 < asr.loudness_dbfs(asr.load_audio(item["path"])) < -3  # speech, neither silent nor clipped
+
+
+def test_voice_specs_and_unknown_voices():
+    assert parse_voice("piper:joe*0.86") == tts.Voice("piper", "joe", 0.86)
+    assert parse_voice("en+f3") == tts.Voice("espeak", "en+f3") and str(parse_voice("joe", "piper")) == "piper:joe"
+    with pytest.raises(ValueError, match="pitch"):
+        parse_voice("piper:joe*low")
     assert EspeakTTS().unknown_voices(["en", "en-us", "en+f3", "en-gb-scotland+Storm", "xx-voice", "en+nope"]) \
         == ["xx-voice", "en+nope"]
-    assert "not configured" in PiperTTS().available()
-    with pytest.raises(TTSError, match="not configured"):
-        PiperTTS().synthesize_wav("hello", "")
+    assert "no such .onnx" in PiperTTS().available("models/nope.onnx")
+    with pytest.raises(TTSError, match="no such .onnx"):
+        PiperTTS().synthesize("hello", "models/nope.onnx")
+
+
+def f0_hz(audio: np.ndarray, sr: int = tts.SAMPLE_RATE) -> float:
+    """Median autocorrelation pitch of the loud 40 ms frames (60-400 Hz)."""
+    n, lo, hi = int(0.04 * sr), sr // 400, sr // 60
+    frames = [audio[i:i + n] for i in range(0, len(audio) - n, n)]
+    loud = max(float(np.abs(f).max()) for f in frames) / 3
+    pitches = []
+    for f in frames:
+        if np.abs(f).max() < loud:
+            continue
+        ac = np.correlate(f, f, "full")[n - 1:]
+        pitches.append(sr / (lo + int(np.argmax(ac[lo:hi]))))
+    return float(np.median(pitches))
+
+
+def test_pitch_and_rate_variation_change_the_voice_as_asked():
+    backends, joe = make_backends(), parse_voice("piper:joe")
+    text = QUESTIONS[1]
+    low, high = (tts.speak(backends, text, joe, VoiceParams(pitch=p, noise_w=0.3)) for p in (0.8, 1.25))
+    assert f0_hz(high) > 1.3 * f0_hz(low)  # 1.25 / 0.8 = 1.56 apart
+    assert abs(len(high) / len(low) - 1) < 0.2  # the back-end's rate compensates the resampling's tempo change
+    fast = tts.speak(backends, text, joe, VoiceParams(rate=1.4, noise_w=0.3))
+    assert len(fast) < 0.85 * len(low)
+    a = draw_params(5, "row1", joe, (0.9, 1.1), (0.9, 1.1), (0.5, 0.8), (0.6, 1.0))
+    assert a == draw_params(5, "row1", joe, (0.9, 1.1), (0.9, 1.1), (0.5, 0.8), (0.6, 1.0))
+    assert a != draw_params(5, "row2", joe, (0.9, 1.1), (0.9, 1.1), (0.5, 0.8), (0.6, 1.0))
+    assert 0.9 <= a.rate <= 1.1 and 0.5 <= a.noise_scale <= 0.8
+    deep = draw_params(5, "row1", parse_voice("espeak:en*0.5"), pitch=(0.9, 1.1), noise_scale=(0.5, 0.8))
+    assert 0.45 <= deep.pitch <= 0.55 and deep.noise_scale is None
 
 
 def test_voice_choice_is_deterministic_and_spread():
@@ -89,11 +137,13 @@ def test_voice_choice_is_deterministic_and_spread():
 def test_unknown_voice_fails_before_work(ctx):
     with pytest.raises(ValueError, match="no voice"):
         AudioQAStage(AudioQAConfig(enabled=True, fraction=0.5, voices=["en", "xx-none"]), ctx).validate()
-    with pytest.raises(ValueError, match="piper is not configured"):
-        AudioQAStage(AudioQAConfig(enabled=True, fraction=0.5, tts="piper"), ctx).validate()
+    with pytest.raises(ValueError, match="no such .onnx"):
+        AudioQAStage(AudioQAConfig(enabled=True, fraction=0.5, voices=["piper:models/x.onnx"]), ctx).validate()
+    with pytest.raises(ValueError, match="low <= high"):
+        AudioQAConfig(enabled=True, rate=(1.2, 0.8))
 
 
-def test_round_trip_gate_keeps_good_questions_and_drops_a_swapped_clip(qa_stage):
+def test_round_trip_gate_keeps_good_questions_with_voice_and_params(qa_stage):
     rows = [make_row(i, "image", f"<image>\n{q}", "An answer.") for i, q in enumerate(QUESTIONS)]
     out = qa_stage.process_rows(rows)
     new = [r for r in out if r["origin"] == "synthesized:audio_qa"]
@@ -101,24 +151,43 @@ def test_round_trip_gate_keeps_good_questions_and_drops_a_swapped_clip(qa_stage)
     kept = [r for r in new if r["reject_reason"] is None]
     assert len(kept) >= 2, [(r["audio_qa_heard"], r["audio_qa_wer"]) for r in new]
     for r in kept:
-        assert r["audio_qa_wer"] <= 0.1 and r["modality"] == "audio_qa" and r["audio_qa_voice"] == "en"
+        assert r["audio_qa_wer"] <= 0.1 and r["modality"] == "audio_qa" and r["audio_qa_voice"] == "piper:joe"
+        params = json.loads(r["audio_qa_tts_params"])
+        assert 0.9 <= params["rate"] <= 1.1 and 0.95 <= params["pitch"] <= 1.05 and "noise_scale" in params
+        assert json.loads(r["meta"])["tts_params"] == params
         assert r["conversations"][0]["value"] == "<image>\n<audio>" and r["conversations"][1]["value"] == "An answer."
         assert [m["kind"] for m in r["media"]] == ["image", "audio"] and r["media"][1]["duration"] > 0.5
         assert r["id"] != r["audio_qa_parent"] and json.loads(r["meta"])["spoken_text"] in QUESTIONS
     parents = [r for r in out if r["origin"] == "manifest"]
     assert [p["conversations"][0]["value"] for p in parents] == [f"<image>\n{q}" for q in QUESTIONS]
 
-    class SwappedTTS(EspeakTTS):  # speaks another sentence than the one it is given
-        def synthesize_wav(self, text, voice):
-            return super().synthesize_wav(SWAPPED, voice)
 
-    good_tts, qa_stage.tts = qa_stage.tts, SwappedTTS()
+class SwappedTTS(PiperTTS):  # text A is asked for, text B is spoken
+    def synthesize(self, text, voice, params=VoiceParams()):
+        return super().synthesize(SWAPPED, voice, params)
+
+
+class TruncatedTTS(PiperTTS):  # the clip stops after its first half
+    def synthesize(self, text, voice, params=VoiceParams()):
+        audio, rate = super().synthesize(text, voice, params)
+        return audio[: len(audio) // 2], rate
+
+
+@pytest.mark.parametrize("broken", [SwappedTTS, TruncatedTTS])
+def test_gate_rejects_a_wrong_or_truncated_clip(qa_stage, broken):
+    good_tts, qa_stage.tts = qa_stage.tts, {**qa_stage.tts, "piper": broken()}
     try:
-        bad = qa_stage.process_rows([make_row(9, "image", f"<image>\n{QUESTIONS[0]}", "An answer.")])[1]
+        bad = qa_stage.process_rows([make_row(9, "image", f"<image>\n{QUESTIONS[1]}", "An answer.")])[1]
     finally:
         qa_stage.tts = good_tts
-    assert bad["reject_reason"] == "tts_asr_mismatch" and bad["origin"] == "synthesized:audio_qa"
-    assert bad["audio_qa_wer"] > 0.5 and "WER" in bad["reject_detail"]
+    assert bad["reject_reason"] == "tts_asr_mismatch" and bad["origin"] == "synthesized:audio_qa", bad["audio_qa_heard"]
+    assert bad["audio_qa_wer"] > 0.25 and "WER" in bad["reject_detail"]
+
+
+def test_voice_summary_counts_kept_and_rejected_per_voice():
+    table = pa.table({"audio_qa_voice": [None, "piper:joe", "piper:joe", "piper:joe*0.86"],
+                      "reject_reason": [None, None, "tts_asr_mismatch", None]})
+    assert voice_summary(table) == {"piper:joe": {"kept": 1, "rejected": 1}, "piper:joe*0.86": {"kept": 1, "rejected": 0}}
 
 
 def test_question_and_caption_rewriting():
@@ -131,7 +200,7 @@ def test_question_and_caption_rewriting():
 
 
 def test_caption_variant_speaks_a_quarter_and_targets_the_rest(ctx, qa_stage):
-    cfg = AudioQAConfig(enabled=True, fraction=1.0, voices=["en"], variant="caption", max_wer=1.0)
+    cfg = AudioQAConfig(enabled=True, fraction=1.0, voices=["piper:joe"], variant="caption", max_wer=1.0)
     stage = AudioQAStage(cfg, ctx)
     stage.tts, stage.model, stage.store = qa_stage.tts, qa_stage.model, qa_stage.store
     caption = "A red car is parked in front of a small house with a green door and two windows."
@@ -235,7 +304,7 @@ def test_video_soundtrack_is_attached_and_transcribed(ctx, speech, tmp_path):
 # ---------------------------------------------------------------------------- end to end on Ray
 def test_runner_transcribes_and_synthesizes_audio_qa_keeping_the_invariant(ray_session, demo_small, tmp_path):
     sets = demo_overrides(demo_small, "stages.transcribe.enabled=true", "stages.audio_qa.enabled=true",
-                          "stages.audio_qa.fraction=0.5", "stages.audio_qa.voices=[en, de]")
+                          "stages.audio_qa.fraction=0.5", "stages.audio_qa.voices=[piper:joe, espeak:de]")
     stats = Runner(load_recipe(RECIPE, sets), tmp_path).run()
     assert stats["invariant_ok"] and stats["synthesized"] >= 3
     assert stats["modalities"].get("audio_qa", 0) >= 1 and stats["rejected"].get("tts_asr_mismatch", 0) >= 1
@@ -243,8 +312,12 @@ def test_runner_transcribes_and_synthesizes_audio_qa_keeping_the_invariant(ray_s
     audio = [r for r in work.to_pylist() if r["modality"] == "audio" and r["reject_reason"] is None]
     assert audio and all(r["asr_action"] == "checked" and r["asr_segments"] for r in audio)
     assert np.median([r["asr_wer"] for r in audio]) <= 0.35
-    qa = pads.dataset(str(next((tmp_path / "work").glob("*-audio_qa"))), format="parquet").to_table().to_pylist()
+    qa_table = pads.dataset(str(next((tmp_path / "work").glob("*-audio_qa"))), format="parquet").to_table()
+    qa = qa_table.to_pylist()
     kept = [r for r in qa if r["modality"] == "audio_qa" and r["reject_reason"] is None]
-    assert all(r["audio_qa_wer"] <= 0.1 and r["audio_qa_voice"] in ("en", "de") for r in kept)
+    summary = voice_summary(qa_table)
+    assert sum(v["kept"] for v in summary.values()) == len(kept) and summary["espeak:de"]["rejected"] >= 1
+    assert all(json.loads(r["audio_qa_tts_params"])["rate"] > 0 for r in kept)
+    assert all(r["audio_qa_wer"] <= 0.1 and r["audio_qa_voice"] in ("piper:joe", "espeak:de") for r in kept)
     tok = pads.dataset(str(next((tmp_path / "work").glob("*-tokenize"))), format="parquet").to_table().to_pylist()
     assert all(r["n_audio_tokens"] > 0 for r in tok if r["modality"] == "audio_qa")

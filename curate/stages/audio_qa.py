@@ -7,10 +7,14 @@ speech so the model learns to answer a spoken question about a picture or a vide
    turn with question text of at most `max_chars`. It is drawn when a hash of (seed, id)
    falls below `fraction`, so the same recipe and seed draw the same samples.
 2. Speak: the question (placeholders and `Image-N:` tags removed) is spoken by the TTS
-   back-end (curate.tts) in a voice picked from `voices` by (seed, id), stored as 16 kHz
-   mono FLAC with its duration (tokenize counts audio tokens from it).
-3. Gate: Whisper transcribes the clip; WER after Whisper's text normalisation must be at
-   most `max_wer`, else the new sample is a reject (`tts_asr_mismatch`, WER in the detail).
+   back-end (curate.tts) in a voice picked from `voices` by (seed, id), with a speaking
+   rate, pitch and Piper noise scales drawn per clip from the `rate`/`pitch`/`noise_scale`/
+   `noise_w` ranges (Baichuan-omni speaks in many timbres), stored as 16 kHz mono FLAC
+   with its duration (tokenize counts audio tokens from it). Voice and parameters go in
+   the row (`audio_qa_voice`, `audio_qa_tts_params`) and the meta.
+3. Gate: Whisper (base unless `asr_model` is set) transcribes the clip; WER after Whisper's
+   text normalisation must be at most `max_wer`, else the new sample is a reject
+   (`tts_asr_mismatch`, WER in the detail).
 4. New row: id derived from the parent's, origin `synthesized:audio_qa`, modality
    `audio_qa`; the first human turn keeps its `<image>`/`<video>` placeholders (with their
    tags) and its text is replaced by `<audio>`; the audio item is inserted in media order.
@@ -36,7 +40,8 @@ from curate.mediaio import MediaError
 from curate.records import PLACEHOLDER_RE, dumps_meta, record_id, reject
 from curate.stages.base import Resources, Stage
 from curate.store import MediaStore
-from curate.tts import EspeakTTS, TTSError, make_backend, pick_voice, synthesize_to_store
+from curate.tts import (TTSError, draw_params, load_flac, make_backends, parse_voice, pick_voice,
+                        synthesize_to_store)
 
 ORIGIN = "synthesized:audio_qa"
 VISUAL_RE = re.compile(r"(?:(?:Image|Frame)-\d+:\s*)?<(?:image|video)>")
@@ -73,6 +78,17 @@ def first_turns(turns: list[dict[str, str]]) -> tuple[int | None, int | None]:
     return human, gpt
 
 
+def voice_summary(table: pa.Table) -> dict[str, dict[str, int]]:
+    """Per voice setting, synthesized clips kept and rejected, from the stage's output rows
+    (columns audio_qa_voice, reject_reason); the run report shows this distribution."""
+    out: dict[str, dict[str, int]] = {}
+    for r in table.select(["audio_qa_voice", "reject_reason"]).to_pylist():
+        if r["audio_qa_voice"] is not None:
+            counts = out.setdefault(r["audio_qa_voice"], {"kept": 0, "rejected": 0})
+            counts["rejected" if r["reject_reason"] else "kept"] += 1
+    return dict(sorted(out.items()))
+
+
 class AudioQAStage(Stage):
     name: ClassVar[str] = "audio_qa"
     resources: ClassVar[Resources] = Resources(cpus=1, actors=1, batch_size=16)
@@ -85,30 +101,28 @@ class AudioQAStage(Stage):
         return ["id", "media", "conversations", "meta"]
 
     def outputs(self) -> dict[str, pa.DataType]:
-        return {"audio_qa_parent": pa.string(), "audio_qa_voice": pa.string(), "audio_qa_wer": pa.float64(),
-                "audio_qa_heard": pa.string()}
+        return {"audio_qa_parent": pa.string(), "audio_qa_voice": pa.string(), "audio_qa_tts_params": pa.string(),
+                "audio_qa_wer": pa.float64(), "audio_qa_heard": pa.string()}
 
     def validate(self) -> None:
         """Before work starts: the TTS back-end works, every voice exists, the Whisper folder is there."""
         cfg = self.config
         if not cfg.voices:
             raise ValueError("stages.audio_qa.voices is empty; give at least one voice")
-        backend = make_backend(cfg.tts, cfg.speed, cfg.piper_voice)
-        reason = backend.available()
-        if reason:
-            raise ValueError(f"stages.audio_qa: {reason}")
-        unknown = backend.unknown_voices(cfg.voices) if isinstance(backend, EspeakTTS) else []
-        if unknown:
-            raise ValueError(f"stages.audio_qa.voices: espeak-ng has no voice {unknown}; "
-                             f"list them with `espeak-ng --voices` and `espeak-ng --voices=variant`")
-        asr.resolve_model_path(cfg.asr_model)
+        backends = make_backends(cfg.tts, cfg.speed)
+        for spec in cfg.voices:
+            voice = parse_voice(spec, cfg.tts)
+            reason = backends[voice.backend].available(voice.name)
+            if reason:
+                raise ValueError(f"stages.audio_qa.voices: {reason}")
+        asr.resolve_model_path(cfg.asr_model, default="base")
 
     def skip_reason(self) -> str | None:
         return "stages.audio_qa.fraction is 0: no sample is drawn" if self.config.fraction <= 0 else None
 
     def setup(self) -> None:
         cfg = self.config
-        self.tts = make_backend(cfg.tts, cfg.speed, cfg.piper_voice)
+        self.tts = make_backends(cfg.tts, cfg.speed)
         self._model: Any = None
         self.store = MediaStore(self.ctx.media_dir)
 
@@ -117,7 +131,8 @@ class AudioQAStage(Stage):
         """The read-back Whisper, loaded once per actor when the first sample is drawn."""
         if self._model is None:
             cfg = self.config
-            self._model = asr.load_whisper(cfg.asr_model, cfg.device, max(1, int(self.resources.cpus)))
+            self._model = asr.load_whisper(cfg.asr_model, cfg.device, max(1, int(self.resources.cpus)),
+                                           default="base")
         return self._model
 
     @model.setter
@@ -160,15 +175,16 @@ class AudioQAStage(Stage):
     def synthesize(self, parent: dict[str, Any], spoken: str, new_answer: str | None) -> dict[str, Any]:
         cfg = self.config
         row = copy.deepcopy(parent)
-        voice = pick_voice(cfg.voices, self.ctx.seed, parent["id"])
+        voice = parse_voice(pick_voice(cfg.voices, self.ctx.seed, parent["id"]), cfg.tts)
+        params = draw_params(self.ctx.seed, parent["id"], voice, cfg.rate, cfg.pitch, cfg.noise_scale, cfg.noise_w)
         meta = json.loads(parent.get("meta") or "{}") | {"audio_qa_parent": parent["id"], "spoken_text": spoken,
-                                                         "voice": voice, "tts": cfg.tts}
+                                                         "voice": str(voice), "tts_params": params.as_dict()}
         row.update(id=record_id(parent["id"], "audio_qa"), orig_id=f"{parent.get('orig_id') or parent['id']}#audio_qa",
-                   origin=ORIGIN, modality="audio_qa",
-                   meta=dumps_meta(meta), audio_qa_parent=parent["id"], audio_qa_voice=voice)
+                   origin=ORIGIN, modality="audio_qa", meta=dumps_meta(meta), audio_qa_parent=parent["id"],
+                   audio_qa_voice=str(voice), audio_qa_tts_params=json.dumps(params.as_dict(), sort_keys=True))
         try:
-            item = synthesize_to_store(self.tts, spoken, voice, self.store)
-            heard = asr.transcribe(self.model, asr.load_audio(item["path"])).text
+            item = synthesize_to_store(self.tts, spoken, voice, self.store, params)
+            heard = asr.transcribe(self.model, load_flac(item["path"])).text  # the stored file, read in-process
         except (TTSError, MediaError, OSError) as e:
             return reject(row, self.name, "tts_failed", f"voice {voice}: {e}")
         row["audio_qa_heard"] = heard

@@ -1,84 +1,170 @@
-"""Audio bench: TTS clips per second, Whisper tiny.en seconds of audio per second per core, WER per voice.
+"""Audio bench: TTS speed and read-back quality per voice setting and for the default audio-QA mix.
 
-Every sentence is spoken by every voice (espeak-ng -> 16 kHz FLAC in a temporary store), then
-transcribed back with the bundled tiny.en on one CPU thread (int8, greedy). Baselines measured
-in the same run: raw espeak-ng WAV synthesis (no resampling, no FLAC) for TTS, and real time
-(1 s of audio per second) for ASR. The WER table is what the audio_qa gate sees: the share of
-clips at or under max_wer 0.1 is the share a voice keeps.
+Questions are generated from templates over many nouns, colours, numbers and years (seeded, all
+distinct), like the chart/photo/video questions audio-QA speaks. Every clip goes through the
+stage's path: voice setting + per-clip rate/pitch/noise drawn from the recipe defaults
+(curate.recipe.AudioQAConfig), 16 kHz FLAC in a temporary store, read back by the gate's Whisper
+base on one CPU thread (int8, greedy). Printed per voice and for the default mix:
 
-    python -m tests.bench audio            # BENCH_AUDIO_SENTENCES=12 for a quicker run
+- clips/s per core: clips per CPU second of this process and its children (espeak-ng), so other
+  work on a shared machine does not skew it; wall-clock clips/s beside it
+- RTF: synthesis CPU seconds per second of speech
+- pass: share of clips at or under the gate's max_wer 0.1; mean WER
+
+Baseline in the same run: the previous espeak path (espeak-ng WAV -> one ffmpeg process -> FLAC).
+
+    python -m tests.bench audio      # BENCH_AUDIO_QUESTIONS=100, BENCH_AUDIO_PER_VOICE=10
+    BENCH_AUDIO_PARTS=voices python -m tests.bench audio     # only the per-voice rows (or: mix)
 """
 
 from __future__ import annotations
 
 import os
+import random
+import resource
+import subprocess
 import tempfile
 import time
-
 import numpy as np
 
 from curate import asr
-from curate.demo import prose_topics, sentences
+from curate.recipe import AudioQAConfig
 from curate.store import MediaStore
-from curate.tts import EspeakTTS, synthesize_to_store
+from curate.tts import draw_params, load_flac, make_backends, parse_voice, pick_voice, synthesize_to_store
 
-VOICES = ["en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en+f3", "en+m3"]
-QUESTIONS = ["Which bar in the chart is the tallest, and what is its value?",
-             "What is the first complete sentence on this page?", "What does this video show?",
-             "Which chart has the largest maximum value?", "How many people are standing near the door?",
-             "What colour is the car parked in front of the house?"]
+VOICES = ["piper:joe", "piper:joe*0.86", "piper:joe*1.1", "espeak:en-us", "espeak:en+f3"]
+NOUNS = ["car", "dog", "bicycle", "table", "lamp", "window", "door", "tree", "boat", "train", "bottle", "chair",
+         "cat", "horse", "bus", "umbrella", "kite", "clock", "laptop", "phone", "book", "cup", "truck", "bird",
+         "bench", "sign", "house", "bridge", "flower", "hat"]
+PEOPLE = ["man", "woman", "child", "girl", "boy", "player", "teacher", "driver"]
+COLORS = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple", "brown", "pink"]
+PLACES = ["on the left", "on the right", "in the background", "near the door", "on the table", "in the corner"]
+METRICS = ["revenue", "population", "temperature", "profit", "price", "rainfall", "sales", "income"]
+MONTHS = ["January", "March", "April", "June", "August", "October", "December"]
+TEMPLATES = [
+    "What color is the {noun} {place}?",
+    "How many {noun}s are there in the picture?",
+    "Is the {color} {noun} to the left or to the right of the {noun2}?",
+    "What is the {person} holding in the photo?",
+    "Which bar in the chart is the tallest, and what is its value?",
+    "What was the {metric} in {year}?",
+    "By how much did the {metric} change between {year} and {year2}?",
+    "Which month had the highest {metric} in {year}?",
+    "What does the {color} line show in {month}?",
+    "Is there a {noun} next to the {noun2}?",
+    "What is the {person} doing {place}?",
+    "How many {color} {noun}s can you see?",
+    "What is written on the sign above the {noun}?",
+    "Does the {metric} go up or down after {year}?",
+    "What is the value of the {color} bar for {month}?",
+    "Why is the {person} standing next to the {noun}?",
+    "Where is the {color} {noun} in this video?",
+    "What happens to the {noun} at the end of the video?",
+]
 
 
-def corpus(n: int) -> list[str]:
-    docs = [s for _, body in prose_topics() for s in sentences(body) if len(s) <= 120]
-    return (QUESTIONS + docs[::7])[:n]
+def questions(n: int, seed: int = 0) -> list[str]:
+    """n distinct template questions (seeded)."""
+    rng, out = random.Random(seed), {}
+    while len(out) < n:
+        nouns = rng.sample(NOUNS, 2)
+        year = rng.randint(1990, 2022)
+        q = rng.choice(TEMPLATES).format(noun=nouns[0], noun2=nouns[1], color=rng.choice(COLORS),
+                                         place=rng.choice(PLACES), person=rng.choice(PEOPLE),
+                                         metric=rng.choice(METRICS), month=rng.choice(MONTHS), year=year,
+                                         year2=year + rng.randint(1, 12))
+        out[q] = None
+    return list(out)
+
+
+def cpu_seconds() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def old_espeak_clip(text: str, voice: str, store: MediaStore) -> float:
+    """The previous path: espeak-ng WAV piped through one ffmpeg process into FLAC; returns seconds of speech."""
+    wav = subprocess.run(["espeak-ng", "-v", voice, "-s", "160", "--stdout", "--", text], capture_output=True,
+                         check=True).stdout
+    fd, tmp = tempfile.mkstemp(dir=store.tmp_dir(), suffix=".flac")
+    os.close(fd)
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", "pipe:0", "-ac", "1", "-ar", "16000",
+                    "-f", "flac", tmp], input=wav, check=True)
+    store.put_file(tmp, ".flac")
+    return (len(wav) - 44) / 2 / 22050
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.clips, self.cpu, self.wall, self.audio, self.wers = 0, 0.0, 0.0, 0.0, []
+
+    def row(self, label: str) -> str:
+        head = (f"{label:<22}{self.clips:>6}{self.clips / self.cpu:>10.2f}{self.clips / self.wall:>9.2f}"
+                f"{self.cpu / self.audio:>7.3f}")
+        if not self.wers:
+            return head + "   (baseline, not read back)"
+        w = np.array(self.wers)
+        return head + f"{(w <= 0.1).mean():>7.0%}{w.mean():>9.3f}"
 
 
 def main() -> None:
-    n = int(os.environ.get("BENCH_AUDIO_SENTENCES", "24"))
-    texts = corpus(n)
-    tts = EspeakTTS()
+    n = int(os.environ.get("BENCH_AUDIO_QUESTIONS", "100"))
+    per_voice = int(os.environ.get("BENCH_AUDIO_PER_VOICE", "10"))
+    texts = questions(n)
+    cfg, seed = AudioQAConfig(), 0
+    backends = make_backends(cfg.tts, cfg.speed)
     store = MediaStore(tempfile.mkdtemp(prefix="bench-audio-"))
-
-    t0 = time.perf_counter()
-    for text in texts:
-        tts.synthesize_wav(text, "en")
-    raw_rate = len(texts) / (time.perf_counter() - t0)
-
-    clips: list[tuple[str, str, str, float]] = []  # voice, text, path, seconds
-    t0 = time.perf_counter()
-    for voice in VOICES:
-        for text in texts:
-            item = synthesize_to_store(tts, text, voice, store)
-            clips.append((voice, text, item["path"], item["duration"]))
-    tts_rate = len(clips) / (time.perf_counter() - t0)
-
-    model = asr.load_whisper(None, "cpu", cpu_threads=1)
+    model = asr.load_whisper(None, "cpu", cpu_threads=1, default="base")
     asr.normalize("warm up")  # the text normaliser import is not ASR time
-    wers: dict[str, list[float]] = {v: [] for v in VOICES}
-    audio_s = asr_s = 0.0
-    for voice, text, path, seconds in clips:
-        audio = asr.load_audio(path)
-        t0 = time.perf_counter()
-        heard = asr.transcribe(model, audio).text
-        asr_s += time.perf_counter() - t0
-        audio_s += seconds
-        wers[voice].append(asr.wer(text, heard))
-    asr_rate = audio_s / asr_s
+    for spec in {parse_voice(v).backend: v for v in [*VOICES, *cfg.voices]}.values():  # load each back-end once
+        synthesize_to_store(backends, "Warm up.", parse_voice(spec), store)
 
-    print(f"{len(texts)} sentences x {len(VOICES)} voices = {len(clips)} clips, {audio_s:.0f} s of speech")
-    print(f"{'measure':<44}{'value':>10}{'baseline':>10}{'ratio':>8}")
-    tts_label = "TTS clips/s (espeak-ng -> 16 kHz FLAC store)"
-    print(f"{tts_label:<44}{tts_rate:>10.2f}{raw_rate:>10.2f}{tts_rate / raw_rate:>8.2f}")
-    print(f"{'ASR audio s per s per core (tiny.en int8)':<44}{asr_rate:>10.2f}{1.0:>10.2f}{asr_rate:>8.2f}")
-    print(f"\n{'voice':<18}{'mean WER':>9}{'median':>8}{'p90':>7}{'<=0.1':>7}{'<=0.2':>7}")
-    for voice, w in wers.items():
-        a = np.array(w)
-        print(f"{voice:<18}{a.mean():>9.3f}{np.median(a):>8.3f}{np.quantile(a, 0.9):>7.3f}"
-              f"{(a <= 0.1).mean():>7.0%}{(a <= 0.2).mean():>7.0%}")
-    every = np.concatenate([np.array(w) for w in wers.values()])
-    print(f"{'all':<18}{every.mean():>9.3f}{np.median(every):>8.3f}{np.quantile(every, 0.9):>7.3f}"
-          f"{(every <= 0.1).mean():>7.0%}{(every <= 0.2).mean():>7.0%}")
+    def run(jobs: list[tuple[str, str, str]], tally: dict[str, Tally]) -> None:
+        for key, spec, text in jobs:
+            voice = parse_voice(spec, cfg.tts)
+            params = draw_params(seed, key, voice, cfg.rate, cfg.pitch, cfg.noise_scale, cfg.noise_w)
+            c0, w0 = cpu_seconds(), time.perf_counter()
+            item = synthesize_to_store(backends, text, voice, store, params)
+            t = tally.setdefault(spec, Tally())
+            t.cpu += cpu_seconds() - c0
+            t.wall += time.perf_counter() - w0
+            t.clips += 1
+            t.audio += item["duration"]
+            t.wers.append(asr.wer(text, asr.transcribe(model, load_flac(item["path"])).text))
+
+    old = Tally()
+    for text in texts[:per_voice]:
+        c0, w0 = cpu_seconds(), time.perf_counter()
+        old.audio += old_espeak_clip(text, "en-us", store)
+        old.cpu += cpu_seconds() - c0
+        old.wall += time.perf_counter() - w0
+        old.clips += 1
+
+    print(f"{n} template questions; {per_voice} per voice; default mix {cfg.voices}")
+    print(f"rate {list(cfg.rate)}, pitch {list(cfg.pitch)}, noise_scale {list(cfg.noise_scale)}, "
+          f"noise_w {list(cfg.noise_w)}; gate: Whisper base int8, 1 thread, WER <= 0.1\n")
+    print(f"{'voice':<22}{'clips':>6}{'clips/cpu-s':>10}{'wall/s':>9}{'RTF':>7}{'pass':>7}{'mean WER':>9}")
+    print(old.row("old espeak+ffmpeg"), flush=True)
+    mix_by_voice: dict[str, Tally] = {}
+    parts = os.environ.get("BENCH_AUDIO_PARTS", "mix,voices").split(",")  # run halves in parallel on a busy host
+    run([(f"q{i}", pick_voice(cfg.voices, seed, f"q{i}"), t) for i, t in enumerate(texts) if "mix" in parts],
+        mix_by_voice)
+    for spec in VOICES if "voices" in parts else []:
+        per: dict[str, Tally] = {}
+        run([(f"q{i}", spec, t) for i, t in enumerate(texts[:per_voice])], per)
+        print(per[spec].row(spec), flush=True)
+    if "mix" not in parts:
+        return
+    mix = Tally()
+    for t in mix_by_voice.values():
+        mix.clips, mix.cpu, mix.wall, mix.audio = mix.clips + t.clips, mix.cpu + t.cpu, mix.wall + t.wall, \
+            mix.audio + t.audio
+        mix.wers += t.wers
+    print(mix.row("default mix"))
+    for spec, t in sorted(mix_by_voice.items()):
+        print(t.row(f"  mix: {spec}"), flush=True)
+    print(f"\nTTS clips per CPU second vs the old espeak path: default mix "
+          f"{mix.clips / mix.cpu / (old.clips / old.cpu):.2f}x")
 
 
 if __name__ == "__main__":
