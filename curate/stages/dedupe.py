@@ -1,16 +1,19 @@
 """De-duplication across the whole run: exact, near-duplicate text (MinHash LSH),
 near-duplicate images (pHash) and repeated instructions about the same video.
 
-How it runs on Ray (never a driver loop over rows):
-1. map: per sample, the normalised text (NFKC, case-folded, whitespace collapsed), an exact
-   key (text + media sha256s), a MinHash signature of word n-gram shingles, the pHash of
-   every image, and a rank for the keep rule;
-2. flat_map + groupby: every sample is emitted once per bucket key (exact key, each LSH
-   band, optionally each pHash band, the video it asks about); each bucket of two or more
-   samples is verified pairwise in its group task and yields duplicate edges;
-3. one task unions the edges (connected components; only duplicates travel, not rows) and
-   picks the sample to keep in each cluster;
-4. map: the other members of each cluster become reject rows naming the kept sample.
+How it runs on Ray (never a driver loop over rows, memory independent of cluster size):
+1. map: per sample, the normalised text (NFKC, case-folded, whitespace collapsed), its bucket
+   keys (exact text + media sha256s, each LSH band, optionally each pHash band, the video it
+   asks about), the shingle hashes, the media identity and the keep-rule order;
+2. one task plans on compact arrays (8-byte keys and ranks, no row payload): in every bucket
+   the members, ordered by the keep rule, are paired with its first ANCHORS members, so a
+   bucket of n samples gives at most ANCHORS x n candidate pairs (as the MinHash LSH
+   deduplicators of DataTrove and NeMo Curator link members to the bucket's first id);
+3. map + groupby: the features of paired samples go to a few verification partitions, where
+   all pairs are verified at once (vectorised exact Jaccard, media, pHash, video cosine);
+4. one task takes the connected components of the verified edges on compact integer ids
+   (scipy.sparse.csgraph) and picks the sample to keep in each cluster;
+5. map: the other members of each cluster become reject rows naming the kept sample.
 
 What counts as a duplicate:
 - exact_duplicate: same normalised text and the same media bytes;
@@ -478,6 +481,7 @@ FEATURES = pa.schema([("id", pa.string()), ("order", pa.int32()), ("keys", pa.li
                       ("shingles", pa.binary()), ("media", pa.string()), ("question", pa.string())])
 ROUTED = pa.schema([("part", pa.int32()), ("node", pa.int64()), ("shingles", pa.binary()),
                     ("media", pa.string()), ("question", pa.string())])
+KEYS = pa.schema([FEATURES.field(n) for n in ("id", "order", "keys")])
 EDGES = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("kind", pa.int8()), ("sim", pa.float64())])
 _PHASH_CACHE: dict[str, int | None] = {}
 
@@ -532,18 +536,18 @@ def _features(batch: pa.Table, cfg: dict[str, Any], source_order: dict[str, int]
                      "media": media_out, "question": questions}, schema=FEATURES)
 
 
-def _plan(key_blocks: list[Any], partitions: int) -> tuple[pa.Table, pa.Table, pa.Table]:
+def _plan(key_blocks: list[Any], partitions: int) -> tuple[pa.Table, pa.Table, pa.Table, int]:
     """One task on compact arrays (ids, ranks, bucket keys; no row payload): candidate pairs.
 
     Returns (route: id -> node and the partitions that need its features; pairs: member,
-    anchor, kind, partition; nodes: node -> id, rank), nodes numbered 0..n-1 over the samples
-    that are in at least one candidate pair.
+    anchor, kind, partition; nodes: node -> id, rank; the number of pairs), nodes numbered
+    0..n-1 over the samples that are in at least one candidate pair.
     """
     import ray
     import pyarrow.compute as pc
 
-    table = pa.concat_tables([t for t in ray.get(list(key_blocks))])
-    table = table.combine_chunks()
+    tables = [t for t in ray.get(list(key_blocks)) if len(t)]
+    table = pa.concat_tables(tables).combine_chunks() if tables else KEYS.empty_table()
     n = len(table)
     by_rank = pc.sort_indices(table, sort_keys=[("order", "ascending"), ("id", "ascending")]).to_numpy()
     rank = np.empty(n, np.int64)
@@ -565,7 +569,7 @@ def _plan(key_blocks: list[Any], partitions: int) -> tuple[pa.Table, pa.Table, p
                       "parts": need.column("part_distinct")})
     pairs = pa.table({"u": cu, "v": cv, "kind": kind, "part": part})
     nodes = pa.table({"id": ids, "rank": rank[involved]})
-    return route, pairs, nodes
+    return route, pairs, nodes, len(pairs)
 
 
 def _route(batch: pa.Table, route_ref: list[Any]) -> pa.Table:
@@ -703,10 +707,15 @@ class DedupeStage(GlobalStage):
         # partitions of the verification: a few per CPU, more when the corpus is large
         partitions = max(2 * cpus, feats.count() // 200_000)
         key_refs = feats.select_columns(["id", "order", "keys"]).to_arrow_refs()
-        route, pairs, nodes = ray.remote(num_returns=3)(_plan).remote(key_refs, partitions)
-        routed = feats.map_batches(_route, **opts, fn_kwargs={"route_ref": [route]})
-        edges = routed.groupby("part", num_partitions=partitions).map_groups(
-            _verify_part, batch_format="pyarrow", fn_kwargs={"pairs_ref": [pairs], "cfg": cfg})
-        decisions = ray.remote(_decide_task).remote(edges.to_arrow_refs(), [nodes])
+        route, pairs, nodes, n_pairs = ray.remote(num_returns=4)(_plan).remote(key_refs, partitions)
+        if ray.get(n_pairs):
+            routed = feats.map_batches(_route, **opts, fn_kwargs={"route_ref": [route]})
+            edges = routed.groupby("part", num_partitions=partitions).map_groups(
+                _verify_part, batch_format="pyarrow", fn_kwargs={"pairs_ref": [pairs], "cfg": cfg})
+            decisions = ray.remote(_decide_task).remote(edges.to_arrow_refs(), [nodes])
+        else:
+            decisions = ray.put(pa.table({"id": pa.array([], pa.string()), "reason": pa.array([], pa.string()),
+                                          "detail": pa.array([], pa.string())}))
+        info = {"candidate_pairs": int(ray.get(n_pairs))}
         mark_opts = opts | {"batch_size": max(opts["batch_size"], 16_384)}  # one id lookup per big batch
-        return ds.map_batches(_mark, **mark_opts, fn_kwargs={"decisions_ref": [decisions]}), {}
+        return ds.map_batches(_mark, **mark_opts, fn_kwargs={"decisions_ref": [decisions]}), info
