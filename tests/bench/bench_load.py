@@ -244,7 +244,7 @@ def datatrove_run(text_jsonl: Path, work: Path, tasks: int = 2) -> dict[str, flo
             r = json.loads(line)
             (a if i % 2 == 0 else b).write(json.dumps({"id": r["id"], "text": r["conversations"][1]["value"]}) + "\n")
     # whitespace words: NLTK's English tokenizer needs a data download this bench must not do
-    words = WhitespaceTokenizer("en")
+    words = WhitespaceTokenizer()
     times = {}
     t0 = time.perf_counter()
     LocalPipelineExecutor(pipeline=[
