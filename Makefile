@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: default setup run test bench stats clean demo ray-head ray-worker submit ray-stop
+.PHONY: default setup run test bench bench-load stats clean demo ray-head ray-worker submit ray-stop
 
 # A Ray cluster over a shared file system (README "Running on a Ray cluster").
 RAY_PORT ?= 6379
@@ -69,6 +69,12 @@ test: .setup-stamp
 
 bench: .setup-stamp
 	$(PY) -m tests.bench
+
+# The whole pipeline on generated corpora (low-overlap and duplicate-heavy text + image rows):
+# per-stage rows/s/core, MB/s, peak memory in use, DataTrove side by side. README "Scale".
+ROWS ?= 100000
+bench-load: .setup-stamp
+	BENCH_LOAD_ROWS=$(ROWS) $(PY) -m tests.bench bench_load
 
 stats:
 	$(CURATE) stats $(out)

@@ -84,6 +84,8 @@ def answer_equals_question(turns: Turns, media: list, t: HeuristicThresholds) ->
 
 def abnormal_sentence_length(turns: Turns, media: list, t: HeuristicThresholds) -> str | None:
     for i, text in answers(turns):
+        if len(text.split()) <= t.max_sentence_words:
+            continue  # no sentence can have more words than the whole answer
         longest = max((len(s.split()) for s in SENTENCE_END.split(text)), default=0)
         if longest > t.max_sentence_words:
             return f"turn {i + 1} has a {longest}-word sentence (max_sentence_words={t.max_sentence_words})"

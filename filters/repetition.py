@@ -104,13 +104,59 @@ DEFAULT = Thresholds()
 # ------------------------------------------------------------------------------ signals
 def _tokens(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Token ids (lower-cased words and punctuation runs), their start and end character
-    offsets, and which tokens are words."""
+    offsets, and which tokens are words. Ids are numbered in order of first appearance."""
+    if text.isascii():
+        return _tokens_ascii(text)
     matches = list(TOKEN.finditer(text.lower()))
     vocab: dict[str, int] = {}
     ids = np.array([vocab.setdefault(m.group(), len(vocab)) for m in matches], dtype=np.int64)
     spans = np.array([m.span() for m in matches], dtype=np.int64).reshape(-1, 2)
     word_vocab = np.array([w[0].isalnum() or w[0] == "_" for w in vocab], dtype=bool)
     return ids, spans[:, 0], spans[:, 1], word_vocab[ids] if len(ids) else np.zeros(0, dtype=bool)
+
+
+# ASCII character classes of TOKEN: 1 = word (\w), 2 = other non-space, 0 = space (\s)
+_ASCII_CLASS = np.array([1 if (chr(c).isalnum() or c == 95) else 0 if chr(c).isspace() else 2
+                         for c in range(128)], dtype=np.int8)
+_HASH_BASE = np.uint64(0x100000001B3)
+
+
+def _tokens_ascii(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """_tokens for ASCII text, vectorised: the same tokens, offsets and ids as the regex path.
+
+    Tokens are maximal runs of one character class; each token's identity is a 64-bit
+    polynomial hash of its lower-cased characters (prefix sums mod 2^64), turned into ids
+    numbered by first appearance like the dictionary of the general path.
+    """
+    codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    n = len(codes)
+    if n == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, z, np.zeros(0, dtype=bool)
+    cls = _ASCII_CLASS[codes]
+    change = np.empty(n, bool)
+    change[0] = True
+    np.not_equal(cls[1:], cls[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], n)
+    keep = cls[starts] != 0
+    starts, ends = starts[keep], ends[keep]
+    if not len(starts):
+        z = np.zeros(0, np.int64)
+        return z, z, z, np.zeros(0, dtype=bool)
+    lower = codes + (((codes >= 65) & (codes <= 90)) * 32).astype(np.uint8)
+    # h(token) = sum(c_j * B^(j - start)) + length * C: prefix sums of c_j * B^j, then B^-start
+    powers = np.concatenate(([np.uint64(1)], np.cumprod(np.full(n - 1, _HASH_BASE, np.uint64))))
+    prefix = np.concatenate(([np.uint64(0)], np.cumsum(lower.astype(np.uint64) * powers, dtype=np.uint64)))
+    inv = np.uint64(pow(int(_HASH_BASE), -1, 1 << 64))
+    inv_powers = np.concatenate(([np.uint64(1)], np.cumprod(np.full(n - 1, inv, np.uint64))))
+    h = (prefix[ends] - prefix[starts]) * inv_powers[starts]
+    h ^= (ends - starts).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    order = np.empty(len(first), np.int64)
+    order[np.argsort(first, kind="stable")] = np.arange(len(first))
+    ids = order[inverse.reshape(-1)]
+    return ids, starts.astype(np.int64), ends.astype(np.int64), cls[starts] == 1
 
 
 def periodic_runs(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, t: Thresholds = DEFAULT
@@ -130,10 +176,18 @@ def periodic_runs(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, t: Thre
     padded = np.concatenate((ids, -1 - np.arange(max_p)))  # distinct pads never match a word
     window = np.lib.stride_tricks.sliding_window_view(padded, max_p + 1)[:n]
     same = (window[:, 1:] == window[:, :1]).T  # (period, word)
+    # a stretch that counts needs a run of max(2p, min_span_words - p) equal pairs at period p:
+    # periods with fewer equal pairs in all cannot hold one (most texts: none is left)
+    p_all = np.arange(1, max_p + 1)
+    need = np.maximum((t.min_units - 1) * p_all, t.min_span_words - p_all)
+    rows = np.flatnonzero(same.sum(axis=1) >= need)
+    if not len(rows):
+        return 0.0, 0.0, 0.0, 0.0
+    same = same[rows]
     edges = np.diff(np.pad(same, ((0, 0), (1, 1))).astype(np.int8), axis=1)
     period_idx, run_starts = np.nonzero(edges == 1)
     _, run_ends = np.nonzero(edges == -1)  # same row-major order: pairs with run_starts
-    period = period_idx + 1
+    period = rows[period_idx] + 1
     span_words = run_ends - run_starts + period
     ok = (span_words >= t.min_units * period) & (span_words >= t.min_span_words)
     if not ok.any():
@@ -203,13 +257,32 @@ def longest_char_run(text: str, max_unit: int = 8, min_repeats: int = 5) -> int:
     the unit holding a letter or digit): compares each character with the one k later."""
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     best = 0
-    for k in range(1, min(max_unit, len(codes) // min_repeats) + 1):
+    top = min(max_unit, len(codes) // min_repeats)
+    if top < 1:
+        return 0
+    # a stretch of unit k needs >= (min_repeats - 1) * k equal pairs in a row, so at least
+    # min_repeats - 1: find the units with such a run, all at once, and look only at those
+    padded = np.concatenate((codes, np.full(top, 0xFFFFFFFF, np.uint32)))  # not a code point
+    window = np.lib.stride_tricks.sliding_window_view(padded, top + 1)[: len(codes)]
+    same = window[:, 1:] == window[:, :1]  # same[i, k-1]: codes[i + k] == codes[i]
+    need = max(1, min_repeats - 1)
+    if len(same) < need:
+        return 0
+    run = same[: len(same) - need + 1].copy()
+    for j in range(1, need):
+        run &= same[j: len(same) - need + 1 + j]
+    units = (np.flatnonzero(run.any(axis=0)) + 1).tolist()
+    for k in units:
         same = np.concatenate(([False], codes[k:] == codes[:-k], [False]))
         edges = np.flatnonzero(same[1:] != same[:-1])
         if len(edges) == 0:
             continue
         first, length = edges[0::2], edges[1::2] - edges[0::2]
         total = length + k  # characters in the periodic stretch
+        long = np.flatnonzero(total >= max(best + 1, min_repeats * k))  # only these can win
+        if not len(long):
+            continue
+        first, total = first[long], total[long]
         for i in np.argsort(-total):
             if total[i] < max(best + 1, min_repeats * k):
                 break

@@ -1,16 +1,19 @@
 """De-duplication across the whole run: exact, near-duplicate text (MinHash LSH),
 near-duplicate images (pHash) and repeated instructions about the same video.
 
-How it runs on Ray (never a driver loop over rows):
-1. map: per sample, the normalised text (NFKC, case-folded, whitespace collapsed), an exact
-   key (text + media sha256s), a MinHash signature of word n-gram shingles, the pHash of
-   every image, and a rank for the keep rule;
-2. flat_map + groupby: every sample is emitted once per bucket key (exact key, each LSH
-   band, optionally each pHash band, the video it asks about); each bucket of two or more
-   samples is verified pairwise in its group task and yields duplicate edges;
-3. one task unions the edges (connected components; only duplicates travel, not rows) and
-   picks the sample to keep in each cluster;
-4. map: the other members of each cluster become reject rows naming the kept sample.
+How it runs on Ray (never a driver loop over rows, memory independent of cluster size):
+1. map: per sample, the normalised text (NFKC, case-folded, whitespace collapsed), its bucket
+   keys (exact text + media sha256s, each LSH band, optionally each pHash band, the video it
+   asks about), the shingle hashes, the media identity and the keep-rule order;
+2. one task plans on compact arrays (8-byte keys and ranks, no row payload): in every bucket
+   the members, ordered by the keep rule, are paired with its first ANCHORS members, so a
+   bucket of n samples gives at most ANCHORS x n candidate pairs (as the MinHash LSH
+   deduplicators of DataTrove and NeMo Curator link members to the bucket's first id);
+3. map + groupby: the features of paired samples go to a few verification partitions, where
+   all pairs are verified at once (vectorised exact Jaccard, media, pHash, video cosine);
+4. one task takes the connected components of the verified edges on compact integer ids
+   (scipy.sparse.csgraph) and picks the sample to keep in each cluster;
+5. map: the other members of each cluster become reject rows naming the kept sample.
 
 What counts as a duplicate:
 - exact_duplicate: same normalised text and the same media bytes;
@@ -50,7 +53,6 @@ from curate.stages.base import GlobalStage, Job, Resources, map_options
 MAX_HASH = np.uint64((1 << 32) - 1)
 EMPTY = np.uint64(1 << 40)  # marks a bin no shingle fell into (above any 32-bit value)
 WORD_RE = re.compile(r"\w+")
-PRIORITY = {"exact_duplicate": 0, "near_duplicate": 1, "near_duplicate_image": 2, "duplicate_video_instruction": 3}
 
 
 # ----------------------------------------------------------------------------- text and MinHash
@@ -273,210 +275,396 @@ def media_compatible(ma: list[dict[str, Any]], mb: list[dict[str, Any]], k: int,
     return True
 
 
-def bucket_edges(members: list[dict[str, Any]], key: str, threshold: float, k: int, use_phash: bool,
-                 video_cosine: float, max_bucket: int = 400) -> list[dict[str, Any]]:
-    """Verified duplicate edges among the samples that share one bucket key.
+# ----------------------------------------------------------------------------- the text unit
+def text_units(texts: Sequence[str], n: int) -> tuple[list[str], list[np.ndarray]]:
+    """The normalised texts and their shingle hashes (sorted, unique uint32 per text).
 
-    Members are sorted by id; all pairs are checked, except in a bucket larger than
-    `max_bucket`, where each member is checked against the first `max_bucket` only.
+    The one place that decides what a text's units are (word n-grams today); a script-aware
+    variant (character n-grams for CJK runs) only changes this function.
     """
-    members = sorted(members, key=lambda m: m["id"])
-    edges = []
-    kind = key.split(":", 1)[0]
-    for j in range(1, len(members)):
-        for i in range(min(j, max_bucket)):
-            a, b = members[i], members[j]
-            if a["id"] == b["id"]:
-                continue
-            if kind == "x":
-                reason, sim = "exact_duplicate", 1.0
-            elif kind.startswith("b"):
-                sim = jaccard_exact(a["shingles"], b["shingles"])
-                if sim < threshold or not media_compatible(a["media"], b["media"], k, use_phash):
-                    continue
-                reason = "near_duplicate"
-            elif kind.startswith("p"):
-                if not media_compatible(a["media"], b["media"], k, True) or not all(m["kind"] == "image" for m in a["media"]):
-                    continue
-                reason, sim = "near_duplicate_image", 1.0
-            else:  # "v": same video
-                sim = cosine(a["vec"], b["vec"])
-                if sim < video_cosine:
-                    continue
-                reason = "duplicate_video_instruction"
-            edges.append({"u": a["id"], "v": b["id"], "reason": reason, "sim": round(sim, 4)})
-    return edges
+    norm = [normalise(t) for t in texts]
+    return norm, shingle_hashes_batch(norm, n)
 
 
-class UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[Any, Any] = {}
-
-    def find(self, x: Any) -> Any:
-        self.parent.setdefault(x, x)
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
-        return root
-
-    def union(self, a: Any, b: Any) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+# ----------------------------------------------------------------------------- bucket keys
+KINDS = ("exact_duplicate", "near_duplicate", "near_duplicate_image", "duplicate_video_instruction")
+PRIORITY = {name: i for i, name in enumerate(KINDS)}  # lower wins when a pair has several reasons
+EXACT, NEAR, IMAGE, VIDEO = range(4)
+ANCHORS = 3  # members of a bucket are verified against its first ANCHORS members (by keep rank)
+_LOW62 = np.uint64((1 << 62) - 1)
 
 
-def decide(edges: Iterable[dict[str, Any]], ranks: dict[str, tuple]) -> dict[str, dict[str, Any]]:
-    """Connected components of the duplicate graph; all but the best-ranked member leave."""
-    uf = UnionFind()
-    best_edge: dict[str, tuple[int, float]] = {}
-    for e in edges:
-        uf.union(e["u"], e["v"])
-        for node in (e["u"], e["v"]):
-            cand = (PRIORITY[e["reason"]], -e["sim"])
-            if node not in best_edge or cand < best_edge[node]:
-                best_edge[node] = cand
-    clusters: dict[Any, list[str]] = {}
-    for node in list(uf.parent):
-        clusters.setdefault(uf.find(node), []).append(node)
-    reasons = {v: k for k, v in PRIORITY.items()}
-    out = {}
-    for members in clusters.values():
-        keep = min(members, key=lambda m: ranks[m])
-        for m in members:
-            if m != keep:
-                prio, neg_sim = best_edge[m]
-                out[m] = {"reason": reasons[prio], "kept": keep, "sim": -neg_sim, "size": len(members)}
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: spreads the bits of uint64 values."""
+    x = x.astype(np.uint64, copy=True)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def with_kind(h: np.ndarray, kind: int) -> np.ndarray:
+    """A bucket key: 62 bits of hash, the bucket kind in the top two bits."""
+    return (np.asarray(h, np.uint64) & _LOW62) | np.uint64(kind << 62)
+
+
+def band_bucket_keys(hb: np.ndarray) -> np.ndarray:
+    """(n_docs, bands) bucket keys of LSH band hashes; the band index is mixed in."""
+    offsets = np.arange(1, hb.shape[1] + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return with_kind(_mix64(hb ^ offsets[None, :]), NEAR)
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+# ----------------------------------------------------------------------------- candidates and verification
+def candidate_pairs(keys: np.ndarray, docs: np.ndarray, rank: np.ndarray, anchors: int = ANCHORS
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate duplicate pairs (member, anchor, kind) from bucket keys, linear in bucket size.
+
+    `keys[i]` is a bucket key of document `docs[i]` (a document has many). In every bucket the
+    documents are ordered by `rank` (the keep rule); each member is paired with the bucket's
+    first `anchors` documents only (as MinHash LSH deduplicators link members to the bucket's
+    smallest id), so a bucket of n documents gives at most anchors x n pairs, never n^2.
+    A pair found in several buckets of one kind is kept once (the same pair may come back
+    under another kind, e.g. a shared LSH band and the same video: each is verified its own way).
+    """
+    empty = np.zeros(0, np.int64)
+    if len(keys) < 2:
+        return empty, empty, np.zeros(0, np.int8)
+    order = np.lexsort((rank[docs], keys))
+    k, d = keys[order], docs[order]
+    new = np.empty(len(k), bool)
+    new[0] = True
+    np.not_equal(k[1:], k[:-1], out=new[1:])
+    run_start = np.flatnonzero(new)
+    run_id = np.cumsum(new) - 1
+    pos = np.arange(len(k)) - run_start[run_id]
+    us, vs, kinds = [], [], []
+    for a in range(anchors):
+        sel = np.flatnonzero(pos > a)
+        if not len(sel):
+            break
+        anchor = d[run_start[run_id[sel]] + a]
+        keep = anchor != d[sel]  # a document listed twice under one key is not its own duplicate
+        us.append(d[sel][keep])
+        vs.append(anchor[keep])
+        kinds.append((k[sel][keep] >> np.uint64(62)).astype(np.int8))
+    if not us:
+        return empty, empty, np.zeros(0, np.int8)
+    u, v, kind = np.concatenate(us), np.concatenate(vs), np.concatenate(kinds)
+    n = np.int64(max(int(docs.max()) + 1, 1))
+    code = u.astype(np.int64) * n + v.astype(np.int64)
+    order = np.lexsort((kind, code))
+    code, kind, u, v = code[order], kind[order], u[order], v[order]
+    first = np.ones(len(code), bool)  # one pair per (pair, kind): each kind is verified its own way
+    first[1:] = (code[1:] != code[:-1]) | (kind[1:] != kind[:-1])
+    # an exact duplicate always verifies: its near-duplicate candidacy need not be checked
+    first[1:] &= ~((kind[1:] == NEAR) & (kind[:-1] == EXACT) & (code[1:] == code[:-1]))
+    return u[first].astype(np.int64), v[first].astype(np.int64), kind[first]
+
+
+def _gather(flat: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The concatenated shingles of documents idx, and which position of idx each came from."""
+    lengths = offsets[idx + 1] - offsets[idx]
+    total = int(lengths.sum())
+    owner = np.repeat(np.arange(len(idx)), lengths)
+    start = np.repeat(offsets[idx] - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+    return flat[start + np.arange(total)], owner
+
+
+def jaccard_pairs(flat: np.ndarray, offsets: np.ndarray, u: np.ndarray, v: np.ndarray,
+                  chunk: int = 20_000) -> np.ndarray:
+    """Exact Jaccard of the shingle sets of documents u[i] and v[i], vectorised over pairs.
+
+    `flat[offsets[d]:offsets[d+1]]` are document d's sorted, unique shingle hashes. Each
+    shingle is tagged with its pair number, so one np.isin finds every intersection at once.
+    """
+    out = np.ones(len(u), np.float64)
+    for s in range(0, len(u), chunk):
+        uu, vv = u[s:s + chunk], v[s:s + chunk]
+        hu, pu = _gather(flat, offsets, uu)
+        hv, pv = _gather(flat, offsets, vv)
+        ku = (pu.astype(np.uint64) << np.uint64(32)) | hu.astype(np.uint64)
+        kv = (pv.astype(np.uint64) << np.uint64(32)) | hv.astype(np.uint64)
+        inter = np.bincount(pu[np.isin(ku, kv, assume_unique=True)], minlength=len(uu)).astype(np.float64)
+        lu, lv = offsets[uu + 1] - offsets[uu], offsets[vv + 1] - offsets[vv]
+        union = lu + lv - inter
+        out[s:s + chunk] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     return out
+
+
+def verify_pairs(u: np.ndarray, v: np.ndarray, kind: np.ndarray, flat: np.ndarray, offsets: np.ndarray,
+                 media: Sequence[str], questions: Sequence[str], cfg: dict[str, Any]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(is a duplicate, similarity) of each candidate pair; u, v index flat/offsets, media, questions."""
+    ok = kind == EXACT
+    sim = np.ones(len(u), np.float64)
+    near = np.flatnonzero(kind == NEAR)
+    if len(near):
+        sim[near] = jaccard_pairs(flat, offsets, u[near], v[near])
+        passed = near[sim[near] >= cfg["threshold"]]
+        for i in passed.tolist():  # same media string: same bytes (or both text-only)
+            a, b = media[u[i]], media[v[i]]
+            ok[i] = a == b or media_compatible(json.loads(a), json.loads(b), cfg["image_hamming"], cfg["near_image"])
+    for i in np.flatnonzero(kind == IMAGE).tolist():
+        ma, mb = json.loads(media[u[i]]), json.loads(media[v[i]])
+        ok[i] = media_compatible(ma, mb, cfg["image_hamming"], True) and all(m["kind"] == "image" for m in ma)
+    for i in np.flatnonzero(kind == VIDEO).tolist():
+        sim[i] = cosine(hashing_vector(questions[u[i]]), hashing_vector(questions[v[i]]))
+        ok[i] = sim[i] >= cfg["video_cosine"]
+    return ok, sim
+
+
+def components(n: int, u: np.ndarray, v: np.ndarray, kind: np.ndarray, sim: np.ndarray, rank: np.ndarray
+               ) -> dict[str, np.ndarray]:
+    """Connected components of the verified duplicate graph on compact ids 0..n-1 (scipy).
+
+    Returns, for the nodes that leave (every member but the best-ranked of its cluster): `node`,
+    the `kept` node, the `kind` and `sim` of the node's best edge, and the cluster `size`.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not len(u):
+        z = np.zeros(0, np.int64)
+        return {"node": z, "kept": z, "kind": np.zeros(0, np.int8), "sim": np.zeros(0), "size": z}
+    graph = coo_matrix((np.ones(len(u), np.int8), (u, v)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    involved = np.zeros(n, bool)
+    involved[u] = involved[v] = True
+    size = np.bincount(label[involved], minlength=label.max() + 1)
+    by_rank = np.lexsort((rank, label))
+    first = np.ones(n, bool)
+    first[1:] = label[by_rank][1:] != label[by_rank][:-1]
+    kept_of = np.empty(label.max() + 1, np.int64)
+    kept_of[label[by_rank[first]]] = by_rank[first]
+    ends = np.concatenate((u, v))
+    e_kind, e_sim = np.concatenate((kind, kind)), np.concatenate((sim, sim))
+    best = np.lexsort((-e_sim, e_kind, ends))
+    take = np.ones(len(best), bool)
+    take[1:] = ends[best][1:] != ends[best][:-1]
+    node = ends[best[take]]
+    leave = kept_of[label[node]] != node
+    node, pick = node[leave], best[take][leave]
+    return {"node": node, "kept": kept_of[label[node]], "kind": e_kind[pick], "sim": e_sim[pick],
+            "size": size[label[node]]}
 
 
 # ----------------------------------------------------------------------------- single-process API
 def near_duplicate_clusters(texts: Sequence[str], threshold: float = 0.8, *, num_perm: int = 128,
                             shingle: int = 5) -> list[int]:
     """Cluster label per text (the smallest index of its cluster), same algorithm as the stage."""
-    hashes = shingle_hashes_batch([normalise(t) for t in texts], shingle)
+    _, hashes = text_units(texts, shingle)
     sig = signatures_from_hashes(hashes, num_perm)
     bands, rows = lsh_params(threshold, num_perm)
-    hb = band_hashes(sig, bands, rows)
-    has_text = np.array([len(h) > 0 for h in hashes])
-    edges = []
-    for band in range(bands):  # buckets = runs of equal band hashes after a sort
-        docs = np.flatnonzero(has_text)
-        order = docs[np.argsort(hb[docs, band], kind="stable")]
-        values = hb[order, band]
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(values)) + 1))
-        ends = np.concatenate((starts[1:], [len(values)]))
-        for a, b in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist()):
-            group = order[a:b]
-            members = [{"id": f"{i:012d}", "shingles": hashes[i], "media": []} for i in group.tolist()]
-            edges += bucket_edges(members, f"b{band}", threshold, 0, False, 1.0)
-    uf = UnionFind()
-    for e in edges:
-        uf.union(int(e["u"]), int(e["v"]))
-    return [uf.find(i) if i in uf.parent else i for i in range(len(texts))]
+    has_text = np.flatnonzero([len(h) > 0 for h in hashes])
+    keys = band_bucket_keys(band_hashes(sig[has_text], bands, rows))
+    docs = np.repeat(has_text, keys.shape[1])
+    rank = np.arange(len(texts))
+    u, v, kind = candidate_pairs(keys.ravel(), docs, rank)
+    offsets = np.concatenate(([0], np.cumsum([len(h) for h in hashes]))).astype(np.int64)
+    flat = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    cfg = {"threshold": threshold, "image_hamming": 0, "near_image": False, "video_cosine": 1.0}
+    ok, sim = verify_pairs(u, v, kind, flat, offsets, ["[]"] * len(texts), [""] * len(texts), cfg)
+    out = components(len(texts), u[ok], v[ok], kind[ok], sim[ok], rank)
+    labels = np.arange(len(texts))
+    labels[out["node"]] = out["kept"]
+    return labels.tolist()
 
 
 # ----------------------------------------------------------------------------- the Ray stage
-FEATURES = pa.schema([("id", pa.string()), ("exact", pa.string()), ("sig", pa.binary()),
-                      ("shingles", pa.binary()), ("media", pa.string()), ("rank", pa.string()),
-                      ("question", pa.string())])
+FEATURES = pa.schema([("id", pa.string()), ("order", pa.int32()), ("keys", pa.list_(pa.uint64())),
+                      ("shingles", pa.binary()), ("media", pa.string()), ("question", pa.string())])
+ROUTED = pa.schema([("part", pa.int32()), ("node", pa.int64()), ("shingles", pa.binary()),
+                    ("media", pa.string()), ("question", pa.string())])
+KEYS = pa.schema([FEATURES.field(n) for n in ("id", "order", "keys")])
+EDGES = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("kind", pa.int8()), ("sim", pa.float64())])
+_PHASH_CACHE: dict[str, int | None] = {}
+
+
+def _phash_cached(path: str) -> int | None:
+    """pHash of a file, cached per worker process: many samples ask about the same picture."""
+    if path not in _PHASH_CACHE:
+        if len(_PHASH_CACHE) > 100_000:
+            _PHASH_CACHE.clear()
+        _PHASH_CACHE[path] = phash_int(path)
+    return _PHASH_CACHE[path]
 
 
 def _features(batch: pa.Table, cfg: dict[str, Any], source_order: dict[str, int]) -> pa.Table:
-    """Per alive sample: exact key, MinHash signature, shingle hashes, media identity, rank."""
-    rows = [r for r in batch.to_pylist() if r.get("reject_reason") is None]
-    norm = [normalise(sample_text(r.get("conversations"))) for r in rows]
-    hashes = shingle_hashes_batch(norm, cfg["shingle"])
-    sigs = signatures_from_hashes(hashes, cfg["num_perm"])
-    out: dict[str, list[Any]] = {name: [] for name in FEATURES.names}
-    for r, text, h, sig in zip(rows, norm, hashes, sigs):
+    """Per alive sample: its bucket keys, shingle hashes, media identity and keep-rule order."""
+    import pyarrow.compute as pc
+
+    batch = batch.filter(pc.is_null(batch.column("reject_reason")))
+    if not len(batch):
+        return FEATURES.empty_table()
+    convs = batch.column("conversations").to_pylist()
+    media_rows = batch.column("media").to_pylist()
+    norm, hashes = text_units([sample_text(c) for c in convs], cfg["shingle"])
+    has_text = [bool(t) and len(h) > 0 for t, h in zip(norm, hashes)]
+    bands = None
+    if cfg["near_text"] and any(has_text):
+        bands = band_bucket_keys(band_hashes(signatures_from_hashes(hashes, cfg["num_perm"]), cfg["bands"], cfg["rows"]))
+    keys, media_out, questions = [], [], []
+    for i, (text, conv, mrows) in enumerate(zip(norm, convs, media_rows)):
         media = []
-        for m in r.get("media") or []:
-            ph = phash_int(m["path"]) if cfg["near_image"] and m["kind"] == "image" and m.get("path") else None
+        for m in mrows or []:
+            ph = (_phash_cached(m["path"]) if cfg["near_image"] and m["kind"] == "image" and m.get("path") else None)
             media.append({"kind": m["kind"], "sha": m.get("sha256") or m.get("ref"), "ph": ph})
-        media_key = ",".join(m["sha"] or "" for m in media)
-        out["id"].append(r["id"])
-        out["exact"].append(hashlib.sha256(f"{text}\x00{media_key}".encode()).hexdigest())
-        out["sig"].append(sig.tobytes() if text else b"")
-        out["shingles"].append(h.astype(np.uint32).tobytes())
-        out["media"].append(json.dumps(media))
-        out["rank"].append(json.dumps([source_order.get(r["source"], 1 << 30), r["id"]]))
-        out["question"].append(next((t["value"] for t in r.get("conversations") or [] if t["from"] == "human"), ""))
-    return pa.table(out, schema=FEATURES)
+        row_keys: list[int] = []
+        if cfg["exact"]:
+            media_key = ",".join(m["sha"] or "" for m in media)
+            row_keys.append(_hash64(f"{text}\x00{media_key}") & ((1 << 62) - 1))
+        if bands is not None and has_text[i]:
+            row_keys += bands[i].tolist()
+        if cfg["image_only"] and media and all(m["kind"] == "image" and m["ph"] is not None for m in media):
+            row_keys += [(_hash64(k) & ((1 << 62) - 1)) | (IMAGE << 62) for k in phash_bands(media[0]["ph"], cfg["image_hamming"])]
+        if cfg["video_instructions"]:
+            row_keys += [(_hash64(k) & ((1 << 62) - 1)) | (VIDEO << 62)
+                         for k in sorted({m["sha"] or "" for m in media if m["kind"] == "video"})]
+        keys.append(row_keys)
+        media_out.append(json.dumps(media) if media else "[]")
+        questions.append(next((t["value"] for t in conv or [] if t["from"] == "human"), "") or "")
+    order = [source_order.get(s, 1 << 30) for s in batch.column("source").to_pylist()]
+    return pa.table({"id": batch.column("id"), "order": pa.array(order, pa.int32()),
+                     "keys": pa.array(keys, pa.list_(pa.uint64())),
+                     "shingles": [h.astype(np.uint32).tobytes() for h in hashes],
+                     "media": media_out, "question": questions}, schema=FEATURES)
 
 
-def _explode(row: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per bucket key the sample falls in (the signature itself stays behind)."""
-    media = json.loads(row["media"])
-    keys = []
-    if cfg["exact"]:
-        keys.append("x:" + row["exact"])
-    if cfg["near_text"] and row["sig"]:
-        keys += band_keys(np.frombuffer(row["sig"], np.uint32), cfg["bands"], cfg["rows"])
-    if cfg["image_only"] and media and all(m["kind"] == "image" and m["ph"] is not None for m in media):
-        keys += phash_bands(media[0]["ph"], cfg["image_hamming"])
-    if cfg["video_instructions"]:
-        keys += sorted({f"v:{m['sha']}" for m in media if m["kind"] == "video"})
-    keep = {k: row[k] for k in ("id", "shingles", "media", "rank", "question")}
-    return [{"key": k, **keep} for k in keys]
+def _plan(key_blocks: list[Any], partitions: int) -> tuple[pa.Table, pa.Table, pa.Table, int]:
+    """One task on compact arrays (ids, ranks, bucket keys; no row payload): candidate pairs.
+
+    Returns (route: id -> node and the partitions that need its features; pairs: member,
+    anchor, kind, partition; nodes: node -> id, rank; the number of pairs), nodes numbered
+    0..n-1 over the samples that are in at least one candidate pair.
+    """
+    import ray
+    import pyarrow.compute as pc
+
+    tables = [t for t in ray.get(list(key_blocks)) if len(t)]
+    table = pa.concat_tables(tables).combine_chunks() if tables else KEYS.empty_table()
+    n = len(table)
+    by_rank = pc.sort_indices(table, sort_keys=[("order", "ascending"), ("id", "ascending")]).to_numpy()
+    rank = np.empty(n, np.int64)
+    rank[by_rank] = np.arange(n)
+    keys_col = table.column("keys").chunk(0) if table.column("keys").num_chunks else pa.array([], pa.list_(pa.uint64()))
+    flat_keys = keys_col.flatten().to_numpy(zero_copy_only=False).astype(np.uint64)
+    docs = pc.list_parent_indices(keys_col).to_numpy(zero_copy_only=False).astype(np.int64)
+    u, v, kind = candidate_pairs(flat_keys, docs, rank)
+    involved = np.unique(np.concatenate((u, v)))
+    compact = np.full(n, -1, np.int64)
+    compact[involved] = np.arange(len(involved))
+    cu, cv = compact[u], compact[v]
+    part = (cu % partitions).astype(np.int32)
+    ids = table.column("id").take(pa.array(involved))
+    # the features of a pair's member and anchor go to the member's partition
+    need = pa.table({"node": np.concatenate((cu, cv)), "part": np.concatenate((part, part))})
+    need = need.group_by("node").aggregate([("part", "distinct")]).sort_by("node")
+    route = pa.table({"id": ids.take(need.column("node")), "node": need.column("node"),
+                      "parts": need.column("part_distinct")})
+    pairs = pa.table({"u": cu, "v": cv, "kind": kind, "part": part})
+    nodes = pa.table({"id": ids, "rank": rank[involved]})
+    return route, pairs, nodes, len(pairs)
 
 
-KEYS = pa.schema([("key", pa.string())] + [FEATURES.field(n) for n in ("id", "shingles", "media", "rank", "question")])
+def _route(batch: pa.Table, route_ref: list[Any]) -> pa.Table:
+    """Send the features of samples in candidate pairs to the partitions that verify them."""
+    import ray
+    import pyarrow.compute as pc
+
+    route = ray.get(route_ref[0])
+    pos = pc.index_in(batch.column("id"), value_set=route.column("id"))
+    hit = pc.is_valid(pos)
+    if not pc.any(hit).as_py():
+        return ROUTED.empty_table()
+    rows = batch.filter(hit)
+    r = route.take(pos.filter(hit))
+    parts = r.column("parts").combine_chunks()
+    rep = pc.list_parent_indices(parts)
+    rows = rows.take(rep)
+    return pa.table({"part": parts.flatten().cast(pa.int32()), "node": r.column("node").take(rep),
+                     "shingles": rows.column("shingles"), "media": rows.column("media"),
+                     "question": rows.column("question")}, schema=ROUTED)
 
 
-def _explode_batch(batch: pa.Table, cfg: dict[str, Any]) -> pa.Table:
-    """_explode over a batch, with a fixed schema even when no key comes out."""
-    return pa.Table.from_pylist([k for row in batch.to_pylist() for k in _explode(row, cfg)], schema=KEYS)
+def _verify_part(group: pa.Table, pairs_ref: list[Any], cfg: dict[str, Any]) -> pa.Table:
+    """Verify the candidate pairs of one partition (their features are all in `group`)."""
+    import ray
+    import pyarrow.compute as pc
+
+    if not len(group):
+        return EDGES.empty_table()
+    part = group.column("part")[0].as_py()
+    pairs = ray.get(pairs_ref[0])
+    pairs = pairs.filter(pc.equal(pairs.column("part"), part))
+    if not len(pairs):
+        return EDGES.empty_table()
+    node = group.column("node").to_numpy()
+    order = np.argsort(node, kind="stable")
+    node = node[order]
+    local_u = order[np.searchsorted(node, pairs.column("u").to_numpy())]
+    local_v = order[np.searchsorted(node, pairs.column("v").to_numpy())]
+    shingles = group.column("shingles").to_pylist()
+    hashes = [np.frombuffer(s, np.uint32) for s in shingles]
+    offsets = np.concatenate(([0], np.cumsum([len(h) for h in hashes]))).astype(np.int64)
+    flat = np.concatenate(hashes) if hashes else np.zeros(0, np.uint32)
+    kind = pairs.column("kind").to_numpy()
+    ok, sim = verify_pairs(local_u, local_v, kind, flat, offsets, group.column("media").to_pylist(),
+                           group.column("question").to_pylist(), cfg)
+    return pa.table({"u": pairs.column("u").filter(pa.array(ok)), "v": pairs.column("v").filter(pa.array(ok)),
+                     "kind": kind[ok], "sim": np.round(sim[ok], 4)}, schema=EDGES)
 
 
-def _group_edges(group: pa.Table, cfg: dict[str, Any]) -> pa.Table:
-    empty = pa.table({"u": pa.array([], pa.string()), "v": pa.array([], pa.string()),
-                      "reason": pa.array([], pa.string()), "sim": pa.array([], pa.float64()),
-                      "ru": pa.array([], pa.string()), "rv": pa.array([], pa.string())})
-    if len(group) < 2:
-        return empty
-    key = group.column("key")[0].as_py()
-    members = [{"id": r["id"], "shingles": np.frombuffer(r["shingles"], np.uint32), "media": json.loads(r["media"]),
-                "vec": hashing_vector(r["question"]) if key.startswith("v:") else None, "rank": r["rank"]}
-               for r in group.to_pylist()]
-    rank = {m["id"]: m["rank"] for m in members}
-    edges = bucket_edges(members, key, cfg["threshold"], cfg["image_hamming"], cfg["near_image"],
-                         cfg["video_cosine"])
-    if not edges:
-        return empty
-    return pa.table({"u": [e["u"] for e in edges], "v": [e["v"] for e in edges],
-                     "reason": [e["reason"] for e in edges], "sim": [e["sim"] for e in edges],
-                     "ru": [rank[e["u"]] for e in edges], "rv": [rank[e["v"]] for e in edges]})
-
-
-def _decide_task(edge_blocks: list[Any]) -> dict[str, dict[str, Any]]:
+def _decide(edge_blocks: list[Any], nodes: pa.Table) -> pa.Table:
+    """Connected components over the verified edges (compact int ids); the rows that leave."""
     import ray
 
     tables = [t for t in ray.get(list(edge_blocks)) if len(t)]
-    if not tables:
-        return {}
-    edges = pa.concat_tables(tables).to_pylist()
-    ranks: dict[str, tuple] = {}
-    for e in edges:
-        ranks[e["u"]] = tuple(json.loads(e["ru"]))
-        ranks[e["v"]] = tuple(json.loads(e["rv"]))
-    return decide(edges, ranks)
+    edges = pa.concat_tables(tables) if tables else EDGES.empty_table()
+    rank = nodes.column("rank").to_numpy()
+    out = components(len(nodes), edges.column("u").to_numpy(), edges.column("v").to_numpy(),
+                     edges.column("kind").to_numpy(), edges.column("sim").to_numpy(), rank)
+    ids = nodes.column("id")
+    kept = ids.take(pa.array(out["kept"])).to_pylist()
+    detail = [f"duplicate of {k} (similarity {s:.2f}, cluster of {z})"
+              for k, s, z in zip(kept, out["sim"].tolist(), out["size"].tolist())]
+    return pa.table({"id": ids.take(pa.array(out["node"])),
+                     "reason": pa.array([KINDS[k] for k in out["kind"].tolist()], pa.string()),
+                     "detail": pa.array(detail, pa.string())})
+
+
+def _decide_task(edge_blocks: list[Any], nodes_ref: list[Any]) -> pa.Table:
+    import ray
+
+    return _decide(edge_blocks, ray.get(nodes_ref[0]))
 
 
 def _mark(batch: pa.Table, decisions_ref: list[Any]) -> pa.Table:
+    """Reject the rows named in the decisions (vectorised lookup by id)."""
     import ray
+    import pyarrow.compute as pc
 
     decisions = ray.get(decisions_ref[0])
-    if not decisions:
+    if not len(decisions) or not len(batch):
         return batch
-    rows = batch.to_pylist()
-    for r in rows:
-        d = decisions.get(r["id"])
-        if d and r.get("reject_reason") is None:
-            reject(r, "dedupe", d["reason"],
-                   f"duplicate of {d['kept']} (similarity {d['sim']:.2f}, cluster of {d['size']})")
-    return pa.Table.from_pylist(rows, schema=batch.schema)
+    pos = pc.index_in(batch.column("id"), value_set=decisions.column("id"))
+    hit = pc.and_(pc.is_valid(pos), pc.is_null(batch.column("reject_reason")))
+    if not pc.any(hit).as_py():
+        return batch
+    def col(name: str, values: pa.Array) -> pa.Array:
+        old = batch.column(name)
+        return pc.if_else(hit, values.cast(old.type), old)
+    reason = decisions.column("reason").take(pos)
+    detail = pc.utf8_slice_codeunits(decisions.column("detail").take(pos), 0, 2000)
+    stage = pa.array(["dedupe"] * len(batch), pa.string())
+    batch = batch.set_column(batch.schema.get_field_index("reject_stage"), "reject_stage", col("reject_stage", stage))
+    batch = batch.set_column(batch.schema.get_field_index("reject_reason"), "reject_reason", col("reject_reason", reason))
+    return batch.set_column(batch.schema.get_field_index("reject_detail"), "reject_detail", col("reject_detail", detail))
 
 
 class DedupeStage(GlobalStage):
@@ -514,11 +702,20 @@ class DedupeStage(GlobalStage):
         cfg = self.settings()
         order = {name: i for i, name in enumerate(self.ctx.sources)}
         opts = map_options(job.resources, actor=False)
-        feats = ds.map_batches(_features, **opts, fn_kwargs={"cfg": cfg, "source_order": order})
-        keys = feats.map_batches(_explode_batch, **opts, fn_kwargs={"cfg": cfg})
-        # a few shuffle partitions per CPU: enough parallelism, without hundreds of tiny tasks
-        partitions = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-        edges = keys.groupby("key", num_partitions=partitions).map_groups(
-            _group_edges, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
-        decisions = ray.remote(_decide_task).remote(edges.to_arrow_refs())
-        return ds.map_batches(_mark, **opts, fn_kwargs={"decisions_ref": [decisions]}), {}
+        feats = ds.map_batches(_features, **opts, fn_kwargs={"cfg": cfg, "source_order": order}).materialize()
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        # partitions of the verification: a few per CPU, more when the corpus is large
+        partitions = max(2 * cpus, feats.count() // 200_000)
+        key_refs = feats.select_columns(["id", "order", "keys"]).to_arrow_refs()
+        route, pairs, nodes, n_pairs = ray.remote(num_returns=4)(_plan).remote(key_refs, partitions)
+        if ray.get(n_pairs):
+            routed = feats.map_batches(_route, **opts, fn_kwargs={"route_ref": [route]})
+            edges = routed.groupby("part", num_partitions=partitions).map_groups(
+                _verify_part, batch_format="pyarrow", fn_kwargs={"pairs_ref": [pairs], "cfg": cfg})
+            decisions = ray.remote(_decide_task).remote(edges.to_arrow_refs(), [nodes])
+        else:
+            decisions = ray.put(pa.table({"id": pa.array([], pa.string()), "reason": pa.array([], pa.string()),
+                                          "detail": pa.array([], pa.string())}))
+        info = {"candidate_pairs": int(ray.get(n_pairs))}
+        mark_opts = opts | {"batch_size": max(opts["batch_size"], 16_384)}  # one id lookup per big batch
+        return ds.map_batches(_mark, **mark_opts, fn_kwargs={"decisions_ref": [decisions]}), info

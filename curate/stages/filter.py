@@ -24,7 +24,7 @@ from curate.stages.base import Resources, Stage
 
 class FilterStage(Stage):
     name: ClassVar[str] = "filter"
-    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=64)
+    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=256)  # fewer per-batch round trips
     source_keys: ClassVar[tuple[str, ...]] = ("exempt_repetition", "languages")
 
     def inputs(self) -> list[str]:
