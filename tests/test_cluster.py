@@ -25,6 +25,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_nodes_on_port(port: str) -> None:
+    """SIGKILL every process whose full command line names the cluster's port (GCS, raylets,
+    agents, workers; pkill -f reads a truncated command line and misses the GCS), and forget the
+    cluster so a later `ray.init()` without an address does not try to join it."""
+    import signal
+
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f":{port} " in cmd + " " or f"gcs_server_port={port}" in cmd or f"port={port} " in cmd + " ":
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
+    current = Path("/tmp/ray/ray_current_cluster")
+    if current.exists() and current.read_text().strip().endswith(f":{port}"):
+        current.unlink()
+
+
 def readme_cluster_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
     block = text.split("<!-- CLUSTER_BEGIN -->", 1)[1].split("<!-- CLUSTER_END -->", 1)[0]
@@ -56,8 +79,7 @@ def test_the_readme_cluster_section_gives_the_local_shards(demo_small, tmp_path)
     finally:
         # `make ray-stop` (the README's last line) stops every Ray process of the machine, this test
         # session's own Ray included; stop only the two nodes started here, found by their port.
-        subprocess.run(["pkill", "-f", f"(127.0.0.1:{env['RAY_PORT']}|gcs_server_port={env['RAY_PORT']})"],
-                       capture_output=True, timeout=60)
+        stop_nodes_on_port(env["RAY_PORT"])
     local = tmp_path / "local"
     run = subprocess.run([str(ROOT / ".venv" / "bin" / "curate"), "run", "sft-stage3", "--out", str(local),
                           "--input", env["input"], *sum((["--set", s] for s in sets.split()), [])], cwd=ROOT, env=env,
