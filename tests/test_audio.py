@@ -304,7 +304,7 @@ def test_video_soundtrack_is_attached_and_transcribed(ctx, speech, tmp_path):
 # ---------------------------------------------------------------------------- end to end on Ray
 def test_runner_transcribes_and_synthesizes_audio_qa_keeping_the_invariant(ray_session, demo_small, tmp_path):
     sets = demo_overrides(demo_small, "stages.transcribe.enabled=true", "stages.audio_qa.enabled=true",
-                          "stages.audio_qa.fraction=0.5", "stages.audio_qa.voices=[piper:joe, espeak:de]")
+                          "stages.audio_qa.fraction=0.2", "stages.audio_qa.voices=[piper:joe, espeak:de]")
     stats = Runner(load_recipe(RECIPE, sets), tmp_path).run()
     assert stats["invariant_ok"] and stats["synthesized"] >= 3
     assert stats["modalities"].get("audio_qa", 0) >= 1 and stats["rejected"].get("tts_asr_mismatch", 0) >= 1
