@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import unicodedata
 import zlib
 from functools import lru_cache
@@ -49,10 +48,11 @@ import pyarrow as pa
 
 from curate.records import reject
 from curate.stages.base import GlobalStage, Job, Resources, map_options
+from curate.text_units import UNIT_RE
 
 MAX_HASH = np.uint64((1 << 32) - 1)
 EMPTY = np.uint64(1 << 40)  # marks a bin no shingle fell into (above any 32-bit value)
-WORD_RE = re.compile(r"\w+")
+WORD_RE = UNIT_RE  # words, and single characters in CJK runs (curate.text_units): Chinese near copies count
 
 
 # ----------------------------------------------------------------------------- text and MinHash
@@ -279,8 +279,8 @@ def media_compatible(ma: list[dict[str, Any]], mb: list[dict[str, Any]], k: int,
 def text_units(texts: Sequence[str], n: int) -> tuple[list[str], list[np.ndarray]]:
     """The normalised texts and their shingle hashes (sorted, unique uint32 per text).
 
-    The one place that decides what a text's units are (word n-grams today); a script-aware
-    variant (character n-grams for CJK runs) only changes this function.
+    The one place that decides what a text's units are: word n-grams, and character n-grams
+    inside CJK runs (Chinese has no spaces; one inserted word must change few shingles).
     """
     norm = [normalise(t) for t in texts]
     return norm, shingle_hashes_batch(norm, n)

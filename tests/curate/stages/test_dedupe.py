@@ -3,6 +3,8 @@ images (pHash) and video instructions."""
 
 from __future__ import annotations
 
+import re
+
 import itertools
 import random
 
@@ -210,3 +212,36 @@ def test_unknown_option_fails_before_work():
     stage = DedupeStage(DedupeConfig(options={"imge_only": True}), RunContext(out_dir="/tmp"))
     with pytest.raises(ValueError, match="imge_only"):
         stage.validate()
+
+
+# ----------------------------------------------------------------------------- Chinese
+ZH_PARAGRAPHS = [
+    "多模态大语言模型把图像编码器的输出通过投影层映射到语言模型的词向量空间，再与文本一起送入解码器进行自回归训练。",
+    "动态高分辨率方法先根据图像的宽高比选择最接近的切片网格，然后把图像缩放并切成若干个固定大小的图块，另外再加一张缩略图。",
+    "数据打包把多个短样本拼接成一条长序列，并用注意力掩码保证每个样本只看到自己的词元，从而减少填充带来的浪费。",
+    "重复检测是数据清洗中最重要的一步，因为少量反复出现同一句话的样本就足以让模型在长回答中陷入循环。",
+    "语音问答数据由文本问题经语音合成得到，合成后的音频再用语音识别模型转写回来，只有转写结果与原文一致时才保留。",
+    "损失加权采用平方平均的方式，每个词元的权重等于其所在样本回答长度的负二分之一次方，以平衡长短回答的贡献。",
+    "在指令微调阶段，纯文本数据约占四分之一，这样在解冻语言模型参数时仍能保持原有的语言能力。",
+    "近似去重使用最小哈希和局部敏感哈希，先找出候选对，再计算精确的杰卡德相似度来确认是否真的重复。",
+    "视频样本按固定间隔抽取若干帧，每一帧缩放到统一大小并作为一个图块，帧的质量在训练时保持一致。",
+    "分布式训练把数据分片分配给不同的进程和加载线程，保证在一个训练周期内每条序列只被读取一次。",
+]
+
+
+def test_chinese_near_copies_differ_by_one_word_are_found_and_distinct_paragraphs_are_not():
+    """Shingles are character n-grams inside CJK runs: one inserted word changes few of them."""
+    paragraphs = [a + b for a, b in zip(ZH_PARAGRAPHS[::2], ZH_PARAGRAPHS[1::2])]  # about 100 characters each
+    inserted = [p[:len(p) // 2] + "确实" + p[len(p) // 2:] for p in paragraphs]
+    clause = [p[:-1] + "，这一点在实践中得到了验证。" for p in paragraphs]
+    texts = paragraphs + inserted + clause
+    ids = near_duplicate_clusters(texts, threshold=0.8)
+    n = len(paragraphs)
+    for i in range(n):
+        assert ids[i] == ids[n + i] == ids[2 * n + i], f"near copies of paragraph {i} were missed"
+    assert len({ids[i] for i in range(n)}) == n  # different paragraphs never merge
+    # word shingles (the old units) see one "word" per clause and miss them: the reason for this change
+    old = [re.findall(r"\w+", t) for t in texts[:1] + texts[n:n + 1]]
+    assert len(old[0]) < 10
+    mixed = "InternVL 2.5 使用动态高分辨率，每个图块 448 像素，最多 12 个图块加一张缩略图。"
+    assert len(set(near_duplicate_clusters([mixed, mixed.replace("最多", "至多")], threshold=0.6))) == 1
