@@ -239,8 +239,8 @@ class PiperTTS:
         try:
             audio, rate = piper.create(self.phonemes(piper, text), is_phonemes=True,
                                        length_scale=inference["length_scale"] / params.rate,
-                                       noise_scale=params.noise_scale or inference["noise_scale"],
-                                       noise_w=params.noise_w or inference["noise_w"])
+                                       noise_scale=inference["noise_scale"] if params.noise_scale is None else params.noise_scale,
+                                       noise_w=inference["noise_w"] if params.noise_w is None else params.noise_w)
         except Exception as e:  # onnxruntime raises its own exception types
             raise TTSError(f"piper voice {voice!r} failed: {e}") from e
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
