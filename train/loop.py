@@ -104,7 +104,7 @@ def train(recipe, shards: str, max_steps: int | None = None, log: str | None = N
         t0 = time.time()
         wl_sum = torch.zeros(len(modalities))
         ws_sum = torch.zeros(len(modalities))
-        tokens = 0
+        tokens, keys = 0, []
         n_seq = cfg.grad_accum * cfg.sequences_per_step
         for _ in range(n_seq):
             batch = stream.next()
@@ -113,6 +113,7 @@ def train(recipe, shards: str, max_steps: int | None = None, log: str | None = N
             wl_sum += wl.detach().float().cpu()
             ws_sum += ws.detach().float().cpu()
             tokens += len(batch["input_ids"])
+            keys.append(batch["key"])
         if world > 1:
             for p in params:
                 if p.grad is None:
@@ -123,6 +124,9 @@ def train(recipe, shards: str, max_steps: int | None = None, log: str | None = N
             torch.distributed.all_reduce(stats)
             stats = stats.cpu()
             wl_sum, ws_sum, tokens = stats[:len(modalities)], stats[len(modalities):-1], int(stats[-1])
+            gathered: list[list[str]] = [[] for _ in range(world)]
+            torch.distributed.all_gather_object(gathered, keys)
+            keys = [k for ks in gathered for k in ks]
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         lr = opt.param_groups[0]["lr"]
@@ -138,7 +142,7 @@ def train(recipe, shards: str, max_steps: int | None = None, log: str | None = N
         row = {"step": step, "loss": float(wl_sum.sum() / ws_sum.sum().clamp_min(1e-12)),
                "loss_by_modality": {m: float(wl_sum[i] / ws_sum[i]) for i, m in enumerate(modalities) if present[i]},
                "modality_weights": dict(zip(modalities, weights)) if weights else {m: 1.0 for m in modalities},
-               "lr": lr, "tokens_per_s": tokens / seconds, "seconds": seconds}
+               "lr": lr, "tokens_per_s": tokens / seconds, "seconds": seconds, "sequences": keys}
         rows.append(row)
         if rank == 0:
             if log_f:
