@@ -140,7 +140,8 @@ def demo_data(out_dir: str, small: bool) -> None:
 @click.argument("recipe")
 @click.option("--shards", required=True, type=click.Path(exists=True), help="a run folder, its shards/ or one shard")
 @click.option("--max-steps", type=int, default=None, help="optimizer steps (default train.max_steps)")
-@click.option("--log", "log_path", default=None, help="JSON lines, one per step")
+@click.option("--log", "--log-file", "log_path", default=None,
+              help="JSON lines, one per step (--log-file under torchrun, whose own --log-* options shadow --log)")
 @click.option("--resume", is_flag=True, help="continue from the last checkpoint (train.checkpoint_dir)")
 @click.option("--nproc", type=int, default=1, help="DDP ranks on this machine (runs torchrun -m train)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe key")
@@ -154,7 +155,7 @@ def train(recipe: str, shards: str, max_steps: int | None, log_path: str | None,
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "-m", "train", recipe,
                "--shards", shards] + (["--max-steps", str(max_steps)] if max_steps else []) + \
-              (["--log", log_path] if log_path else []) + (["--resume"] if resume else []) + \
+              (["--log-file", log_path] if log_path else []) + (["--resume"] if resume else []) + \
               [x for o in overrides for x in ("--set", o)]
         sys.exit(subprocess.call(cmd))
     from train.loop import train as run_training

@@ -30,7 +30,8 @@ def shard_paths(shards: str | Path) -> list[str]:
 def read_raw(paths: list[str]) -> Iterator[dict[str, Any]]:
     import webdataset as wds
 
-    yield from wds.WebDataset(paths, shardshuffle=False, empty_check=False)
+    # every rank reads the (small) sequence index itself and keeps k % world_size == rank (see split)
+    yield from wds.WebDataset(paths, shardshuffle=False, empty_check=False, nodesplitter=lambda urls: urls)
 
 
 def sequence_index(paths: list[str]) -> list[dict[str, Any]]:
