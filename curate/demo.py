@@ -285,4 +285,13 @@ def build_demo(out_dir: str | Path, small: bool = False, seed: int = 0) -> dict[
     texts = [body for _, body in prose_topics()] + [json.dumps(r) for rs in b.manifests.values() for r in rs
                                                     if isinstance(r, dict)]
     build_tokenizer(out / "tokenizer", texts, vocab_size=2000 if small else 4000)
-    return {"out": str(out), "manifests": counts, "samples": sum(counts.values()), "tokenizer": str(out / "tokenizer")}
+    models = build_tiny_models(out / "models", out / "tokenizer", seed)
+    return {"out": str(out), "manifests": counts, "samples": sum(counts.values()), "tokenizer": str(out / "tokenizer"),
+            "models": models}
+
+
+def build_tiny_models(out_dir: Path, tokenizer: Path, seed: int = 0) -> dict[str, str]:
+    """Random-weight vision / audio / LLM folders (recipe train.llm/vision/audio) so `curate train` runs on CPU."""
+    from train.model import write_tiny_models
+
+    return write_tiny_models(out_dir, tokenizer, seed)

@@ -394,6 +394,59 @@ class RayConfig(_Strict):
     """default `resources.actors` of every stage without its own: task cap of CPU stages, pool size of actor stages"""
 
 
+class TrainConfig(_Strict):
+    """The reference training loop (`curate train`): model folders, what trains, optimiser, balance."""
+    llm: str = Field("data/demo/models/llm", examples=["models/qwen2.5-0.5b-instruct"])
+    """local AutoModelForCausalLM folder (its vocabulary must cover stages.tokenize.tokenizer)"""
+    vision: str = Field("data/demo/models/vision", examples=["models/internvit-300m"])
+    """local vision tower folder (CLIP/SigLIP vision model or AutoModel vision encoder)"""
+    audio: str = Field("data/demo/models/audio", examples=["models/whisper-large-v3"])
+    """local Whisper folder (encoder + feature extractor)"""
+    freeze: list[Literal["vision", "audio", "llm", "vision_projector", "audio_projector"]] = Field(
+        default_factory=lambda: ["vision", "audio"], examples=[["vision", "audio"]])
+    """frozen parts; sft-stage3 freezes both encoders and trains projectors + LLM (M2-omni stage 3)"""
+    lr: float = Field(1e-5, gt=0)
+    """peak learning rate (M2-omni stage 3: 1e-5; the tiny demo models need ~3e-3)"""
+    warmup_steps: int = Field(0, ge=0)
+    """linear warm-up steps, then cosine decay to 10% of lr at max_steps"""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay"""
+    max_steps: int = Field(1000, ge=1)
+    """optimizer steps (--max-steps overrides)"""
+    sequences_per_step: int = Field(1, ge=1)
+    """packed sequences per micro-step on each rank"""
+    grad_accum: int = Field(1, ge=1)
+    """micro-steps per optimizer step"""
+    grad_clip: float = Field(1.0, ge=0)
+    """max global gradient norm (0: off)"""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: fp32 on CPU, bf16 autocast on GPU"""
+    gradient_checkpointing: bool = False
+    """recompute LLM activations in the backward pass (memory for time)"""
+    loss_averaging: Literal["square", "token", "sample"] = "square"
+    """InternVL 2.5 sec. 3.4: token weight 1/x^0.5 (square), 1 (token) or 1/x (sample); x = response tokens"""
+    balance: Literal["none", "step", "dynamic"] = "none"
+    """M2-omni modality balance: none, step (pre-training) or dynamic (instruction tuning)"""
+    balance_alpha: float = Field(10.0, gt=0)
+    """step balance: alpha (M2-omni: 10)"""
+    converged_loss: dict[str, float] = Field(default_factory=dict, examples=[{"text": 1.9, "image": 1.2}])
+    """step balance: L_i* per modality, the loss each converges to trained alone on a small subset"""
+    balance_window: int = Field(3, ge=2)
+    """dynamic balance: H, validation segments in the slope window (weights 1 for the first H)"""
+    balance_f: float = Field(1.0, gt=0)
+    """dynamic balance: f, scale of the softmax over s_i"""
+    val_interval: int = Field(10, ge=1)
+    """dynamic balance: optimizer steps per validation segment"""
+    val_every: int = Field(8, ge=0)
+    """every n-th packed sequence is held out for validation (0: none; dynamic balance needs some)"""
+    seed: int = 0
+    """seed of the model init, data order and dropout"""
+    checkpoint_interval: int = Field(0, ge=0)
+    """optimizer steps between checkpoints in <shards run>/train/ (0: only at the end)"""
+    checkpoint_dir: str | None = Field(None, examples=["runs/x/train"])
+    """where checkpoints go (null: <run folder>/train)"""
+
+
 class Recipe(_Strict):
     name: str = Field(examples=["sft-stage3"])
     """recipe name; the default run folder is runs/<name>"""
@@ -409,6 +462,7 @@ class Recipe(_Strict):
     """target fraction of samples per modality, met by down-sampling (M2-omni: ~25% text)"""
     stages: StagesConfig = StagesConfig()
     ray: RayConfig = RayConfig()
+    train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
     def _unique_sources(self) -> "Recipe":
