@@ -13,6 +13,7 @@ thread polls the folder; nothing in the Ray plan changes), so it works for every
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -234,6 +235,7 @@ class quiet_terminal:
         self._saved: int | None = None
         self._stdout: TextIO | None = None
         self._log: TextIO | None = None
+        self._handlers: list[tuple[logging.StreamHandler, Any]] = []
 
     def __enter__(self) -> quiet_terminal:
         if self.path is None:
@@ -249,6 +251,8 @@ class quiet_terminal:
         os.close(fd)
         self._log = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in __exit__
         self._stdout, sys.stdout = sys.stdout, self._log
+        self._handlers = [(h, h.setStream(self._log)) for h in logging.getLogger().handlers  # our own log lines
+                          if type(h) is logging.StreamHandler and h.stream in (sys.stderr, self._stdout)]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -256,6 +260,8 @@ class quiet_terminal:
             return
         import os
 
+        for handler, stream in self._handlers:
+            handler.setStream(stream)
         sys.stdout = self._stdout
         self._log.close()
         sys.stderr.flush()

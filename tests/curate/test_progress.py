@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
+import sys
 import time
 
 import pyarrow as pa
@@ -56,15 +58,22 @@ def test_rich_view_replaces_the_live_line_with_the_summary(tmp_path):
 
 
 def test_quiet_terminal_moves_fd2_and_python_stdout_to_a_file_and_back(tmp_path, capfd):
-    import sys
-
     log = tmp_path / "logs" / "ray-output.log"
     view = ProgressView(sys.stdout)
-    with quiet_terminal(log):
-        os.write(2, b"ray core says hello\n")
-        print("(raylet) WARNING: many workers")  # how the Ray driver prints raylet warnings
-        view.emit("stage x: 1 rows")  # the view keeps the stream it was given
+    handler = logging.StreamHandler(sys.stderr)  # what logging.basicConfig installs
+    logging.getLogger().addHandler(handler)
+    try:
+        with quiet_terminal(log):
+            os.write(2, b"ray core says hello\n")
+            print("(raylet) WARNING: many workers")  # how the Ray driver prints raylet warnings
+            view.emit("stage x: 1 rows")  # the view keeps the stream it was given
+            logging.getLogger("curate").warning("stage y skipped")
+    finally:
+        logging.getLogger().removeHandler(handler)
     os.write(2, b"after\n")
-    assert log.read_text().splitlines() == ["ray core says hello", "(raylet) WARNING: many workers"]
+    assert log.read_text().splitlines() == ["ray core says hello", "(raylet) WARNING: many workers",
+                                            "stage y skipped"]
     captured = capfd.readouterr()
     assert captured.err == "after\n" and captured.out == "stage x: 1 rows\n"
+    assert handler.stream is sys.stderr
+
