@@ -69,7 +69,8 @@ def run(ctx: click.Context, recipe: str, inputs: tuple[str, ...], out: str | Non
         rec = load_recipe(recipe, sets, list(inputs) or None)
         runner = Runner(rec, out or f"runs/{rec.name}", address, view=view, verbose=opts.get("verbose", False))
         runner.prepare()
-        runner.init_ray()
+        with quiet_terminal(None if opts.get("verbose") else runner.layout.logs / "ray-output.log"):
+            runner.init_ray()  # Ray's start-up notices go to the log, not the terminal
     except (RecipeError, UserError, FileNotFoundError, ValueError) as e:
         view.close()
         fail(str(e))

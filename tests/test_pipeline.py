@@ -68,11 +68,17 @@ def test_shards_load_with_plain_webdataset_within_budgets(first_run):
         n_seq += 1
         assert meta["n_tokens"] == len(sample["input_ids.npy"]) <= recipe.stages.pack.max_tokens
         assert meta["n_tiles"] <= recipe.stages.pack.max_tiles
+        media = sample["media.mp"]  # layout v2: every file of the sequence inside one msgpack member
+        if isinstance(media, bytes):
+            import msgpack
+
+            media = msgpack.unpackb(media)
+        stored = {f["path"] for kind in ("images", "audio") for f in media[kind]}
         for s in meta["samples"]:
             seen[s["id"]] = seen.get(s["id"], 0) + 1
             for m in s["media"]:
                 members = m.get("frames") or [m["member"]]
-                assert all(name in sample for name in members)
+                assert all(name in stored for name in members)
     contents = pq.read_table(out / "shards" / "contents.parquet").to_pylist()
     assert seen == {r["id"]: r["copies"] for r in contents}
     assert n_seq == stats["sequences"] and len(seen) == stats["samples_out"]
