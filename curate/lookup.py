@@ -105,7 +105,12 @@ def read_sequences(shard: str | Path, limit: int | None = None) -> Iterator[dict
                         return
                 current = {"key": key, "members": {}}
             current["members"][ext] = member.size
-            if ext == "json":
+            if ext == "media.mp":  # layout v2: the sequence's files inside one msgpack member
+                from packing.shards import media_files
+
+                for name, data in media_files(tar.extractfile(member).read()).items():
+                    current["members"][name] = len(data)
+            elif ext == "json":
                 current["meta"] = json.loads(tar.extractfile(member).read())
             elif ext in ("input_ids.npy", "labels.npy"):
                 current[ext.split(".")[0]] = np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
