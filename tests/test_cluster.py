@@ -56,7 +56,8 @@ def readme_cluster_commands() -> list[str]:
 
 
 def shard_digests(run: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run / "shards").iterdir())}
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((run / "shards").rglob("*")) if p.is_file()}
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
