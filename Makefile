@@ -86,9 +86,14 @@ ray-head: .setup-stamp
 ray-worker: .setup-stamp
 	$(VENV_PATH) ray start --address=$(head) --disable-usage-stats $(RAY_START_ARGS)
 
+# A head that has just started may not take jobs yet ("No available agent"): try again, up to 3
+# times; a resubmitted run resumes where the last one stopped.
 submit: .setup-stamp $(demo)/.stamp
-	$(VENV_PATH) ray job submit --address http://$(dashboard) -- \
-	  curate run $(recipe) --out $(out) $(if $(input),--input $(input)) $(foreach s,$(SET),--set $(s))
+	@for attempt in 1 2 3; do \
+	  $(VENV_PATH) ray job submit --address http://$(dashboard) -- \
+	    curate run $(recipe) --out $(out) $(if $(input),--input $(input)) $(foreach s,$(SET),--set $(s)) && exit 0; \
+	  echo "[submit] attempt $$attempt failed; retrying in 15 s"; sleep 15; \
+	done; exit 1
 
 ray-stop:
 	$(VENV_PATH) ray stop --force

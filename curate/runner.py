@@ -206,11 +206,12 @@ class Runner:
     def init_ray(self) -> None:
         import ray
 
+        address = self.address or self.recipe.ray.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            check_reachable(address)  # also when Ray is already up in this process: a wrong address is an error
         if not ray.is_initialized():
-            address = self.address or self.recipe.ray.address or os.environ.get("RAY_ADDRESS")
             kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False, "log_to_driver": False}
             if address:
-                check_reachable(address)
                 try:
                     ray.init(address=address, **kwargs)
                 except (ConnectionError, TimeoutError) as e:

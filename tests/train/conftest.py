@@ -60,7 +60,7 @@ def tiny_samples(folder: Path, tokenizer: Path, n: int) -> list[dict]:
             media, q = [make_audio(folder, k, 1.0 + 0.5 * (k % 2))], "<audio>\nWhat does the speaker read?"
         row = {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": ANSWERS[k % 3]}],
                "media": media}
-        ids, labels, tiles, _ = enc.encode(row)
+        ids, labels, tiles = enc.encode(row)[:3]
         out.append({"id": f"s{k}", "source": f"demo-{kind}", "modality": kind, "input_ids": ids, "labels": labels,
                     "n_tiles": tiles, "media": media, "n_response_tokens": sum(x != -100 for x in labels)})
     return out
