@@ -23,6 +23,8 @@ RAY_PORT ?= 6379
 DASHBOARD_PORT ?= 8265
 DASHBOARD_HOST ?= 0.0.0.0
 RAY_START_ARGS ?=
+RAY_HEAD_ARGS ?=
+RAY_WORKER_ARGS ?=
 head ?= 127.0.0.1:$(RAY_PORT)
 dashboard ?= 127.0.0.1:$(DASHBOARD_PORT)
 VENV_PATH := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
@@ -81,10 +83,10 @@ stats:
 
 ray-head: .setup-stamp
 	$(VENV_PATH) ray start --head --port=$(RAY_PORT) --dashboard-host=$(DASHBOARD_HOST) --dashboard-port=$(DASHBOARD_PORT) \
-	  --disable-usage-stats $(RAY_START_ARGS)
+	  --disable-usage-stats $(RAY_START_ARGS) $(RAY_HEAD_ARGS)
 
 ray-worker: .setup-stamp
-	$(VENV_PATH) ray start --address=$(head) --disable-usage-stats $(RAY_START_ARGS)
+	$(VENV_PATH) ray start --address=$(head) --disable-usage-stats $(RAY_START_ARGS) $(RAY_WORKER_ARGS)
 
 # A head that has just started may not take jobs yet ("No available agent"): try again, up to 3
 # times; a resubmitted run resumes where the last one stopped.

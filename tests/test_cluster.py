@@ -70,7 +70,10 @@ def test_the_readme_cluster_section_gives_the_local_shards(demo_small, tmp_path)
     sets = f"{SET} stages.tokenize.tokenizer={demo_small}/tokenizer"
     env = dict(os.environ, HEAD="127.0.0.1", RAY_PORT=str(free_port()), DASHBOARD_PORT=str(free_port()),
                DASHBOARD_HOST="127.0.0.1", RAY_START_ARGS="--num-cpus=1 --node-ip-address=127.0.0.1", SET=sets,
-               input=str(demo_small / "image.jsonl"), RAY_USAGE_STATS_ENABLED="0")
+               input=str(demo_small / "image.jsonl"), RAY_USAGE_STATS_ENABLED="0",
+               # two nodes on one machine: each dashboard agent needs its own HTTP port (default 52365)
+               RAY_HEAD_ARGS=f"--dashboard-agent-listen-port={free_port()}",
+               RAY_WORKER_ARGS=f"--dashboard-agent-listen-port={free_port()}")
     env.pop("RAY_ADDRESS", None)
     script = "\n".join(["set -e"] + commands[1:-1]).replace("out=runs/sft3-cluster", f"out={out}")
     try:
