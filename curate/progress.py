@@ -61,10 +61,14 @@ def count_rows(folder: Path | None) -> int:
     import pyarrow.parquet as pq
 
     n = 0
-    for path in folder.rglob("*.parquet"):
+    try:
+        paths = list(folder.rglob("*.parquet"))
+    except OSError:  # the stage renamed its temp folder while we listed it: counted on the next poll
+        return 0
+    for path in paths:
         try:
             n += pq.read_metadata(path).num_rows
-        except Exception:  # noqa: BLE001 - half-written file: counted on the next poll
+        except Exception:  # noqa: BLE001 - half-written or renamed file: counted on the next poll
             continue
     return n
 

@@ -95,16 +95,29 @@ def test_voice_specs_and_unknown_voices():
 
 
 def f0_hz(audio: np.ndarray, sr: int = tts.SAMPLE_RATE) -> float:
-    """Median autocorrelation pitch of the loud 40 ms frames (60-400 Hz)."""
-    n, lo, hi = int(0.04 * sr), sr // 400, sr // 60
-    frames = [audio[i:i + n] for i in range(0, len(audio) - n, n)]
-    loud = max(float(np.abs(f).max()) for f in frames) / 3
+    """Median autocorrelation pitch (60-400 Hz) of the voiced 40 ms frames, hop 10 ms.
+
+    Frames whose normalised autocorrelation peak is under 0.6 are unvoiced and skipped; a peak at
+    two or three times the period (the usual octave error) is moved to the period itself.
+    """
+    n, hop, lo, hi = int(0.04 * sr), int(0.01 * sr), sr // 400, sr // 60
+    loud = float(np.abs(audio).max()) / 4
     pitches = []
-    for f in frames:
-        if np.abs(f).max() < loud:
+    for i in range(0, len(audio) - n, hop):
+        frame = audio[i:i + n] - audio[i:i + n].mean()
+        if np.abs(frame).max() < loud:
             continue
-        ac = np.correlate(f, f, "full")[n - 1:]
-        pitches.append(sr / (lo + int(np.argmax(ac[lo:hi]))))
+        ac = np.correlate(frame, frame, "full")[n - 1:]
+        ac = ac / (ac[0] + 1e-12) * n / (n - np.arange(n))  # normalised, unbiased
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] < 0.6:
+            continue
+        for div in (3, 2):
+            cand = round(lag / div)
+            if cand - 2 >= lo and ac[cand - 2:cand + 3].max() > 0.9 * ac[lag]:
+                lag = cand - 2 + int(np.argmax(ac[cand - 2:cand + 3]))
+                break
+        pitches.append(sr / lag)
     return float(np.median(pitches))
 
 
