@@ -89,11 +89,16 @@ def decode_media(raw: dict[str, Any], samples: list[dict[str, Any]], tile_size: 
 
 
 def decode_flac(data: bytes, sample_rate: int = 16000) -> np.ndarray:
-    import subprocess
+    """Mono float32 samples at `sample_rate` of an encoded clip, decoded in process with PyAV."""
+    import av
 
-    pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", "pipe:0", "-ac", "1", "-ar", str(sample_rate),
-                          "-f", "s16le", "pipe:1"], input=data, capture_output=True, check=True).stdout
-    return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    chunks = []
+    with av.open(io.BytesIO(data)) as container:
+        for frame in container.decode(audio=0):
+            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+    chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
 
 
 def as_array(value: Any) -> np.ndarray:

@@ -84,7 +84,7 @@ def train(recipe, shards: str, max_steps: int | None = None, log: str | None = N
 
     model = build_model(recipe, device)
     stream = SequenceStream(shards, rank, world, cfg.seed, cfg.val_every, recipe.stages.media.tile_size)
-    modalities = sorted({m for s in stream.index for m in s["modalities"]})
+    modalities = stream.modalities()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, total))

@@ -89,3 +89,21 @@ def _empty(tmp_path):
     d = tmp_path / "empty"
     d.mkdir()
     return d
+
+
+@pytest.mark.parametrize("rate", [16000, 44100])
+def test_flac_decodes_in_process_as_ffmpeg_does(rate):
+    import subprocess
+
+    import numpy as np
+
+    from packing.loader import decode_flac
+
+    flac = subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anoisesrc=d=1.3:c=pink", "-ar", str(rate),
+                           "-ac", "1", "-f", "flac", "pipe:1"], capture_output=True, check=True).stdout
+    pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", "pipe:0", "-ac", "1", "-ar", "16000", "-f", "s16le", "pipe:1"],
+                         input=flac, capture_output=True, check=True).stdout
+    want = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+    got = decode_flac(flac)
+    assert got.dtype == np.float32 and len(got) == len(want) == 20800
+    assert np.abs(got - want).max() < 1e-3 and np.abs(got).max() > 0.05

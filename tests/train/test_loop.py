@@ -78,3 +78,20 @@ def test_two_cpu_ranks_on_gloo_read_each_sequence_once(tiny_assets, tiny_run, tm
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     keys = [k for r in rows for k in r["sequences"]]
     assert len(rows) == 4 and len(keys) == 8 and len(set(keys)) == 8  # 8 sequences, 2 ranks x 4 steps: one epoch
+
+
+def test_stream_reads_sequences_by_offset_with_the_same_bytes_as_webdataset(tiny_run):
+    import webdataset as wds
+
+    from train.data import SequenceStream, read_sequence, shard_paths
+
+    paths = shard_paths(tiny_run)
+    expected = list(wds.WebDataset(paths, shardshuffle=False, empty_check=False))
+    stream = SequenceStream(tiny_run, val_every=4)
+    assert [e.key for e in stream.index] == [r["__key__"] for r in expected]
+    for entry, want in zip(stream.index, expected):
+        got = read_sequence(entry)
+        assert {k: v for k, v in got.items() if not k.startswith("__")} == \
+            {k: v for k, v in want.items() if not k.startswith("__")}
+    assert stream.modalities() == ["audio", "image", "text"]
+    assert len(list(stream.validation())) == len(stream.val_ids) > 0
