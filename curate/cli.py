@@ -241,8 +241,10 @@ def train(recipe: str, shards: str, max_steps: int | None, log_path: str | None,
 @click.option("--sequences", type=int, default=4, help="packed sequences (with 2+ samples) to check")
 @click.option("--tolerance", type=float, default=1e-3, help="max allowed |packed - alone| logit difference")
 @click.option("--unmasked", is_flag=True, help="test option: let attention cross samples (must fail)")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, cuda or cuda:N: where the fp32 forwards run (the GPU attention path on cuda)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe key")
-def verify_packing(recipe: str, shards: str, sequences: int, tolerance: float, unmasked: bool,
+def verify_packing(recipe: str, shards: str, sequences: int, tolerance: float, unmasked: bool, device: str,
                    overrides: tuple[str, ...]) -> None:
     """Compare packed logits with each sample run alone; exit 1 when they differ beyond --tolerance."""
     from curate.recipe import RecipeError, load_recipe
@@ -252,7 +254,7 @@ def verify_packing(recipe: str, shards: str, sequences: int, tolerance: float, u
 
     try:
         rec = load_recipe(recipe, list(overrides))
-        model = build_model(rec)
+        model = build_model(rec, device)
         batches = multi_sample_sequences(shards, sequences, rec.stages.media.tile_size)
     except (RecipeError, ModelError, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None

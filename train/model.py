@@ -109,10 +109,11 @@ class OmniModel(nn.Module):
     # ------------------------------------------------------------------ embeddings
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
         """Token embeddings with media embeddings in place of the context tokens, in order."""
-        ids = batch["input_ids"]
-        emb = self.llm.get_input_embeddings()(ids)
-        check_media_counts(ids, batch["samples"], self.image_token, self.audio_token, self.tokens_per_tile,
-                           self.audio_fps, self.audio_pooling)
+        table = self.llm.get_input_embeddings()
+        check_media_counts(batch["input_ids"], batch["samples"], self.image_token, self.audio_token,
+                           self.tokens_per_tile, self.audio_fps, self.audio_pooling)  # on the CPU ids: no sync
+        ids = batch["input_ids"].to(table.weight.device)
+        emb = table(ids)
         is_img, is_aud = ids == self.image_token, ids == self.audio_token
         if is_img.any():
             img = self.encode_tiles(batch["pixel_values"].to(emb.device))
