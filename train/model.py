@@ -162,9 +162,11 @@ def load_model(llm: str | Path, vision: str | Path, audio: str | Path, tokenizer
                audio_fps: float = 50.0, audio_pooling: int = 3, dtype=torch.float32) -> OmniModel:
     """Assemble the omni model from three local folders and the tokenizer the shards were made with."""
     from transformers import AutoFeatureExtractor, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from train.attention import register_packed_attention
 
+    hf_logging.disable_progress_bar()  # three "Loading weights" bars would bury the step line
     for name, path in (("llm", llm), ("vision", vision), ("audio", audio), ("tokenizer", tokenizer)):
         if not Path(path).is_dir():
             raise ModelError(f"train.{name}: folder {path} not found (run `curate demo-data DIR` for tiny ones)")
