@@ -167,7 +167,9 @@ class FilterConfig(StageConfig):
     min_answer_chars: int = Field(1, ge=0)
     """empty_answer: answers with fewer characters are rejected"""
     max_sentence_words: int = Field(300, ge=1)
-    """abnormal_sentence_length: a sentence with more words is rejected"""
+    """abnormal_sentence_length: a sentence with more words is rejected (English and other spaced scripts)"""
+    max_sentence_chars_cjk: int = Field(450, ge=1)
+    """abnormal_sentence_length for mostly Chinese/Japanese sentences (ending at 。！？；… too): more characters are rejected (a Latin word counts one; about the English 300 words, as a Chinese word averages 1.5 characters)"""
     max_zero_run: int = Field(32, ge=2)
     """zero_run: this many zeros in a row are rejected"""
     max_char_run: int = Field(80, ge=2)
