@@ -146,7 +146,7 @@ def route(language: str | None, reference: str | None, main_multilingual: bool) 
         return "main", language
     if language is None:
         if reference and reference.strip():
-            return "main", "en"  # a Latin-script reference: an English clip, as it always was here
+            return "main", None  # a Latin-script reference: decoded as it always was (tiny.en: English)
         return "detect", None
     return ("main", "en") if language == "en" else ("multilingual", language)
 

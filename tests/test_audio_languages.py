@@ -75,7 +75,7 @@ def test_route_sends_chinese_clips_to_the_multilingual_model():
     assert asr.route(None, "日本語のテキストです", main_multilingual=False) == ("multilingual", "ja")
     assert asr.route(None, "InternVL 2.5 在多个基准上表现优秀", main_multilingual=False) == ("multilingual", "zh")
     # English stays on the English model, as before
-    assert asr.route(None, "What does this video show?", main_multilingual=False) == ("main", "en")
+    assert asr.route(None, "What does this video show?", main_multilingual=False) == ("main", None)
     assert asr.route("en", None, main_multilingual=False) == ("main", "en")
     # nothing known: the multilingual model detects the language first
     assert asr.route(None, None, main_multilingual=False) == ("detect", None)
