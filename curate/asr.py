@@ -13,10 +13,22 @@
 - `wer(ref, hyp)`: word error rate (jiwer) after Whisper's own English text normaliser
   (lower case, no punctuation, spelled numbers as digits, common British spellings mapped to
   Whisper's American ones), so "Forty-two." and "42", "colour" and "color" count as the same word.
-- `vote(hypotheses, agree_wer, majority_wer)`: agreement of several transcripts of one clip
-  (Baichuan-omni's ASR ensemble): keep when every pair is within `agree_wer`; otherwise
-  correct to the transcript that a strict majority agrees with (pairwise WER <=
-  `majority_wer`); otherwise drop.
+- `error_rate(ref, hyp, language)`: the rate every gate and vote uses. WER as above for
+  English and other spaced scripts; for Chinese and Japanese (language zh/ja/yue/wuu, or CJK
+  characters in either text) the error rate over text units (curate.text_units: each CJK
+  character one unit, a Latin word or a number one), i.e. the character error rate of
+  Chinese, and the mixed error rate of Chinese-English code-switching, after Whisper's basic
+  normaliser (punctuation of both scripts removed). Chinese has no spaces, so a word error
+  rate would count a whole clause as one word.
+- `vote(hypotheses, agree, majority)`: agreement of several transcripts of one clip
+  (Baichuan-omni's ASR ensemble): keep when every pair is within `agree`; otherwise correct
+  to the transcript that a strict majority agrees with (pairwise error rate <= `majority`);
+  otherwise drop.
+- `route(...)`: which Whisper decodes a clip. An English-only model (the default tiny.en)
+  cannot write Chinese; a clip known to be in another language (recipe, manifest
+  `meta.language`, fastText LID column, or a CJK reference transcript) goes to the
+  multilingual model with that language, and a clip of unknown language is first put to the
+  multilingual model's language detection.
 """
 
 from __future__ import annotations
@@ -31,11 +43,17 @@ import numpy as np
 
 from curate import mediaio
 from curate.paths import ModelNotFound, whisper_base_path, whisper_tiny_path
+from curate.text_units import CJK_CHAR, units
 
 SAMPLE_RATE = 16_000
 CUT_SEARCH_S = 5.0  # a window boundary moves back at most this far, to the quietest frame
 FRAME_S = 0.05  # frame length of the energy search
 SILENCE_FLOOR = 1e-10
+CJK_LANGUAGES = ("zh", "ja", "yue", "wuu")  # Whisper / fastText codes of languages written without spaces
+# Whisper writes Mandarin in traditional or simplified characters from one clip to the next; a
+# short simplified-Chinese prompt ("the following are Mandarin sentences") steers it to
+# simplified, as references mostly are. options.initial_prompt replaces it.
+ZH_PROMPT = "以下是普通话的句子。"
 
 
 @dataclass
@@ -97,6 +115,58 @@ def load_whisper(path: str | None, device: str = "auto", cpu_threads: int = 1, d
                         cpu_threads=cpu_threads, local_files_only=True)
 
 
+def is_multilingual(model: Any) -> bool:
+    return bool(getattr(getattr(model, "model", None), "is_multilingual", True))
+
+
+def base_language(code: str | None) -> str | None:
+    """"zh" from "zh", "zh-CN", "zh_Hans" or "__label__zh"; None for no code."""
+    if not code:
+        return None
+    return code.removeprefix("__label__").replace("-", "_").split("_")[0].lower() or None
+
+
+def script_language(text: str | None) -> str | None:
+    """"zh" or "ja" when a text is written in CJK characters (kana: Japanese), else None."""
+    if not text or not CJK_CHAR.search(text):
+        return None
+    return "ja" if any("\u3040" <= c <= "\u30ff" for c in text) else "zh"
+
+
+def route(language: str | None, reference: str | None, main_multilingual: bool) -> tuple[str, str | None]:
+    """(which model decodes the clip, the language to decode it in; None: the model detects it).
+
+    `language` is what the recipe or the sample says; `reference` the sample's transcript, if
+    any. Models: "main" (stages.transcribe.model), "multilingual" (model_multilingual), or
+    "detect" (unknown language and an English-only main model: the multilingual model's
+    language detection decides between the two, see `after_detection`).
+    """
+    language = base_language(language) or script_language(reference)
+    if main_multilingual:
+        return "main", language
+    if language is None:
+        if reference and reference.strip():
+            return "main", None  # a Latin-script reference: decoded as it always was (tiny.en: English)
+        return "detect", None
+    return ("main", "en") if language == "en" else ("multilingual", language)
+
+
+def whisper_language(model: Any, language: str | None) -> str | None:
+    """A language code the model knows: Cantonese and Wu (fastText yue, wuu) are written Chinese
+    for models without them (only large-v3 has yue); an unknown code lets the model detect."""
+    tokenizer = getattr(model, "hf_tokenizer", None)
+    if language is None or tokenizer is None or tokenizer.token_to_id(f"<|{language}|>") is not None:
+        return language
+    return "zh" if language in CJK_LANGUAGES else None
+
+
+def after_detection(detected: str, probability: float, min_probability: float = 0.5) -> tuple[str, str]:
+    """Route of a clip once the multilingual model has detected its language."""
+    if detected != "en" and probability >= min_probability:
+        return "multilingual", detected
+    return "main", "en"
+
+
 # ---------------------------------------------------------------------------- audio
 def load_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Any audio file (or a video's audio track) as float32 mono in [-1, 1]; MediaError if broken."""
@@ -131,8 +201,10 @@ def transcribe(model: Any, audio: np.ndarray, *, language: str | None = None, va
                window_s: float = 300.0, options: dict[str, Any] | None = None) -> Transcript:
     """Transcribe a float32 16 kHz clip window by window; timestamps refer to the whole clip."""
     kwargs = {"beam_size": 1, "temperature": 0.0, "condition_on_previous_text": False} | (options or {})
-    if not getattr(getattr(model, "model", None), "is_multilingual", True):
+    if not is_multilingual(model):
         language = language or "en"  # an English-only model (tiny.en) cannot detect languages
+    elif language == "zh":
+        kwargs.setdefault("initial_prompt", ZH_PROMPT)
     segments: list[dict[str, Any]] = []
     lang, lang_prob = language or "", 1.0
     for start, end in window_bounds(audio, window_s):
@@ -186,13 +258,37 @@ def wer(reference: str, hypothesis: str, language: str = "en") -> float:
     return float(jiwer.wer(ref, hyp or ""))
 
 
-def pairwise_wer(texts: list[str], language: str = "en") -> np.ndarray:
-    """Symmetric matrix: mean of WER(a, b) and WER(b, a) (WER alone depends on which is the reference)."""
+def uses_units(reference: str, hypothesis: str, language: str | None = "en") -> bool:
+    """Character (unit) error rate instead of WER: a CJK language, or CJK characters in either text."""
+    return base_language(language) in CJK_LANGUAGES or bool(CJK_CHAR.search(f"{reference}{hypothesis}"))
+
+
+def error_rate(reference: str, hypothesis: str, language: str | None = "en") -> float:
+    """WER for spaced scripts; for Chinese/Japanese the error rate over text units (CER, with a Latin
+    word or number as one unit in mixed text). Empty reference: 0 only against an empty hypothesis."""
+    reference, hypothesis = reference or "", hypothesis or ""
+    if not uses_units(reference, hypothesis, language):
+        return wer(reference, hypothesis, language or "en")
+    import jiwer
+
+    ref, hyp = (" ".join(units(normalize(t, "zh"))) for t in (reference, hypothesis))
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return float(jiwer.wer(ref, hyp or ""))
+
+
+def error_name(reference: str, hypothesis: str = "", language: str | None = "en") -> str:
+    return "CER" if uses_units(reference, hypothesis, language) else "WER"
+
+
+def pairwise_error(texts: list[str], language: str | None = "en") -> np.ndarray:
+    """Symmetric matrix: mean of the error rate both ways (alone it depends on which is the reference)."""
     n = len(texts)
     m = np.zeros((n, n))
     for i in range(n):
         for j in range(i + 1, n):
-            m[i, j] = m[j, i] = (wer(texts[i], texts[j], language) + wer(texts[j], texts[i], language)) / 2
+            m[i, j] = m[j, i] = (error_rate(texts[i], texts[j], language)
+                                 + error_rate(texts[j], texts[i], language)) / 2
     return m
 
 
@@ -200,13 +296,13 @@ def pairwise_wer(texts: list[str], language: str = "en") -> np.ndarray:
 class Vote:
     action: str  # keep | correct | drop
     choice: int  # index of the transcript to use (keep: 0, the current one)
-    mean_wer: float  # mean pairwise WER over all pairs (0 = full agreement)
+    mean_wer: float  # mean pairwise error rate over all pairs (0 = full agreement): WER, CER for CJK
     max_wer: float
 
 
-def vote(texts: list[str], agree_wer: float, majority_wer: float, language: str = "en") -> Vote:
+def vote(texts: list[str], agree_wer: float, majority_wer: float, language: str | None = "en") -> Vote:
     """Agreement of n >= 2 transcripts of one clip; texts[0] is the one currently used."""
-    m = pairwise_wer(texts, language)
+    m = pairwise_error(texts, language)
     n = len(texts)
     pairs = m[np.triu_indices(n, 1)]
     mean, worst = float(pairs.mean()), float(pairs.max())

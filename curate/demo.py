@@ -6,10 +6,13 @@
 - multi-image: two or three charts compared;
 - video: ffmpeg's test sources (testsrc, smptebars, mandelbrot, ...), some with audio;
 - audio: espeak-ng speech of documentation sentences with their transcripts;
+- Chinese: question/answer pairs written for the demo on everyday and technical topics (some
+  mixing in English terms), and questions in Chinese about more bar charts;
 plus deliberate defects so the later stages have work: exact and near duplicates,
 repetitive answers, broken and hostile files (truncated, empty, not an image, a
 decompression bomb, paths escaping the corpus, an unreachable URL, invalid JSON, bytes
-that are not UTF-8, placeholder mismatches). A small BPE tokenizer is trained on the text.
+that are not UTF-8, placeholder mismatches; a Chinese near copy with one inserted clause and
+a Chinese answer that loops). A small BPE tokenizer is trained on the text.
 """
 
 from __future__ import annotations
@@ -31,6 +34,77 @@ VIDEO_SOURCES = {
     "mandelbrot": "a zoom into the Mandelbrot fractal",
     "life": "Conway's Game of Life",
 }
+
+
+# Chinese question/answer pairs written for this demo (id suffix, question, answer).
+ZH_QA = [
+    ("tea", "绿茶和红茶的主要区别是什么？",
+     "区别主要在于加工过程。绿茶采摘后很快经过杀青，用高温破坏茶叶中的酶，因此保留了较多的茶多酚，茶汤清亮，"
+     "味道鲜爽。红茶则要经过萎凋、揉捻和充分发酵，茶多酚大部分被氧化成茶黄素和茶红素，所以茶汤红艳，口感醇厚。"),
+    ("bike-chain", "自行车链条多久需要保养一次？",
+     "在城市里日常通勤，每骑行三百到五百公里清洁并润滑一次链条就够了。如果经常在雨天或泥泞的路上骑，最好每次骑完"
+     "都把链条擦干，再补一点链条油。链条发出干涩的摩擦声，或者用手指一抹就是一层黑油泥，就说明该保养了。"),
+    ("python-tuple", "Python 中列表和元组有什么不同？",
+     "列表是可变的，创建之后可以追加、删除或修改元素；元组是不可变的，一旦创建就不能再改动。正因为不可变，元组可以"
+     "作为字典的键，也可以放进集合里，而列表不行。表示一组固定的数据时，比如坐标 (x, y) 或函数返回的多个值，通常用"
+     "元组；需要不断增删的数据则用 list。"),
+    ("photosynthesis", "请简单解释一下光合作用。",
+     "光合作用是绿色植物利用光能，把二氧化碳和水合成有机物并释放氧气的过程。它在叶绿体中进行，分为两个阶段：光反应"
+     "在类囊体膜上把光能转化为化学能，产生 ATP 和 NADPH；暗反应在叶绿体基质中用这些能量固定二氧化碳，最终生成葡萄糖。"),
+    ("great-wall", "长城是什么时候修建的？",
+     "长城并不是一次建成的。早在春秋战国时期，各诸侯国就开始修筑防御用的城墙；秦始皇统一六国后，把北方几段城墙连接"
+     "起来。今天游客在八达岭、慕田峪看到的砖石长城，大多是明朝为了防御北方游牧民族重新修建的，距今已有五六百年。"),
+    ("sleep", "晚上总是睡不着，有什么建议吗？",
+     "可以先从作息入手：每天尽量在同一时间起床，即使前一晚没睡好也不要赖床。睡前一小时放下手机，下午以后少喝咖啡和"
+     "浓茶，晚饭也别吃得太饱。如果躺下二十分钟还睡不着，不妨起身到另一个房间看会儿书，有困意了再回到床上。长期失眠"
+     "的话，还是应该去医院的睡眠门诊看看。"),
+    ("inflation", "什么是通货膨胀？",
+     "通货膨胀是指一段时间内物价总水平持续上涨、货币购买力下降的现象。比如去年一百元能买到的东西，今年要一百零五元"
+     "才能买到，就相当于百分之五的通胀率。温和的通胀通常对经济增长有利，但物价上涨过快时，居民的储蓄会迅速缩水，"
+     "企业也难以做长期规划。"),
+    ("git-rebase", "git merge 和 git rebase 有什么区别？",
+     "两者都能把一个分支的修改合并到另一个分支，但留下的历史不同。merge 会生成一个新的合并提交，完整保留两条分支各自"
+     "的记录；rebase 则把当前分支的提交逐个搬到目标分支的最新提交之后，得到一条线性的历史。已经推送到远程的公共分支"
+     "不要 rebase，否则会改写别人依赖的历史。"),
+    ("dumplings", "包饺子时怎样才能不破皮？",
+     "和面时水要分几次加，面团揉到表面光滑后盖上湿布醒半小时，擀出来的皮更有韧性。馅料不要调得太稀，蔬菜切好后先"
+     "用盐杀出水分再挤干。包的时候馅别放太多，边缘捏紧。水开后再下锅，用勺背轻轻推动防止粘底，每次水再开就点一次"
+     "凉水，点三次就熟了。"),
+    ("chengdu", "第一次去成都旅游，有哪些地方值得去？",
+     "市区里可以去宽窄巷子和锦里逛逛，顺便尝尝钟水饺、龙抄手这些小吃。想看大熊猫的话，最好早上去大熊猫繁育研究基地，"
+     "上午熊猫最活跃。时间充裕的话，还可以坐高铁去都江堰，看看两千多年前修建的水利工程，或者去青城山爬山避暑。"),
+    ("boiling", "为什么在高原上水不到一百度就开了？",
+     "因为海拔越高，气压越低，水的沸点也随之降低。在海拔四千米左右的地方，水大约八十七度就会沸腾，所以在高原上"
+     "煮米饭和面条常常煮不熟，需要用高压锅。"),
+]
+# a near copy of the "boiling" answer: one clause inserted (a Jaccard of about 0.75, under the
+# English threshold 0.8, a duplicate at threshold_cjk)
+ZH_NEAR = ("boiling", "因为海拔越高，气压越低，而沸点取决于液面上方的气压，水的沸点也随之降低。")
+ZH_LOOP = ("手冲咖啡的水温应该是多少？",
+           "手冲咖啡的水温一般控制在九十到九十六度之间。浅烘焙的豆子可以用高一点的水温，深烘焙的豆子用低一点的水温，"
+           "这样可以避免苦味过重。" + "注意水温不要太高。" * 10)
+
+
+def zh_chart_qa(rng: random.Random, values: dict[str, int], kind: int) -> tuple[str, str]:
+    """A Chinese question about a drawn bar chart and its answer, read off the values."""
+    ordered = sorted(values, key=values.get, reverse=True)
+    hi, lo = ordered[0], ordered[-1]
+    if kind == 0:
+        return "图中哪根柱子最高？数值是多少？", f"柱子 {hi} 最高，数值是 {values[hi]}。"
+    if kind == 1:
+        return "图中最矮的是哪一根柱子？", f"最矮的是柱子 {lo}，只有 {values[lo]}。"
+    if kind == 2:
+        return "图里一共有几根柱子？", f"一共有 {len(values)} 根柱子，分别标为 {'、'.join(values)}。"
+    if kind == 3:
+        a, b = rng.sample(list(values), 2)
+        return (f"柱子 {a} 和柱子 {b} 的数值相差多少？",
+                f"柱子 {a} 是 {values[a]}，柱子 {b} 是 {values[b]}，两者相差 {abs(values[a] - values[b])}。")
+    if kind == 4:
+        return "请按数值从高到低列出所有柱子。", "从高到低依次是：" + "、".join(f"{k}（{values[k]}）" for k in ordered) + "。"
+    over = [k for k in values if values[k] > 50]
+    return ("数值超过五十的柱子有哪些？",
+            f"超过五十的有柱子 {'、'.join(over)}。" if over else "没有哪根柱子超过五十，最高的 "
+            f"{hi} 也只有 {values[hi]}。")
 
 
 def prose_topics(limit: int | None = None) -> list[tuple[str, str]]:
@@ -241,6 +315,25 @@ class DemoBuilder:
         self.add("audio", {"id": "bad-audio", "audio": "bad/broken.wav",
                            "conversations": turn("<audio>\nTranscribe the speech.", "Nothing.")})
 
+    # ------------------------------------------------------------------ Chinese
+    def chinese(self) -> None:
+        """Chinese text QA and chart QA; a near copy (one inserted clause) and a looping answer."""
+        for key, q, a in ZH_QA[::2] if self.small else ZH_QA:  # the small set keeps "boiling" (the last)
+            self.add("text", {"id": f"zh-{key}", "conversations": turn(q, a)})
+        key, clause = ZH_NEAR
+        q, a = next((q, a) for k, q, a in ZH_QA if k == key)
+        first = a.split("。")[0] + "。"
+        self.add("text", {"id": f"near-zh-{key}", "conversations": turn(q, a.replace(first, clause, 1))})
+        self.add("text", {"id": "loop-zh-coffee", "conversations": turn(*ZH_LOOP)})
+        rng = random.Random(1000)  # its own stream: the English demo stays as it was
+        for i in range(6 if self.small else 12):
+            size = [(800, 600), (640, 640), (1200, 500)][i % 3]
+            img, values = draw_chart(rng, size)
+            name = f"images/zh-chart{i:02d}.png"
+            img.save(self.out / name)
+            q, a = zh_chart_qa(rng, values, i % 6)
+            self.add("image", {"id": f"zh-img-{i}", "image": name, "conversations": turn(f"<image>\n{q}", a)})
+
     # ------------------------------------------------------------------ output
     def write(self) -> dict[str, int]:
         counts = {}
@@ -281,9 +374,10 @@ def build_demo(out_dir: str | Path, small: bool = False, seed: int = 0) -> dict[
     b.multi_images()
     b.videos()
     b.audio()
+    b.chinese()
     counts = b.write()
-    texts = [body for _, body in prose_topics()] + [json.dumps(r) for rs in b.manifests.values() for r in rs
-                                                    if isinstance(r, dict)]
+    texts = [body for _, body in prose_topics()] + [json.dumps(r, ensure_ascii=False) for rs in b.manifests.values()
+                                                    for r in rs if isinstance(r, dict)]
     build_tokenizer(out / "tokenizer", texts, vocab_size=2000 if small else 4000)
     models = build_tiny_models(out / "models", out / "tokenizer", seed)
     return {"out": str(out), "manifests": counts, "samples": sum(counts.values()), "tokenizer": str(out / "tokenizer"),

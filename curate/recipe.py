@@ -167,7 +167,9 @@ class FilterConfig(StageConfig):
     min_answer_chars: int = Field(1, ge=0)
     """empty_answer: answers with fewer characters are rejected"""
     max_sentence_words: int = Field(300, ge=1)
-    """abnormal_sentence_length: a sentence with more words is rejected"""
+    """abnormal_sentence_length: a sentence with more words is rejected (English and other spaced scripts)"""
+    max_sentence_chars_cjk: int = Field(450, ge=1)
+    """abnormal_sentence_length for mostly Chinese/Japanese sentences (ending at 。！？；… too): more characters are rejected (a Latin word counts one; about the English 300 words, as a Chinese word averages 1.5 characters)"""
     max_zero_run: int = Field(32, ge=2)
     """zero_run: this many zeros in a row are rejected"""
     max_char_run: int = Field(80, ge=2)
@@ -202,9 +204,11 @@ class DedupeConfig(StageConfig):
     near_text: bool = True
     """MinHash LSH near-duplicate removal (similar text and the same media)"""
     threshold: float = Field(0.8, gt=0, le=1)
-    """Jaccard similarity above which two texts are near duplicates"""
+    """Jaccard similarity at or above which two texts are near duplicates"""
+    threshold_cjk: float = Field(0.6, gt=0, le=1)
+    """the same for two mostly Chinese/Japanese texts (units are characters: a 60-character paragraph with one 13-character clause inserted keeps a Jaccard of 0.70; on real Chinese prose 0.6 finds 99% of one-word/one-clause copies and distinct paragraphs stay below 0.46)"""
     shingle: int = Field(5, ge=1)
-    """word n-gram size of the shingles"""
+    """n-gram size of the shingles, in units: words, or characters in CJK text (curate.text_units)"""
     num_perm: int = Field(128, ge=16)
     """MinHash bins (one-permutation hashing; a power of two)"""
     near_image: bool = True
@@ -266,10 +270,12 @@ class TranscribeConfig(StageConfig):
 
     model: str | None = Field(None, examples=["models/whisper-small-ct2"])
     """CTranslate2 Whisper folder (null: the tiny.en model installed by `make setup`)"""
+    model_multilingual: str | None = Field(None, examples=["models/whisper-small-ct2"])
+    """multilingual CTranslate2 Whisper for clips not in English (Chinese: meta.language, LID or a CJK reference) when `model` is English-only; it also detects the language of clips with none (null: Whisper base from `make setup`)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """where Whisper runs (cpu: int8, cuda: float16; auto: cuda when CTranslate2 sees a GPU)"""
     language: str | None = Field(None, examples=["en"])
-    """spoken language code (null: detected per clip; English-only models always use en)"""
+    """spoken language code of every clip (null: per clip from meta.language, the LID column or the reference script, else detected)"""
     vad: bool = False
     """skip non-speech with faster-whisper's Silero VAD before decoding"""
     window_seconds: float = Field(300.0, ge=30)
@@ -281,11 +287,11 @@ class TranscribeConfig(StageConfig):
     video_audio: bool = False
     """attach a video's audio track as cross-modal audio (an `<audio>` item after its `<video>`)"""
     ensemble: list[str] = Field(default_factory=list, examples=[["models/whisper-base-ct2"]])
-    """more Whisper folders; with them, transcripts vote (pairwise WER) to keep, correct or drop"""
+    """more Whisper folders; with them, transcripts vote (pairwise WER, CER for Chinese) to keep, correct or drop"""
     agree_wer: float = Field(0.1, ge=0)
-    """ensemble: every pair of transcripts within this WER agrees (keep)"""
+    """ensemble: every pair of transcripts within this WER (CER for Chinese) agrees (keep)"""
     majority_wer: float = Field(0.25, ge=0)
-    """ensemble: a transcript within this WER of a strict majority replaces the reference (correct)"""
+    """ensemble: a transcript within this WER (CER for Chinese) of a strict majority replaces the reference (correct)"""
     drop_easy: bool = False
     """ensemble: reject samples every model transcribed exactly (asr_too_easy, as Baichuan-omni)"""
     options: dict[str, Any] = Field(default_factory=dict, examples=[{"beam_size": 1}])
@@ -303,6 +309,8 @@ class AudioQAConfig(StageConfig):
                                                        "piper:joe*0.93"],
                               examples=[["piper:joe", "piper:joe*0.86", "espeak:en-us", "espeak:en+f3"]])
     """voice settings `[espeak:|piper:]name[*pitch]`, one picked per sample from the seed and the sample id (piper:joe is the bundled Piper voice, or give a local .onnx path; *pitch shifts it, e.g. *0.86 deeper)"""
+    voices_zh: list[str] = Field(default_factory=list, examples=[["piper:models/zh_CN-huayan-medium.onnx"]])
+    """Piper voices (local .onnx with its .onnx.json) for Chinese samples; empty: Chinese samples are not eligible and are counted as `not eligible: no Chinese voice` (espeak-ng Mandarin read back by Whisper base had CER above 2.9)"""
     tts: Literal["espeak", "piper"] = "espeak"
     """back-end of voices written without a prefix: espeak (espeak-ng binary) or piper (onnxruntime)"""
     speed: int = Field(160, ge=60, le=450)
@@ -321,10 +329,12 @@ class AudioQAConfig(StageConfig):
     """where the read-back Whisper runs"""
     max_wer: float = Field(0.1, ge=0)
     """a clip whose normalised read-back WER exceeds this is rejected (tts_asr_mismatch)"""
+    max_cer: float = Field(0.1, ge=0)
+    """the same for Chinese clips (voices_zh), on character error rate (a Latin word counts as one unit)"""
     max_chars: int = Field(300, ge=10)
     """longer spoken texts are not synthesized (the sample is not eligible)"""
     min_caption_words: int = Field(12, ge=4)
-    """caption variant: answers with fewer words are not eligible"""
+    """caption variant: answers with fewer words (characters in Chinese) are not eligible"""
 
     @field_validator("rate", "pitch", "noise_scale", "noise_w")
     @classmethod

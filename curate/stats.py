@@ -75,9 +75,17 @@ def compute_stats(run_dir: str | Path) -> dict[str, Any]:
         stats["packing"] = markers["pack_plan"].get("packing", {})  # mode, lower bound, sequences / lower bound
     if "pack_select" in markers:
         stats["select"] = markers["pack_select"].get("select", {})  # over-budget samples split / truncated / rejected
+    not_eligible = not_eligible_of(markers)
+    if not_eligible:  # passed through untouched, e.g. audio_qa: {"no Chinese voice": 12}
+        stats["not_eligible"] = not_eligible
     stats["invariant_ok"] = (stats["samples_in"] + stats["synthesized"]
                              == stats["samples_out"] + sum(rejected.values()))
     return stats
+
+
+def not_eligible_of(markers: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Stage -> reason -> samples the stage left untouched because they were not eligible."""
+    return {name: dict(m["not_eligible"]) for name, m in markers.items() if m.get("not_eligible")}
 
 
 def _read_rejects(folder: Path) -> pa.Table:
@@ -145,6 +153,9 @@ def format_stats(stats: dict[str, Any]) -> str:
                   for stage, reasons in sorted(by_stage.items(), key=lambda kv: _pipeline_order(stats, kv[0]))]
     else:
         lines += [f"  {reason:<28}{n:>8,}" for reason, n in stats["rejected"].items()]
+    for stage, reasons in (stats.get("not_eligible") or {}).items():
+        lines.append(f"not eligible    {stage}: " + ", ".join(f"{r} {n:,}" for r, n in reasons.items())
+                     + " (passed through)")
     lines += [
         f"invariant       {'ok' if stats['invariant_ok'] else 'BROKEN'} (in + synthesized = out + rejected)",
         f"shards          {stats['shards']:>10,}",

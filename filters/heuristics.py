@@ -5,10 +5,15 @@ detail string when the record breaks the rule, else None. The rule's name is the
 reason; its threshold comes from the recipe (stages.filter.*, see HeuristicThresholds):
 
 - empty_answer             an answer shorter than `min_answer_chars` characters
-- trivial_answer           an answer with no letter or digit at all ("...", "?!")
-- answer_equals_question   an answer equal to its question (case, spaces, placeholders ignored)
-- abnormal_sentence_length a sentence (text between . ! ? or a newline) longer than
-                           `max_sentence_words` words: run-on garbage, minified blobs
+- trivial_answer           an answer with no letter or digit at all ("...", "?!", "……", "？！");
+                           Han characters are letters, so "是。" is an answer
+- answer_equals_question   an answer equal to its question (case, spaces, placeholders ignored;
+                           when either holds CJK text, punctuation of both scripts is ignored too)
+- abnormal_sentence_length a sentence longer than `max_sentence_words` words (English and other
+                           spaced scripts: text between . ! ? and a space, or a newline) or, for a
+                           mostly Chinese/Japanese sentence, `max_sentence_chars_cjk` units
+                           (characters; a Latin word counts one), a CJK sentence also ending at
+                           。！？；…: run-on garbage, minified blobs
 - zero_run                 `max_zero_run` or more zeros in a row ("0.000000000000000001")
 - char_run                 one non-space character `max_char_run` or more times in a row
 - duplicate_lines          more than `max_duplicate_line_ratio` of an answer's content lines
@@ -24,6 +29,7 @@ import re
 from collections import Counter
 from typing import Any, Callable
 
+from curate import text_units
 from curate.records import PLACEHOLDER_RE as PLACEHOLDER
 from curate.records import PLACEHOLDERS
 
@@ -32,8 +38,19 @@ SENTENCE_END = re.compile(r"[.!?。！？]+\s+|\n+")
 
 @dataclasses.dataclass(frozen=True)
 class HeuristicThresholds:
+    """The rules' thresholds (recipe stages.filter.*). Per script where units differ:
+
+    - max_sentence_words (300): English and other spaced scripts, whitespace-separated words;
+    - max_sentence_chars_cjk (450): mostly Chinese/Japanese sentences, in text units (each CJK
+      character one, a Latin word or number one). A Chinese word averages about 1.5 characters,
+      so 450 is the English 300 words; real prose is far below it (the longest of 7,362 Chinese
+      sentences of the Chinese edition of Dive into Deep Learning has 112 units, 99% have <= 70).
+    - min_answer_chars, max_zero_run, max_char_run: characters in every script.
+    """
+
     min_answer_chars: int = 1
     max_sentence_words: int = 300
+    max_sentence_chars_cjk: int = 450
     max_zero_run: int = 32
     max_char_run: int = 80
     max_duplicate_line_ratio: float = 0.5
@@ -57,6 +74,11 @@ def _normal(text: str) -> str:
     return " ".join(PLACEHOLDER.sub(" ", text).lower().split())
 
 
+def _normal_units(text: str) -> str:
+    """Units only (words, CJK characters): no spaces or punctuation of either script."""
+    return " ".join(text_units.units(PLACEHOLDER.sub(" ", text).lower()))
+
+
 # ------------------------------------------------------------------------------ rules
 def empty_answer(turns: Turns, media: list, t: HeuristicThresholds) -> str | None:
     for i, text in answers(turns):
@@ -76,19 +98,42 @@ def answer_equals_question(turns: Turns, media: list, t: HeuristicThresholds) ->
     for i in range(1, len(turns)):
         q, a = turns[i - 1], turns[i]
         if q.get("from") == "human" and a.get("from") == "gpt":
-            na = _normal(a.get("value") or "")
-            if na and na == _normal(q.get("value") or ""):
+            qv, av = q.get("value") or "", a.get("value") or ""
+            # Chinese has no spaces to collapse and often drops or swaps the final ？/。: compare units
+            normal = _normal_units if text_units.CJK_CHAR.search(qv + av) else _normal
+            na = normal(av)
+            if na and na == normal(qv):
                 return f"turn {i + 1} repeats its question: {na[:60]!r}"
     return None
 
 
 def abnormal_sentence_length(turns: Turns, media: list, t: HeuristicThresholds) -> str | None:
     for i, text in answers(turns):
+        if text_units.CJK_CHAR.search(text):
+            detail = _long_cjk_sentence(text, t)
+            if detail:
+                return f"turn {i + 1} has {detail}"
+            continue
         if len(text.split()) <= t.max_sentence_words:
             continue  # no sentence can have more words than the whole answer
         longest = max((len(s.split()) for s in SENTENCE_END.split(text)), default=0)
         if longest > t.max_sentence_words:
             return f"turn {i + 1} has a {longest}-word sentence (max_sentence_words={t.max_sentence_words})"
+    return None
+
+
+def _long_cjk_sentence(text: str, t: HeuristicThresholds) -> str | None:
+    """Text with CJK characters: sentences also end at 。！？；…, and are counted in units;
+    a mostly-CJK sentence is held to max_sentence_chars_cjk, any other to max_sentence_words."""
+    if text_units.unit_count(text) <= min(t.max_sentence_words, t.max_sentence_chars_cjk):
+        return None
+    for sentence in text_units.sentences(text):
+        n = text_units.unit_count(sentence)
+        if text_units.is_cjk(sentence):
+            if n > t.max_sentence_chars_cjk:
+                return f"a {n}-character sentence (max_sentence_chars_cjk={t.max_sentence_chars_cjk})"
+        elif n > t.max_sentence_words:
+            return f"a {n}-word sentence (max_sentence_words={t.max_sentence_words})"
     return None
 
 

@@ -36,6 +36,12 @@ mapped to a strength in [0, 1] that reaches 0.5 exactly at its threshold:
    0.35, so it only decides when the text is extremely redundant.
 
 Texts longer than 40,000 characters are scored on their first and last 20,000.
+Tokens are script-aware (curate.text_units): a Chinese or Japanese character is one token,
+as a word is in English, so a Chinese sentence looping without spaces, or with a counter
+("第1步，...。第2步，...。"), has periods and repeated 6-grams like its English translation;
+a content line needs two units (two words, or two CJK characters). On 2,000 paragraphs of
+real Chinese prose this gave no false alarm in 120 and one in all 2,021, and caught 59 of 60
+loops (tests/bench/bench_zh.py). Text without CJK characters is tokenised as before.
 Numbers count as words, so numbered lists, tables and code whose lines differ in a name
 or a value break the period and the 6-grams. repetition_score is the strongest signal;
 is_repetitive(text) is score >= 0.5, i.e. at least one signal reached its threshold.
@@ -44,6 +50,7 @@ is_repetitive(text) is score >= 0.5, i.e. at least one signal reached its thresh
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import zlib
 from collections import Counter
@@ -51,9 +58,11 @@ from typing import Any
 
 import numpy as np
 
+from curate.text_units import CJK_RANGES, UNIT_RE
+
 WORD = re.compile(r"\w+")
-TOKEN = re.compile(r"\w+|[^\w\s]+")  # words and runs of punctuation / operators
-TWO_WORDS = re.compile(r"\w+\W+\w")
+# words, single CJK characters (curate.text_units) and runs of punctuation / operators
+TOKEN = re.compile(f"[{CJK_RANGES}]|[^\\W{CJK_RANGES}]+|[^\\w\\s]+")
 LIST_NUMBER = re.compile(r"^(?:[-*+]\s*)?\(?\d+[.):]\s*")
 
 
@@ -72,11 +81,11 @@ class Thresholds:
     compression: float = 0.20
 
     # shape of the signals (not thresholds)
-    max_period: int = 120  # longest repeating unit looked for, in words
+    max_period: int = 120  # longest repeating unit looked for, in tokens (words, CJK characters)
     min_units: int = 3  # a periodic stretch must hold at least this many units
     min_span_words: int = 10  # ... and at least this many tokens
     loop_min_chars: int = 60  # loop_units only counts stretches at least this long
-    ngram: int = 6  # word n-gram size of ngram_coverage
+    ngram: int = 6  # n-gram size of ngram_coverage, in words (or CJK characters)
     ngram_min_count: int = 3  # an n-gram counts as repeated from this many occurrences
     min_line_repeats: int = 3  # dup_line_ratio needs one line at least this often
     compression_ok: float = 0.35  # compression ratio at or above which that signal is 0
@@ -230,7 +239,7 @@ def content_lines(text: str) -> list[str]:
     """Lines with at least two words, spaces collapsed, a leading list number removed
     ("3. Same item" equals "2. Same item")."""
     lines = [LIST_NUMBER.sub("", " ".join(line.lower().split())) for line in text.splitlines()]
-    return [line for line in lines if TWO_WORDS.search(line)]
+    return [line for line in lines if len(list(itertools.islice(UNIT_RE.finditer(line), 2))) == 2]
 
 
 def dup_line_ratio(lines: list[str], t: Thresholds = DEFAULT) -> float:

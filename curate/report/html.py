@@ -200,6 +200,12 @@ def section_stages(stats: dict[str, Any], layout: RunLayout, recipe: dict[str, A
         rows.append([spec.name, status, m.get("rows"), m.get("kept"), sum((m.get("rejected") or {}).values()),
                      seconds, round(m["rows"] / seconds, 1) if seconds and m.get("rows") else None])
     out = table(["stage", "status", "rows", "kept", "rejected", "seconds", "rows/s"], rows, numeric={2, 3, 4, 5, 6})
+    from curate.stats import not_eligible_of
+
+    skipped_rows = [[stage, reason, n] for stage, reasons in not_eligible_of(markers).items()
+                    for reason, n in reasons.items()]
+    if skipped_rows:  # kept, untouched: e.g. Chinese samples audio_qa has no voice for
+        out += table(["stage", "not eligible (passed through untouched)", "samples"], skipped_rows, numeric={2})
     if not_run:
         out = f"<p class=bad>Not run yet: {_e(', '.join(not_run))}.</p>" + out
     if stats.get("wall_seconds"):

@@ -22,7 +22,15 @@ speech so the model learns to answer a spoken question about a picture or a vide
    `synthesized` in the stats, so samples_in + synthesized = samples_out + rejected holds.
 
 Variant `caption` (Baichuan-omni's image-audio-text data): the first answer is split 1:3 by
-words; the first quarter is spoken, the remaining three quarters become the answer.
+words (by characters in Chinese); the first quarter is spoken, the rest becomes the answer.
+
+Chinese (the filter's fastText `language` zh, else a mostly-CJK spoken text) is spoken only by
+the Piper voices in `voices_zh`, which the user supplies: no Chinese voice ships with the
+project, and espeak-ng's Mandarin read back by Whisper base was unintelligible (CER above 2.9).
+With `voices_zh` empty (the default) a Chinese sample is not eligible: it passes through
+untouched, its `audio_qa_not_eligible` column says "no Chinese voice", and the stage's marker,
+the run's stats.json (`not_eligible`) and report count it. With voices, the read-back is
+decoded as Chinese and gated on character error rate (`max_cer`, curate.asr.error_rate).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import pyarrow as pa
 
 from curate import asr
 from curate.mediaio import MediaError
+from curate.text_units import UNIT_RE, is_cjk, unit_count
 from curate.records import PLACEHOLDER_RE, dumps_meta, record_id, reject
 from curate.stages.base import Resources, Stage
 from curate.store import MediaStore
@@ -46,6 +55,7 @@ from curate.tts import (TTSError, draw_params, load_flac, make_backends, parse_v
 ORIGIN = "synthesized:audio_qa"
 VISUAL_RE = re.compile(r"(?:(?:Image|Frame)-\d+:\s*)?<(?:image|video)>")
 TAG_RE = re.compile(r"\b(?:Image|Frame)-\d+:\s*")
+NO_CHINESE_VOICE = "no Chinese voice"
 
 
 def drawn(seed: int, sample_id: str, fraction: float) -> bool:
@@ -66,10 +76,34 @@ def audio_turn(value: str) -> str:
 
 
 def split_caption(text: str) -> tuple[str, str]:
-    """Baichuan-omni 1:3 split: (first quarter of the words, the remaining three quarters)."""
+    """Baichuan-omni 1:3 split: (first quarter of the words, the remaining three quarters).
+    Chinese has no spaces: a mostly-CJK caption is split after a quarter of its units (characters)."""
+    if is_cjk(text):
+        found = list(UNIT_RE.finditer(text))
+        cut = found[max(1, round(len(found) / 4)) - 1].end()
+        return text[:cut].strip(), text[cut:].lstrip("，、；：,;: ").strip()
     words = text.split()
     k = max(1, round(len(words) / 4))
     return " ".join(words[:k]), " ".join(words[k:])
+
+
+def caption_length(text: str) -> int:
+    """Words, or units (characters) of a mostly-CJK caption: what min_caption_words counts."""
+    return unit_count(text) if is_cjk(text) else len(text.split())
+
+
+def is_chinese(row: dict[str, Any], text: str) -> bool:
+    """The filter's fastText language when it ran (zh, wuu, yue), else a mostly-CJK text."""
+    lang = asr.base_language(row.get("language"))
+    return lang in ("zh", "wuu", "yue") if lang else is_cjk(text)
+
+
+def not_eligible_counts(table: pa.Table) -> dict[str, int]:
+    """Samples passed through untouched per reason (column audio_qa_not_eligible)."""
+    out: dict[str, int] = {}
+    for reason in table.column("audio_qa_not_eligible").drop_null().to_pylist():
+        out[reason] = out.get(reason, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def first_turns(turns: list[dict[str, str]]) -> tuple[int | None, int | None]:
@@ -102,7 +136,7 @@ class AudioQAStage(Stage):
 
     def outputs(self) -> dict[str, pa.DataType]:
         return {"audio_qa_parent": pa.string(), "audio_qa_voice": pa.string(), "audio_qa_tts_params": pa.string(),
-                "audio_qa_wer": pa.float64(), "audio_qa_heard": pa.string()}
+                "audio_qa_wer": pa.float64(), "audio_qa_heard": pa.string(), "audio_qa_not_eligible": pa.string()}
 
     def validate(self) -> None:
         """Before work starts: the TTS back-end works, every voice exists, the Whisper folder is there."""
@@ -110,11 +144,12 @@ class AudioQAStage(Stage):
         if not cfg.voices:
             raise ValueError("stages.audio_qa.voices is empty; give at least one voice")
         backends = make_backends(cfg.tts, cfg.speed)
-        for spec in cfg.voices:
-            voice = parse_voice(spec, cfg.tts)
-            reason = backends[voice.backend].available(voice.name)
-            if reason:
-                raise ValueError(f"stages.audio_qa.voices: {reason}")
+        for key, specs, default in (("voices", cfg.voices, cfg.tts), ("voices_zh", cfg.voices_zh, "piper")):
+            for spec in specs:
+                voice = parse_voice(spec, default)
+                reason = backends[voice.backend].available(voice.name)
+                if reason:
+                    raise ValueError(f"stages.audio_qa.{key}: {reason}")
         asr.resolve_model_path(cfg.asr_model, default="base")
 
     def skip_reason(self) -> str | None:
@@ -151,31 +186,37 @@ class AudioQAStage(Stage):
         return out
 
     def plan(self, row: dict[str, Any]) -> tuple[str, str | None] | None:
-        """(text to speak, new answer or None) when the row is eligible and drawn, else None."""
+        """(text to speak, new answer or None) when the row is eligible and drawn, else None.
+        A Chinese row without `voices_zh` is marked `audio_qa_not_eligible` (before the draw)."""
         cfg = self.config
         kinds = {m["kind"] for m in row.get("media") or []}
         if "audio" in kinds or not kinds & {"image", "video"} or not row.get("conversations"):
             return None
-        if not drawn(self.ctx.seed, row["id"], cfg.fraction):
-            return None
         human, gpt = first_turns(row["conversations"])
         if human is None or gpt is None:
+            return None
+        text = row["conversations"][gpt if cfg.variant == "caption" else human]["value"]
+        if not cfg.voices_zh and is_chinese(row, spoken_question(text)):
+            row["audio_qa_not_eligible"] = NO_CHINESE_VOICE
+            return None
+        if not drawn(self.ctx.seed, row["id"], cfg.fraction):
             return None
         if cfg.variant == "caption":
             if sum(t["from"] != "system" for t in row["conversations"]) != 2:
                 return None  # one question and one caption only
-            answer = row["conversations"][gpt]["value"]
-            if len(answer.split()) < cfg.min_caption_words:
+            if caption_length(text) < cfg.min_caption_words:
                 return None
-            spoken, rest = split_caption(answer)
+            spoken, rest = split_caption(text)
             return (spoken, rest) if len(spoken) <= cfg.max_chars else None
-        spoken = spoken_question(row["conversations"][human]["value"])
+        spoken = spoken_question(text)
         return (spoken, None) if spoken and len(spoken) <= cfg.max_chars else None
 
     def synthesize(self, parent: dict[str, Any], spoken: str, new_answer: str | None) -> dict[str, Any]:
         cfg = self.config
         row = copy.deepcopy(parent)
-        voice = parse_voice(pick_voice(cfg.voices, self.ctx.seed, parent["id"]), cfg.tts)
+        chinese = is_chinese(parent, spoken)
+        voices, backend = (cfg.voices_zh, "piper") if chinese else (cfg.voices, cfg.tts)
+        voice = parse_voice(pick_voice(voices, self.ctx.seed, parent["id"]), backend)
         params = draw_params(self.ctx.seed, parent["id"], voice, cfg.rate, cfg.pitch, cfg.noise_scale, cfg.noise_w)
         meta = json.loads(parent.get("meta") or "{}") | {"audio_qa_parent": parent["id"], "spoken_text": spoken,
                                                          "voice": str(voice), "tts_params": params.as_dict()}
@@ -184,17 +225,27 @@ class AudioQAStage(Stage):
                    audio_qa_voice=str(voice), audio_qa_tts_params=json.dumps(params.as_dict(), sort_keys=True))
         try:
             item = synthesize_to_store(self.tts, spoken, voice, self.store, params)
-            heard = asr.transcribe(self.model, load_flac(item["path"])).text  # the stored file, read in-process
+            heard = asr.transcribe(self.model, load_flac(item["path"]),  # the stored file, read in-process
+                                   language="zh" if chinese else None).text
         except (TTSError, MediaError, OSError) as e:
             return reject(row, self.name, "tts_failed", f"voice {voice}: {e}")
         row["audio_qa_heard"] = heard
-        row["audio_qa_wer"] = asr.wer(spoken, heard)
-        if row["audio_qa_wer"] > cfg.max_wer:
+        # the read-back error: WER, or CER for Chinese (the column keeps its name)
+        row["audio_qa_wer"] = asr.error_rate(spoken, heard, "zh" if chinese else "en")
+        name, limit = ("CER", cfg.max_cer) if chinese else ("WER", cfg.max_wer)
+        if row["audio_qa_wer"] > limit:
             return reject(row, self.name, "tts_asr_mismatch",
-                          f"WER {row['audio_qa_wer']:.3f} > max_wer {cfg.max_wer} (voice {voice}): "
+                          f"{name} {row['audio_qa_wer']:.3f} > max_{name.lower()} {limit} (voice {voice}): "
                           f"said {spoken!r}, heard {heard!r}")
         self.rewrite(row, item, new_answer)
         return row
+
+    def finish(self, job: Any) -> dict[str, Any]:
+        """The marker counts the samples passed through as not eligible, per reason."""
+        import pyarrow.dataset as pads
+
+        table = pads.dataset(str(job.output_dir), format="parquet").to_table(columns=["audio_qa_not_eligible"])
+        return {"not_eligible": not_eligible_counts(table)}
 
     @staticmethod
     def rewrite(row: dict[str, Any], item: dict[str, Any], new_answer: str | None) -> None:

@@ -17,7 +17,8 @@ How it runs on Ray (never a driver loop over rows, memory independent of cluster
 
 What counts as a duplicate:
 - exact_duplicate: same normalised text and the same media bytes;
-- near_duplicate: estimated Jaccard of the shingle sets >= `threshold` and the same media
+- near_duplicate: estimated Jaccard of the shingle sets >= `threshold` (`threshold_cjk` when
+  both texts are mostly Chinese or Japanese, see below) and the same media
   (same bytes, or for images a pHash Hamming distance <= `image_hamming`). A different
   picture with the same generic question is not a duplicate;
 - near_duplicate_image (options.image_only=true, for captioning corpora): every image of
@@ -30,6 +31,16 @@ becomes a candidate with probability >= 0.99, and among such splits the one with
 false-positive mass is taken (128 bins, threshold 0.8: 16 bands x 6 rows). Candidates
 are then verified with the exact Jaccard of their shingle-hash sets, so extra candidates
 cost time, not precision.
+Chinese and Japanese texts (most units CJK characters, curate.text_units.is_cjk) are shingled
+in character n-grams (`shingle`) and compared at `threshold_cjk` (0.6), with LSH bands chosen for it; their
+band keys are salted, so they only ever share a bucket with other mostly-CJK texts, and
+English (or any spaced-script) results are exactly those of `threshold` alone. Why a lower
+threshold: one inserted word or clause of k units in an n-unit text leaves a Jaccard of
+(n - 8) / (n + k) with 5-gram shingles; a Chinese clause is about 13 characters (the median
+between two punctuation marks in the Chinese edition of Dive into Deep Learning) and a
+paragraph often 50-120, so at 0.8 only about 75% of such near copies were found in 2,000
+real paragraphs of that book, at 0.6 over 99%, while no two distinct paragraphs of it had a
+Jaccard above 0.46 (tests/bench/bench_zh.py).
 Keep rule: the sample of the source listed first in the recipe, then the smallest id. (Quality
 scores cannot decide: LLM scoring runs after dedupe, so that no GPU time goes to duplicates.)
 """
@@ -48,7 +59,7 @@ import pyarrow as pa
 
 from curate.records import reject
 from curate.stages.base import GlobalStage, Job, Resources, map_options
-from curate.text_units import UNIT_RE
+from curate.text_units import UNIT_RE, is_cjk
 
 MAX_HASH = np.uint64((1 << 32) - 1)
 EMPTY = np.uint64(1 << 40)  # marks a bin no shingle fell into (above any 32-bit value)
@@ -310,10 +321,33 @@ def with_kind(h: np.ndarray, kind: int) -> np.ndarray:
     return (np.asarray(h, np.uint64) & _LOW62) | np.uint64(kind << 62)
 
 
-def band_bucket_keys(hb: np.ndarray) -> np.ndarray:
-    """(n_docs, bands) bucket keys of LSH band hashes; the band index is mixed in."""
-    offsets = np.arange(1, hb.shape[1] + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+CJK_SALT = 1 << 20  # added to the band index of mostly-CJK texts: their buckets are their own
+
+
+def band_bucket_keys(hb: np.ndarray, salt: int = 0) -> np.ndarray:
+    """(n_docs, bands) bucket keys of LSH band hashes; the band index (plus `salt`) is mixed in."""
+    offsets = (np.arange(1, hb.shape[1] + 1, dtype=np.uint64) + np.uint64(salt)) * np.uint64(0x9E3779B97F4A7C15)
     return with_kind(_mix64(hb ^ offsets[None, :]), NEAR)
+
+
+def near_bucket_keys(sig: np.ndarray, cjk: np.ndarray, cfg: dict[str, Any]) -> list[np.ndarray]:
+    """Per document, its LSH bucket keys: banded for `threshold` (bands x rows), or for mostly-CJK
+    documents for `threshold_cjk` (bands_cjk x rows_cjk) and salted, so the two never meet."""
+    out: list[np.ndarray] = [np.zeros(0, np.uint64)] * len(sig)
+    for flag, bands, rows in ((False, cfg["bands"], cfg["rows"]), (True, cfg["bands_cjk"], cfg["rows_cjk"])):
+        idx = np.flatnonzero(cjk == flag)
+        if len(idx):
+            keys = band_bucket_keys(band_hashes(sig[idx], bands, rows), CJK_SALT if flag else 0)
+            for i, k in zip(idx.tolist(), keys):
+                out[i] = k
+    return out
+
+
+def lsh_settings(threshold: float, threshold_cjk: float, num_perm: int) -> dict[str, Any]:
+    bands, rows = lsh_params(threshold, num_perm)
+    bands_cjk, rows_cjk = lsh_params(threshold_cjk, num_perm)
+    return {"threshold": threshold, "threshold_cjk": threshold_cjk, "bands": bands, "rows": rows,
+            "bands_cjk": bands_cjk, "rows_cjk": rows_cjk}
 
 
 def _hash64(text: str) -> int:
@@ -398,15 +432,19 @@ def jaccard_pairs(flat: np.ndarray, offsets: np.ndarray, u: np.ndarray, v: np.nd
 
 
 def verify_pairs(u: np.ndarray, v: np.ndarray, kind: np.ndarray, flat: np.ndarray, offsets: np.ndarray,
-                 media: Sequence[str], questions: Sequence[str], cfg: dict[str, Any]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(is a duplicate, similarity) of each candidate pair; u, v index flat/offsets, media, questions."""
+                 media: Sequence[str], questions: Sequence[str], cfg: dict[str, Any],
+                 cjk: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(is a duplicate, similarity) of each candidate pair; u, v index flat/offsets, media, questions
+    and `cjk` (mostly-CJK texts: a pair of two is held to cfg["threshold_cjk"])."""
     ok = kind == EXACT
     sim = np.ones(len(u), np.float64)
     near = np.flatnonzero(kind == NEAR)
     if len(near):
         sim[near] = jaccard_pairs(flat, offsets, u[near], v[near])
-        passed = near[sim[near] >= cfg["threshold"]]
+        threshold = np.full(len(near), cfg["threshold"])
+        if cjk is not None:
+            threshold[cjk[u[near]] & cjk[v[near]]] = cfg.get("threshold_cjk", cfg["threshold"])
+        passed = near[sim[near] >= threshold]
         for i in passed.tolist():  # same media string: same bytes (or both text-only)
             a, b = media[u[i]], media[v[i]]
             ok[i] = a == b or media_compatible(json.loads(a), json.loads(b), cfg["image_hamming"], cfg["near_image"])
@@ -455,21 +493,24 @@ def components(n: int, u: np.ndarray, v: np.ndarray, kind: np.ndarray, sim: np.n
 
 
 # ----------------------------------------------------------------------------- single-process API
-def near_duplicate_clusters(texts: Sequence[str], threshold: float = 0.8, *, num_perm: int = 128,
-                            shingle: int = 5) -> list[int]:
-    """Cluster label per text (the smallest index of its cluster), same algorithm as the stage."""
-    _, hashes = text_units(texts, shingle)
+def near_duplicate_clusters(texts: Sequence[str], threshold: float = 0.8, *, threshold_cjk: float = 0.6,
+                            num_perm: int = 128, shingle: int = 5) -> list[int]:
+    """Cluster label per text (the smallest index of its cluster), same algorithm as the stage.
+    Two mostly-CJK texts are compared at `threshold_cjk` (the recipe default, see the module docstring)."""
+    norm, hashes = text_units(texts, shingle)
+    cjk = np.array([is_cjk(t) for t in norm], bool)
     sig = signatures_from_hashes(hashes, num_perm)
-    bands, rows = lsh_params(threshold, num_perm)
-    has_text = np.flatnonzero([len(h) > 0 for h in hashes])
-    keys = band_bucket_keys(band_hashes(sig[has_text], bands, rows))
-    docs = np.repeat(has_text, keys.shape[1])
+    cfg = lsh_settings(threshold, threshold_cjk, num_perm) | {"image_hamming": 0, "near_image": False,
+                                                              "video_cosine": 1.0}
+    has_text = np.array([len(h) > 0 for h in hashes], bool)
+    per_doc = near_bucket_keys(sig, cjk, cfg)
+    keys = np.concatenate([per_doc[i] for i in np.flatnonzero(has_text)] or [np.zeros(0, np.uint64)])
+    docs = np.repeat(np.flatnonzero(has_text), [len(per_doc[i]) for i in np.flatnonzero(has_text)])
     rank = np.arange(len(texts))
-    u, v, kind = candidate_pairs(keys.ravel(), docs, rank)
+    u, v, kind = candidate_pairs(keys, docs, rank)
     offsets = np.concatenate(([0], np.cumsum([len(h) for h in hashes]))).astype(np.int64)
     flat = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-    cfg = {"threshold": threshold, "image_hamming": 0, "near_image": False, "video_cosine": 1.0}
-    ok, sim = verify_pairs(u, v, kind, flat, offsets, ["[]"] * len(texts), [""] * len(texts), cfg)
+    ok, sim = verify_pairs(u, v, kind, flat, offsets, ["[]"] * len(texts), [""] * len(texts), cfg, cjk)
     out = components(len(texts), u[ok], v[ok], kind[ok], sim[ok], rank)
     labels = np.arange(len(texts))
     labels[out["node"]] = out["kept"]
@@ -478,8 +519,9 @@ def near_duplicate_clusters(texts: Sequence[str], threshold: float = 0.8, *, num
 
 # ----------------------------------------------------------------------------- the Ray stage
 FEATURES = pa.schema([("id", pa.string()), ("order", pa.int32()), ("keys", pa.list_(pa.uint64())),
-                      ("shingles", pa.binary()), ("media", pa.string()), ("question", pa.string())])
-ROUTED = pa.schema([("part", pa.int32()), ("node", pa.int64()), ("shingles", pa.binary()),
+                      ("shingles", pa.binary()), ("cjk", pa.bool_()), ("media", pa.string()),
+                      ("question", pa.string())])
+ROUTED = pa.schema([("part", pa.int32()), ("node", pa.int64()), ("shingles", pa.binary()), ("cjk", pa.bool_()),
                     ("media", pa.string()), ("question", pa.string())])
 KEYS = pa.schema([FEATURES.field(n) for n in ("id", "order", "keys")])
 EDGES = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("kind", pa.int8()), ("sim", pa.float64())])
@@ -506,9 +548,10 @@ def _features(batch: pa.Table, cfg: dict[str, Any], source_order: dict[str, int]
     media_rows = batch.column("media").to_pylist()
     norm, hashes = text_units([sample_text(c) for c in convs], cfg["shingle"])
     has_text = [bool(t) and len(h) > 0 for t, h in zip(norm, hashes)]
+    cjk = np.array([is_cjk(t) for t in norm], bool)
     bands = None
     if cfg["near_text"] and any(has_text):
-        bands = band_bucket_keys(band_hashes(signatures_from_hashes(hashes, cfg["num_perm"]), cfg["bands"], cfg["rows"]))
+        bands = near_bucket_keys(signatures_from_hashes(hashes, cfg["num_perm"]), cjk, cfg)
     keys, media_out, questions = [], [], []
     for i, (text, conv, mrows) in enumerate(zip(norm, convs, media_rows)):
         media = []
@@ -532,7 +575,7 @@ def _features(batch: pa.Table, cfg: dict[str, Any], source_order: dict[str, int]
     order = [source_order.get(s, 1 << 30) for s in batch.column("source").to_pylist()]
     return pa.table({"id": batch.column("id"), "order": pa.array(order, pa.int32()),
                      "keys": pa.array(keys, pa.list_(pa.uint64())),
-                     "shingles": [h.astype(np.uint32).tobytes() for h in hashes],
+                     "shingles": [h.astype(np.uint32).tobytes() for h in hashes], "cjk": cjk,
                      "media": media_out, "question": questions}, schema=FEATURES)
 
 
@@ -588,7 +631,7 @@ def _route(batch: pa.Table, route_ref: list[Any]) -> pa.Table:
     rep = pc.list_parent_indices(parts)
     rows = rows.take(rep)
     return pa.table({"part": parts.flatten().cast(pa.int32()), "node": r.column("node").take(rep),
-                     "shingles": rows.column("shingles"), "media": rows.column("media"),
+                     "shingles": rows.column("shingles"), "cjk": rows.column("cjk"), "media": rows.column("media"),
                      "question": rows.column("question")}, schema=ROUTED)
 
 
@@ -615,7 +658,8 @@ def _verify_part(group: pa.Table, pairs_ref: list[Any], cfg: dict[str, Any]) -> 
     flat = np.concatenate(hashes) if hashes else np.zeros(0, np.uint32)
     kind = pairs.column("kind").to_numpy()
     ok, sim = verify_pairs(local_u, local_v, kind, flat, offsets, group.column("media").to_pylist(),
-                           group.column("question").to_pylist(), cfg)
+                           group.column("question").to_pylist(), cfg,
+                           group.column("cjk").to_numpy(zero_copy_only=False).astype(bool))
     return pa.table({"u": pairs.column("u").filter(pa.array(ok)), "v": pairs.column("v").filter(pa.array(ok)),
                      "kind": kind[ok], "sim": np.round(sim[ok], 4)}, schema=EDGES)
 
@@ -682,9 +726,8 @@ class DedupeStage(GlobalStage):
             raise ValueError(f"stages.dedupe.options: unknown keys {sorted(unknown)}")
         if c.num_perm & (c.num_perm - 1):
             raise ValueError(f"stages.dedupe.num_perm must be a power of two, got {c.num_perm}")
-        bands, rows = lsh_params(c.threshold, c.num_perm)
-        return {"exact": c.exact, "near_text": c.near_text, "threshold": c.threshold, "num_perm": c.num_perm,
-                "shingle": c.shingle, "bands": bands, "rows": rows, "near_image": c.near_image,
+        return {"exact": c.exact, "near_text": c.near_text, "num_perm": c.num_perm, "shingle": c.shingle,
+                **lsh_settings(c.threshold, c.threshold_cjk, c.num_perm), "near_image": c.near_image,
                 "image_hamming": c.image_hamming, "image_only": bool(opts.get("image_only", False)),
                 "video_instructions": bool(opts.get("video_instructions", True)),
                 "video_cosine": float(opts.get("video_instruction_cosine", 0.9))}

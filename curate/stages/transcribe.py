@@ -21,7 +21,16 @@ For each sample with audio:
    by the majority transcript, meta.transcript_source = "asr_majority") or reject
    `asr_disagreement`. `drop_easy` rejects samples every model got exactly right
    (`asr_too_easy`, Baichuan-omni drops them from SFT).
-5. `video_audio`: a video with an audio track gets that track as cross-modal audio
+5. Languages: the default `model` (tiny.en) is English-only. A clip whose language is known
+   and not English (recipe `language`, manifest `meta.language`, a fastText `language`
+   column, or a reference transcript in CJK characters) is decoded by `model_multilingual`
+   (Whisper base from `make setup`) in that language; a clip with neither language nor
+   reference is first put to that model's language detection (curate.asr.route). English
+   clips, and every clip when `model` is multilingual, go to `model` as before. Chinese
+   transcripts are compared with the reference and each other by character error rate
+   (curate.asr.error_rate; the column is still `asr_wer`). Ensemble models that are
+   English-only sit out the vote on a clip that is not English.
+6. `video_audio`: a video with an audio track gets that track as cross-modal audio
    (Baichuan-omni's video-audio-text data): stored as FLAC, transcribed, added as an audio
    item right after the video with an `<audio>` placeholder right after `<video>`.
 """
@@ -81,9 +90,11 @@ class TranscribeStage(Stage):
         """Fail before work starts when a model folder is missing."""
         for path in [self.config.model, *self.config.ensemble]:
             asr.resolve_model_path(path)
+        asr.resolve_model_path(self.config.model_multilingual, default="base")
 
     def setup(self) -> None:
         self._models: list[Any] | None = None
+        self._multilingual: Any = None
         self.store = MediaStore(self.ctx.media_dir)
 
     @property
@@ -94,6 +105,15 @@ class TranscribeStage(Stage):
             threads = max(1, int(self.resources.cpus))
             self._models = [asr.load_whisper(p, cfg.device, threads) for p in [cfg.model, *cfg.ensemble]]
         return self._models
+
+    @property
+    def multilingual(self) -> Any:
+        """The multilingual Whisper, loaded on the first clip that needs it (English corpora never do)."""
+        if self._multilingual is None:
+            cfg = self.config
+            self._multilingual = asr.load_whisper(cfg.model_multilingual, cfg.device, max(1, int(self.resources.cpus)),
+                                                  default="base")
+        return self._multilingual
 
     # ------------------------------------------------------------------ rows
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -113,11 +133,14 @@ class TranscribeStage(Stage):
         audio_idx = [i for i, m in enumerate(row["media"]) if m["kind"] == "audio"]
         if not audio_idx:
             return
+        meta = json.loads(row.get("meta") or "{}")
+        language = self.config.language or meta.get("language") or row.get("language")
+        reference = reference_transcript(row, meta)[0] if len(audio_idx) == 1 else None
         texts, segments, results = [], [], []
         for i in audio_idx:
             item = row["media"][i]
             try:
-                result = self.transcribe_item(item)
+                result = self.transcribe_item(item, language, reference)
             except ClipError:
                 if row.get("modality") == "audio":
                     raise
@@ -134,8 +157,9 @@ class TranscribeStage(Stage):
         if len(audio_idx) == 1 and len(results) == 1:
             self.decide(row, results[0])
 
-    def transcribe_item(self, item: dict[str, Any]) -> list[asr.Transcript]:
-        """One clip through every configured model (the first is the main one)."""
+    def transcribe_item(self, item: dict[str, Any], language: str | None = None,
+                        reference: str | None = None) -> list[asr.Transcript]:
+        """One clip through the models its language needs (the first result is the one used)."""
         cfg = self.config
         try:
             audio = asr.load_audio(item["path"], SAMPLE_RATE)
@@ -148,11 +172,25 @@ class TranscribeStage(Stage):
         if level < cfg.silence_dbfs:
             raise ClipError("silent_audio",
                             f"RMS {level:.1f} dBFS < stages.transcribe.silence_dbfs={cfg.silence_dbfs}")
-        out = [asr.transcribe(m, audio, language=cfg.language, vad=cfg.vad, window_s=cfg.window_seconds,
-                              options=cfg.options) for m in self.models]
+        models, language = self.models_for(audio, language, reference)
+        out = [asr.transcribe(m, audio, language=language, vad=cfg.vad, window_s=cfg.window_seconds,
+                              options=cfg.options) for m in models]
         if not out[0].text:
             raise ClipError("no_speech", f"Whisper heard no speech in {seconds:.1f}s of audio")
         return out
+
+    def models_for(self, audio: Any, language: str | None, reference: str | None) -> tuple[list[Any], str | None]:
+        """The Whisper models for one clip (main first, then the ensemble) and its language."""
+        main, *ensemble = self.models
+        which, language = asr.route(language, reference, asr.is_multilingual(main))
+        if which == "detect":
+            detected, probability, _ = self.multilingual.detect_language(audio)
+            which, language = asr.after_detection(detected, probability)
+        first = main if which == "main" else self.multilingual
+        language = asr.whisper_language(first, language)
+        if language in (None, "en"):
+            return [first, *ensemble], language
+        return [first, *(m for m in ensemble if asr.is_multilingual(m))], language
 
     # ------------------------------------------------------------------ the transcript
     def decide(self, row: dict[str, Any], results: list[asr.Transcript]) -> None:
@@ -168,12 +206,13 @@ class TranscribeStage(Stage):
             self.set_transcript(row, meta, turn, heard[0], "asr")
             row["asr_action"] = "filled"
             return
-        row["asr_wer"] = asr.wer(ref, heard[0], lang)
+        row["asr_wer"] = asr.error_rate(ref, heard[0], lang)
         row["asr_action"] = "checked"
         if len(heard) < 2:
             return
         verdict = asr.vote([ref, *heard], cfg.agree_wer, cfg.majority_wer, lang)
-        detail = f"mean pairwise WER {verdict.mean_wer:.3f}, max {verdict.max_wer:.3f} over {len(heard)} models"
+        detail = (f"mean pairwise {asr.error_name(ref, heard[0], lang)} {verdict.mean_wer:.3f}, "
+                  f"max {verdict.max_wer:.3f} over {len(heard)} models")
         if verdict.action == "drop":
             reject(row, self.name, "asr_disagreement", detail)
         elif cfg.drop_easy and verdict.max_wer == 0.0:

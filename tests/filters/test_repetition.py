@@ -259,3 +259,54 @@ if __name__ == "__main__":  # print the errors while tuning
     for kind, label, text in errs:
         print("----", kind, label, {k: round(v, 3) for k, v in repetition_signals(text).items()})
         print(text[-300:])
+
+
+# ------------------------------------------------------------------------------ Chinese
+ZH_CLEAN = [
+    "黄河发源于青藏高原的巴颜喀拉山脉，流经九个省区，最后在山东注入渤海。由于中游穿过黄土高原，"
+    "河水携带大量泥沙，下游河床不断抬高，形成了举世闻名的地上河。",
+    "做红烧肉时，先把五花肉切成大小均匀的方块，冷水下锅焯去血沫。炒糖色要用小火，糖完全融化并变成"
+    "枣红色后再放肉翻炒，然后加入生抽、老抽和热水，小火慢炖一个小时左右。",
+    "梯度下降每一步都沿着损失函数下降最快的方向更新参数。学习率太大时，参数会在最优点附近来回震荡；"
+    "学习率太小时，收敛又会非常缓慢，所以实践中常常配合学习率预热和余弦退火一起使用。",
+    "这张图表展示了某城市过去十二个月的平均气温。一月最冷，平均只有零下三度；七月最热，接近二十九度。"
+    "春秋两季的气温变化较快，相邻两个月之间可以相差六到七度。",
+    "我们在 PyTorch 中用 DataLoader 读取数据，把 batch_size 设为 32，并打开 shuffle。"
+    "每个训练周期结束后，在验证集上计算准确率，如果连续三个周期没有提升就提前停止训练。",
+    "宋代的活字印刷由毕昇发明，他用胶泥刻字，每字一印，用火烧硬后排版印刷。印完之后可以把字拆下来"
+    "重复使用，这比雕版印刷节省了大量的时间和材料。",
+]
+
+
+def zh_loops() -> dict[str, str]:
+    base = ZH_CLEAN[0]
+    return {
+        "tail_sentence": base + "河水携带大量泥沙。" * 8,
+        "phrase_without_punctuation": base[:40] + "我们需要进一步分析这个问题" * 6,
+        "alternating": base + "学习率太大会震荡。学习率太小会很慢。" * 5,
+        "counter": base + "".join(f"第{i}步，把五花肉切成大小均匀的方块并冷水下锅。" for i in range(1, 8)),
+        "mixed_tail": ZH_CLEAN[4] + "每个 epoch 结束后计算准确率。" * 7,
+        "lines": base + "\n" + "\n".join(["春秋两季的气温变化较快"] * 6),
+    }
+
+
+def test_clean_chinese_and_mixed_paragraphs_are_not_repetitive():
+    for text in ZH_CLEAN:
+        assert repetition_score(text) < 0.5, (fired(repetition_signals(text)), text[:30])
+
+
+@pytest.mark.parametrize("kind", sorted(zh_loops()))
+def test_chinese_loops_are_caught(kind):
+    """A CJK character is one token (curate.text_units): a Chinese sentence has as many tokens as
+    characters, so periods, n-grams and content lines work as they do on English words."""
+    assert is_repetitive(zh_loops()[kind]), fired(repetition_signals(zh_loops()[kind]))
+
+
+def test_english_tokens_are_unchanged_by_cjk_units():
+    from filters.repetition import _tokens
+
+    text = "Café prices rose, then fell — twice: “up” and “down”."  # non-ASCII: the regex path
+    ids, starts, ends, is_word = _tokens(text)
+    assert [text.lower()[a:b] for a, b in zip(starts, ends)] == re.findall(r"\w+|[^\w\s]+", text.lower())
+    zh_ids, *_ = _tokens("重复检测")
+    assert len(zh_ids) == 4

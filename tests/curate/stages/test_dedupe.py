@@ -245,3 +245,48 @@ def test_chinese_near_copies_differ_by_one_word_are_found_and_distinct_paragraph
     assert len(old[0]) < 10
     mixed = "InternVL 2.5 使用动态高分辨率，每个图块 448 像素，最多 12 个图块加一张缩略图。"
     assert len(set(near_duplicate_clusters([mixed, mixed.replace("最多", "至多")], threshold=0.6))) == 1
+
+
+def jaccard_of(a, b):
+    from curate.stages.dedupe import jaccard_exact, text_units
+
+    _, (ha, hb) = text_units([a, b], 5)
+    return jaccard_exact(ha, hb)
+
+
+def test_mostly_chinese_pairs_use_threshold_cjk_and_english_pairs_do_not():
+    """A clause inserted into a short Chinese paragraph leaves a Jaccard between 0.6 and 0.8: a
+    duplicate at threshold_cjk. An English pair at the same Jaccard stays apart, whatever threshold_cjk."""
+    zh = ZH_PARAGRAPHS[0]
+    zh_copy = zh[:-1] + "，在多个公开基准上都得到了验证。"
+    assert 0.6 <= jaccard_of(zh, zh_copy) < 0.8
+    en = " ".join(labelled_corpus()[0].split()[:40])
+    words = en.split()
+    en_copy = " ".join(words[:20] + "and this clause was added to the middle of it".split() + words[20:])
+    assert 0.6 <= jaccard_of(en, en_copy) < 0.8
+    texts = [zh, zh_copy, en, en_copy]
+    assert near_duplicate_clusters(texts, 0.8, threshold_cjk=0.6) == [0, 0, 2, 3]
+    assert near_duplicate_clusters(texts, 0.8, threshold_cjk=0.8) == [0, 1, 2, 3]
+    assert near_duplicate_clusters(texts, 0.6, threshold_cjk=0.8) == [0, 1, 2, 2]
+    # a mixed Chinese-English text is mostly CJK units, so it is compared at threshold_cjk too
+    mixed = "InternVL 2.5 使用动态高分辨率，每个图块 448 像素，最多 12 个图块，另外再加一张缩略图。"
+    mixed_copy = mixed[:-1] + "，这样小字也能看清。"
+    assert 0.6 <= jaccard_of(mixed, mixed_copy) < 0.8
+    assert len(set(near_duplicate_clusters([mixed, mixed_copy], 0.8))) == 1
+
+
+def test_english_clusters_do_not_depend_on_threshold_cjk():
+    texts = labelled_corpus()
+    assert near_duplicate_clusters(texts, THRESHOLD, threshold_cjk=0.3) == near_duplicate_clusters(texts, THRESHOLD)
+
+
+def test_ray_path_applies_threshold_cjk(ray_session):
+    zh = ZH_PARAGRAPHS  # about 50 characters each
+    copies = [p[:len(p) // 3] + "在实际的大规模数据处理流程中，" + p[len(p) // 3:] for p in zh]
+    texts = zh + copies + labelled_corpus()[:40]
+    assert all(0.6 <= jaccard_of(a, b) < 0.8 for a, b in zip(zh, copies))
+    out = run_stage(ray_session, rows_from_texts(texts))
+    rejected = {int(rid) for rid, r in out.items() if r["reject_reason"] == "near_duplicate"}
+    single = near_duplicate_clusters(texts, THRESHOLD, threshold_cjk=DedupeConfig().threshold_cjk)
+    assert rejected == {i for i, label in enumerate(single) if label != i}
+    assert set(range(len(zh), 2 * len(zh))) <= rejected
