@@ -24,7 +24,7 @@ MODEL_KEYS = {  # stage -> the config key naming its model (None: the packaged d
     "filter": "lid_model", "filter_clip": "clip_model", "transcribe": "model", "score": "model",
     "score_loss": "loss_model", "audio_qa": "asr_model", "tokenize": "tokenizer",
 }
-DEFAULTS = {"filter": "lid.176.ftz", "transcribe": "whisper-tiny.en", "audio_qa": "whisper-tiny.en"}
+DEFAULTS = {"filter": "lid.176.ftz", "transcribe": "whisper-tiny.en", "audio_qa": "whisper-base"}  # audio_qa reads back with base
 PLAIN_EVERY_S = 60.0
 
 
