@@ -28,6 +28,7 @@ from curate.runner import Runner
 from curate.scoring.backends import HTTPBackend, Request
 from curate.scoring.parse import parse_domain, parse_score, parse_yes_no
 from curate.scoring.prompts import load_prompts
+from curate.text_units import is_cjk
 from curate.stages.base import RunContext
 from curate.stages.score import ScoreStage
 from tests.conftest import demo_overrides
@@ -296,15 +297,20 @@ def test_http_backend_through_the_runner_and_cache_on_rerun(ray_session, demo_sm
     stats = Runner(text_recipe(demo_small, *sets), tmp_path).run()
     assert stats["invariant_ok"] and "score" not in stats["skipped_stages"]
     rows = score_rows(tmp_path)
-    assert rows and all(r["score_status"] == "scored" and r["score_model"] == "served-tiny"
-                        and r["score_prompt"].startswith("score-v1@") for r in rows)
+    assert rows and all(r["score_status"] == "scored" and r["score_model"] == "served-tiny" for r in rows)
+    # the demo's Chinese rows are scored with the Chinese prompt file, the others with the English one
+    chinese = [is_cjk("\n".join(t["value"] for t in r["conversations"])) for r in rows]
+    assert any(chinese) and not all(chinese)
+    assert all(r["score_prompt"].startswith("score-v1-zh@" if zh else "score-v1@") for r, zh in zip(rows, chinese))
     loops = [r for r in rows if first_question(r).startswith("Summarise")]
     proof = [r for r in rows if first_question(r).startswith("Prove")]
     assert loops and all(r["reject_reason"] == "repetitive_llm" for r in loops)
     assert proof and all((r["score_domain"], r["quality_score"], r["reject_reason"]) == ("mathematics", 5, None)
                          for r in proof)
     plain = [r for r in rows if r not in loops and r not in proof]
-    assert all((r["score_domain"], r["quality_score"], r["reject_reason"]) == ("programming", 8, None) for r in plain)
+    # the fake server answers the English prompts "programming" and the Chinese ones 数学 (mathematics)
+    assert all((r["score_domain"], r["quality_score"], r["reject_reason"])
+               == ("mathematics" if zh else "programming", 8, None) for r, zh in zip(rows, chinese) if r in plain)
     assert stats["rejected"]["repetitive_llm"] == len(loops)
     flagged = [json.loads(x) for f in (tmp_path / "review" / "score").glob("*.jsonl") for x in f.open()]
     assert sorted(r["id"] for r in flagged) == sorted(r["id"] for r in loops)
@@ -314,7 +320,8 @@ def test_http_backend_through_the_runner_and_cache_on_rerun(ray_session, demo_sm
     # A stricter threshold re-runs the stage, but every reply comes from the cache.
     stats = Runner(text_recipe(demo_small, *sets, "stages.score.threshold=9"), tmp_path).run()
     assert fake_llm.requests == asked
-    assert stats["rejected"]["low_quality"] == len(plain)
+    # mathematics keeps its own threshold (4): the Chinese rows, classed 数学, stay
+    assert stats["rejected"]["low_quality"] == sum(1 for r, zh in zip(rows, chinese) if r in plain and not zh)
     proof_ids = {r["id"] for r in proof}
     assert all(r["reject_reason"] is None for r in score_rows(tmp_path) if r["id"] in proof_ids)
 
