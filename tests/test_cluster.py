@@ -16,7 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SET = "stages.transcribe.enabled=false stages.audio_qa.enabled=false"  # the model stages are tested elsewhere
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+# the README block starts two nodes and submits a job: minutes on 2 cores, more when the machine is shared
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(1500)]
 
 
 def free_port() -> int:
