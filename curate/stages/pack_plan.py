@@ -157,8 +157,8 @@ def _place(batch: pa.Table, refs: list[Any], max_tokens: int, max_tiles: int, st
     tok = batch.column("n_tokens").to_numpy(zero_copy_only=False)
     til = batch.column("n_tiles").to_numpy(zero_copy_only=False)
     too_long = (tok > max_tokens) | (til > max_tiles)
-    found = pc.index_in(batch.column("id"), value_set=records.column("id")).to_numpy(zero_copy_only=False)
-    found = np.nan_to_num(np.asarray(found, np.float64), nan=-1).astype(np.int64)  # null: id not kept
+    found = pc.fill_null(pc.index_in(batch.column("id"), value_set=records.column("id")), -1)  # -1: id not kept
+    found = found.to_numpy(zero_copy_only=False).astype(np.int64)
     at = pa.array(np.maximum(found, 0), pa.int64())
     same_row = (found >= 0) & _same(records.column("manifest").take(at), batch.column("manifest")) \
         & _same(records.column("line").take(at), batch.column("line"))
