@@ -24,9 +24,10 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -133,6 +134,29 @@ class _StageActor:
         return self.stage(batch)
 
 
+class _TaskCall:
+    """Task wrapper for a `setup_in_tasks` stage: each worker process sets the stage up once.
+
+    Ray reuses worker processes between tasks, so the set-up copy is kept in the process
+    under a key made once per stage run; a later run (or stage) brings a new key and the
+    old copy is dropped, so a worker holds at most one set-up stage.
+    """
+
+    _cache: ClassVar[dict[str, Stage]] = {}
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        self.key = uuid.uuid4().hex
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        stage = self._cache.get(self.key)
+        if stage is None:
+            self._cache.clear()
+            stage = self._cache[self.key] = self.stage
+            stage.ensure_setup()
+        return stage(batch)
+
+
 def apply_stage(stage: Stage, ds: Any, job: Job, skip: str | None = None) -> tuple[Any, dict[str, Any]]:
     """The stage's Ray plan over `ds`, and facts for its marker (the one place a stage is executed)."""
     if skip:
@@ -141,6 +165,8 @@ def apply_stage(stage: Stage, ds: Any, job: Job, skip: str | None = None) -> tup
         return stage.transform(ds, job)
     if stage.needs_actor():
         return ds.map_batches(_StageActor, fn_constructor_args=(stage,), **map_options(job.resources, actor=True)), {}
+    if stage.setup_in_tasks:
+        return ds.map_batches(_TaskCall(stage), **map_options(job.resources, actor=False)), {}
     return ds.map_batches(stage, **map_options(job.resources, actor=False)), {}
 
 

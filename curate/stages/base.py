@@ -106,6 +106,11 @@ class Stage:
     uses_seed: ClassVar[bool] = False
     #: the key of the stage's config section that holds its `resources` block
     resources_key: ClassVar[str] = "resources"
+    #: setup() is cheap and CPU-only (a tokenizer, a 1 MB fastText model): run as plain tasks,
+    #: each Ray worker process setting the stage up once. Tasks fuse with the read and the
+    #: write and use every CPU; an actor pool holds its CPUs, so on a small machine it cannot
+    #: grow past one actor without starving the tasks that feed it.
+    setup_in_tasks: ClassVar[bool] = False
 
     def __init__(self, config: Any, ctx: RunContext) -> None:
         self.config = config
@@ -159,8 +164,8 @@ class Stage:
 
     @classmethod
     def needs_actor(cls) -> bool:
-        """A stage that loads something in setup() runs on an actor pool (loaded once per actor)."""
-        return cls.setup is not Stage.setup
+        """A stage that loads a model in setup() runs on an actor pool (loaded once per actor)."""
+        return cls.setup is not Stage.setup and not cls.setup_in_tasks
 
     # --- work -----------------------------------------------------------------------------
     def setup(self) -> None:

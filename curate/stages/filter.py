@@ -26,6 +26,7 @@ class FilterStage(Stage):
     name: ClassVar[str] = "filter"
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=256)  # fewer per-batch round trips
     source_keys: ClassVar[tuple[str, ...]] = ("exempt_repetition", "languages")
+    setup_in_tasks: ClassVar[bool] = True  # a 1 MB fastText model: cheap to load in every worker
 
     def inputs(self) -> list[str]:
         return ["conversations", "media", "source", "modality"]

@@ -144,6 +144,7 @@ class ChatEncoder:
 class TokenizeStage(Stage):
     name: ClassVar[str] = "tokenize"
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=128)
+    setup_in_tasks: ClassVar[bool] = True  # a tokenizer: cheap to load in every worker
 
     def inputs(self) -> list[str]:
         return ["conversations", "media"]

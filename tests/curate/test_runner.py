@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -68,6 +69,54 @@ def test_stages_with_setup_run_on_actors_and_others_as_tasks():
             pass
 
     assert Touching.needs_actor() and not Plain.needs_actor() and not Global.needs_actor()
+    assert not Counting.needs_actor()
+
+
+class Counting(Stage):
+    """A stage with a cheap setup(): it runs as tasks, and every setup appends its process id."""
+
+    name: ClassVar[str] = "counting"
+    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=2)
+    setup_in_tasks: ClassVar[bool] = True
+
+    def __init__(self, config: Any, ctx: Any, log: Path) -> None:
+        super().__init__(config, ctx)
+        self.log = log
+
+    def setup(self) -> None:
+        import os
+
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        assert self._ready, "process_rows before setup"
+        for r in rows:
+            r["conversations"][1]["value"] = f"seen by {self.log.name}"
+        return rows
+
+
+def test_a_cheap_setup_runs_once_per_worker_process_not_once_per_batch(ray_session, tmp_path):
+    import ray
+    import pyarrow as pa
+
+    from curate.records import CORE_SCHEMA
+    from curate.runner import apply_stage
+    from curate.stages.base import Job
+
+    log = tmp_path / "setups"
+    stage = Counting(None, make_ctx(tmp_path), log)
+    rows = [make_row(f"r{i}", answer="x") for i in range(40)]
+    ds = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=CORE_SCHEMA)).repartition(20)
+    for _ in range(2):  # a second run of the stage sets it up again, in the processes it reaches
+        out, _ = apply_stage(stage, ds, Job(None, tmp_path, stage.resolved_resources()))
+        got = out.take_all()
+        assert sorted(r["id"] for r in got) == sorted(r["id"] for r in rows)
+        assert {r["conversations"][1]["value"] for r in got} == {"seen by setups"}
+    pids = log.read_text().split()
+    # 20 blocks x 2 runs; each worker process set the stage up at most once per run
+    assert max(Counter(pids).values()) <= 2, pids
+    assert len(pids) < 20, f"setup ran {len(pids)} times for 40 batches"
 
 
 def test_resources_come_from_the_class_the_config_and_the_recipe_block(ray_session):
