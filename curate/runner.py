@@ -27,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,7 +37,7 @@ import yaml
 
 from curate.errors import UserError
 from curate.layout import RunLayout, read_marker, write_json_atomic, write_parquet_atomic, write_text_atomic
-from curate.manifest import RAW_SCHEMA, check_manifests, is_parquet, read_lines
+from curate.manifest import RAW_SCHEMA, check_manifests, is_parquet, manifest_chunks, read_lines
 from curate.progress import ProgressView, count_rows, stage_model
 from curate.recipe import Recipe
 from curate.records import CORE_SCHEMA, REJECT_COLUMNS
@@ -180,8 +180,9 @@ def _conform_fn(batch: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def _read_manifest(item: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(read_lines(item["source"], item["manifest"]))
+def _read_manifest(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The rows of one manifest piece, streamed (Ray Data cuts them into blocks as they come)."""
+    return read_lines(item["source"], item["manifest"], item["start"], item["end"], item["first_line"])
 
 
 class Runner:
@@ -307,8 +308,8 @@ class Runner:
         import ray
 
         if job.input_dir is None:
-            items = [{"source": s, "manifest": str(p)} for s, ps in manifests.items() for p in ps]
-            return ray.data.from_items(items).flat_map(_read_manifest)
+            items = [c for s, ps in manifests.items() for p in ps for c in manifest_chunks(s, p)]
+            return ray.data.from_items(items, override_num_blocks=max(1, len(items))).flat_map(_read_manifest)
         return ray.data.read_parquet(str(job.input_dir)).map_batches(_alive, batch_format="pyarrow")
 
     def run_stage(self, stage: Stage, job: Job, schema: pa.Schema, config_hash: str,
