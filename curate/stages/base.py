@@ -28,7 +28,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.layout import RunLayout
 
@@ -179,9 +181,31 @@ class Stage:
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raise NotImplementedError(f"{type(self).__name__} must implement process_rows or process_batch")
 
+    def rows_to_process(self, batch: pa.Table) -> pa.Array | None:
+        """Which rows process_rows must see (a boolean mask; None: all). The others pass
+        through as Arrow, never turned into Python objects: a text row in the media stage,
+        a row without URLs in the download stage."""
+        return None
+
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        rows = self.process_rows(batch.to_pylist())
-        return pa.Table.from_pylist(rows, schema=self.output_schema(batch.schema))
+        schema = self.output_schema(batch.schema)
+        todo = self.rows_to_process(batch)
+        if todo is None:
+            return pa.Table.from_pylist(self.process_rows(batch.to_pylist()), schema=schema)
+        todo = pc.fill_null(todo, False)
+        n_todo = pc.sum(todo).as_py() or 0
+        if n_todo == 0:
+            return widen(batch, schema)
+        done = pa.Table.from_pylist(self.process_rows(batch.filter(todo).to_pylist()), schema=schema)
+        if len(done) != n_todo:
+            raise RuntimeError(f"stage {self.name}: process_rows must return one row per row it is given "
+                               f"when rows_to_process selects rows ({len(done)} for {n_todo})")
+        if n_todo == len(batch):
+            return done
+        merged = pa.concat_tables([done, widen(batch.filter(pc.invert(todo)), schema)])
+        mask = todo.to_numpy(zero_copy_only=False)
+        where = np.concatenate((np.flatnonzero(mask), np.flatnonzero(~mask)))  # batch position of each merged row
+        return merged.take(pa.array(np.argsort(where, kind="stable")))  # back in the batch's order
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.ensure_setup()
@@ -211,6 +235,14 @@ class GlobalStage(Stage):
 
     def transform(self, ds: Any, job: Job) -> tuple[Any, dict[str, Any]]:  # ray.data.Dataset
         raise NotImplementedError
+
+
+def widen(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` in `schema`: the columns it lacks added as nulls (a stage's new outputs)."""
+    for field in schema:
+        if table.schema.get_field_index(field.name) < 0:
+            table = table.append_column(field.name, pa.nulls(len(table), field.type))
+    return table.select(schema.names).cast(schema)
 
 
 def check_columns(stage: Stage, schema: pa.Schema) -> None:

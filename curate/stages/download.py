@@ -24,7 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.fetch import FetchResult, Fetcher, resize_image
 from curate.layout import write_jsonl_atomic, write_parquet_atomic
@@ -84,6 +86,19 @@ class DownloadStage(Stage):
         self.pool = ThreadPoolExecutor(max_workers=c.concurrency, thread_name_prefix="fetch")
 
     # ------------------------------------------------------------------ per batch
+    def rows_to_process(self, batch: pa.Table) -> pa.Array:
+        """Alive rows with a media item not yet stored whose reference has a scheme (a superset
+        of the network URLs process_rows fetches); the others pass through untouched."""
+        media = batch.column("media").combine_chunks()
+        items = pc.list_flatten(media)
+        if not len(items):
+            return pa.array(np.zeros(len(batch), bool))
+        remote = pc.and_(pc.is_null(pc.struct_field(items, "path")),
+                         pc.match_substring(pc.struct_field(items, "ref"), "://"))
+        parents = pc.list_parent_indices(media).to_numpy(zero_copy_only=False)
+        hits = np.bincount(parents[pc.fill_null(remote, False).to_numpy(zero_copy_only=False)], minlength=len(batch))
+        return pc.and_(pa.array(hits > 0), pc.is_null(batch.column("reject_reason")))
+
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         urls = sorted({m["ref"] for r in rows if r.get("reject_reason") is None
                        for m in r.get("media") or [] if not m.get("path") and m.get("ref") and is_network_url(m["ref"])})

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.records import is_rejected, reject
 from curate.review import write_review
@@ -50,6 +51,11 @@ class ClipFilterStage(Stage):
         from filters.clipscore import ClipScorer
 
         self.scorer = ClipScorer(self.config.clip_model, None)
+
+    def rows_to_process(self, batch: pa.Table) -> pa.Array:
+        """Alive rows with exactly one media item (caption_of picks the captions among them)."""
+        return pc.and_(pc.equal(pc.list_value_length(batch.column("media")), 1),
+                       pc.is_null(batch.column("reject_reason")))
 
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         todo = [(row, caption) for row in rows if not is_rejected(row) and (caption := caption_of(row))]

@@ -14,6 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from curate import mediaio
 from curate.mediaio import MediaError
 from curate.records import reject
@@ -35,6 +38,10 @@ class MediaStage(Stage):
     def store(self) -> MediaStore:
         """A plain folder handle (no setup() needed, so the stage runs as stateless tasks)."""
         return MediaStore(self.ctx.media_dir)
+
+    def rows_to_process(self, batch: pa.Table) -> pa.Array:
+        """Rows with media (text rows pass through untouched)."""
+        return pc.greater(pc.list_value_length(batch.column("media")), 0)
 
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for row in rows:
