@@ -356,13 +356,28 @@ def _with_strengths(values: dict[str, float], t: Thresholds) -> dict[str, float]
 # Calling repetition_signals per text costs about 1 ms on a 1.2 KB answer, mostly the fixed
 # cost of some 60 small numpy calls. The batch path tokenises all ASCII texts of a batch in
 # one pass and runs, once over the batch, a cheap check that finds every text in which a
-# periodic stretch, a repeated n-gram or a character loop could exist; the exact per-text
-# signal functions then run only for those few texts, on the same ids and offsets as
-# repetition_signals, so every value is the same bit for bit.
+# periodic stretch, a repeated n-gram or a character loop could exist (a superset: a check
+# may name a text that then scores 0). The exact per-text signal functions run only for
+# those few texts, on the same ids and offsets as repetition_signals, so every value is the
+# same bit for bit; the others get the 0 those functions return for them.
 _ASCII_ALNUM = np.array([chr(c).isalnum() for c in range(128)], dtype=bool)
-_BATCH_CHARS = 1 << 17  # characters per chunk: bounds the (tokens x periods) matrix below
-_BATCH_TEXTS = 1024
-_TEXT_KEY = np.uint64(0x9E3779B97F4A7C15)  # folds the text index into n-gram keys
+# str.splitlines() breaks ASCII text at these: a text without any is one line
+_ASCII_LINE_BREAK = np.isin(np.arange(256), [10, 11, 12, 13, 28, 29, 30])
+_BATCH_CHARS = 1 << 17  # characters per chunk: bounds the chunk's arrays
+_BATCH_TEXTS = 1024  # texts per chunk: their index fits the low 10 bits of a key
+
+
+_POWERS: list[np.ndarray] = []
+
+
+def _hash_powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """B^j and B^-j mod 2^64 for j < n (at least): cumprod of uint64 is slow, so they are kept."""
+    if not _POWERS or len(_POWERS[0]) < n:
+        size = max(n, 2 * len(_POWERS[0]) if _POWERS else _BATCH_CHARS)
+        inv = np.uint64(pow(int(_HASH_BASE), -1, 1 << 64))
+        _POWERS[:] = [np.concatenate(([np.uint64(1)], np.cumprod(np.full(size - 1, b, np.uint64))))
+                      for b in (_HASH_BASE, inv)]
+    return _POWERS[0], _POWERS[1]
 
 
 def repetition_signals_batch(texts: list[str], t: Thresholds = DEFAULT) -> list[dict[str, float]]:
@@ -372,6 +387,11 @@ def repetition_signals_batch(texts: list[str], t: Thresholds = DEFAULT) -> list[
     out: list[dict[str, float] | None] = [None] * len(texts)
     chunk: list[int] = []
     size = 0
+
+    def flush() -> None:
+        for j, sig in zip(chunk, _ascii_batch([texts[j] or "" for j in chunk], t)):
+            out[j] = sig
+
     for i, text in enumerate(texts):
         text = text or ""
         if len(text) > t.max_chars or not text.isascii():
@@ -380,12 +400,10 @@ def repetition_signals_batch(texts: list[str], t: Thresholds = DEFAULT) -> list[
         chunk.append(i)
         size += len(text) + 1
         if size >= _BATCH_CHARS or len(chunk) >= _BATCH_TEXTS:
-            for j, sig in zip(chunk, _ascii_batch([texts[j] or "" for j in chunk], t)):
-                out[j] = sig
+            flush()
             chunk, size = [], 0
     if chunk:
-        for j, sig in zip(chunk, _ascii_batch([texts[j] or "" for j in chunk], t)):
-            out[j] = sig
+        flush()
     return out  # type: ignore[return-value]
 
 
@@ -401,7 +419,7 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
 
     # tokens and their hashes exactly as _tokens_ascii computes them: the hash of a token
     # does not depend on where it starts, so it is the same over the concatenation
-    cls = _ASCII_CLASS[codes]
+    cls = np.take(_ASCII_CLASS, codes)
     change = np.empty(n, bool)
     change[0] = True
     np.not_equal(cls[1:], cls[:-1], out=change[1:])
@@ -410,42 +428,35 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
     keep = cls[starts] != 0
     starts, ends = starts[keep], ends[keep]
     lower = codes + (((codes >= 65) & (codes <= 90)) * 32).astype(np.uint8)
-    powers = np.concatenate(([np.uint64(1)], np.cumprod(np.full(n - 1, _HASH_BASE, np.uint64))))
-    prefix = np.concatenate(([np.uint64(0)], np.cumsum(lower.astype(np.uint64) * powers, dtype=np.uint64)))
-    inv = np.uint64(pow(int(_HASH_BASE), -1, 1 << 64))
-    inv_powers = np.concatenate(([np.uint64(1)], np.cumprod(np.full(n - 1, inv, np.uint64))))
+    powers, inv_powers = _hash_powers(n)
+    prefix = np.concatenate(([np.uint64(0)], np.cumsum(lower.astype(np.uint64) * powers[:n], dtype=np.uint64)))
     h = (prefix[ends] - prefix[starts]) * inv_powers[starts]
     h ^= (ends - starts).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    n_tok = len(h)
     tix = np.searchsorted(offs, starts, side="right") - 1  # text of each token
-    per_text = np.bincount(tix, minlength=n_texts)
     tok_off = np.zeros(n_texts + 1, np.int64)
-    np.cumsum(per_text, out=tok_off[1:])
+    np.cumsum(np.bincount(tix, minlength=n_texts), out=tok_off[1:])
     is_word = cls[starts] == 1
-    rel_starts, rel_ends = starts - offs[tix], ends - offs[tix]
+    word_tix = tix[is_word]
+    word_off = np.zeros(n_texts + 1, np.int64)
+    np.cumsum(np.bincount(word_tix, minlength=n_texts), out=word_off[1:])
+    n_words = np.diff(word_off)
+    ids = _first_appearance_ids(h, tix, tok_off)
 
-    # ids numbered by first appearance within each text, as _tokens_ascii numbers them
-    # (ngram_coverage hashes the ids, so they must be the very same numbers)
-    ids = np.zeros(n_tok, np.int64)
-    if n_tok:
-        order = np.lexsort((h, tix))
-        hs, ts = h[order], tix[order]
-        new = np.empty(n_tok, bool)
-        new[0] = True
-        new[1:] = (hs[1:] != hs[:-1]) | (ts[1:] != ts[:-1])
-        heads = np.flatnonzero(new)
-        first = np.minimum.reduceat(order, heads)  # first occurrence of each (text, token)
-        rank = np.empty(len(heads), np.int64)
-        rank[np.argsort(first)] = np.arange(len(heads))
-        groups_before = np.zeros(n_texts + 1, np.int64)
-        np.cumsum(np.bincount(ts[heads], minlength=n_texts), out=groups_before[1:])
-        ids[order] = rank[np.cumsum(new) - 1]
-        ids -= groups_before[tix]
-
-    periodic = _periodic_candidates(ids, tix, per_text, tok_off, t)
-    ngram = _ngram_candidates(ids[is_word], tix[is_word], n_texts, t)
+    # periodic_runs scores a run of at least need(p) = max((min_units - 1) p, min_span_words - p)
+    # equal pairs ids[i] == ids[i + p]: its first `gram` = min need(p) tokens occur again p later
+    gram = max(1, min(max((t.min_units - 1) * p, t.min_span_words - p) for p in range(1, t.max_period + 1)))
+    periodic = _repeated_windows(ids, tix, tok_off, gram, 2)
+    periodic &= np.diff(tok_off) // t.min_units >= 1
+    # ngram_coverage's own n-gram hash, of the same ids: a text it finds repeats in is named
+    ngram = _repeated_windows(ids[is_word], word_tix, word_off, t.ngram, t.ngram_min_count,
+                              eligible=n_words >= t.ngram * t.ngram_min_count)
     char = _char_run_candidates(codes, offs, lengths)
-    compressed = _compression_ratios(codes, cls, starts[is_word], ends[is_word], tix[is_word], lengths, t)
+    compressed = _compression_ratios(codes, cls, starts[is_word], ends[is_word], word_off, lengths, t)
+    breaks = np.flatnonzero(np.take(_ASCII_LINE_BREAK, codes))
+    one_line = np.ones(n_texts, bool)
+    one_line[np.searchsorted(offs, breaks, side="right") - 1] = False
+    # one line with three words or more is one content line (a list number removes one word)
+    one_line &= n_words >= 3
 
     out = []
     for i, text in enumerate(texts):
@@ -453,75 +464,75 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
         a, b = tok_off[i], tok_off[i + 1]
         span = tail = tail_span = loop = 0.0
         if periodic[i]:
-            span, tail, tail_span, loop = periodic_runs(ids[a:b], rel_starts[a:b], rel_ends[a:b], t)
+            span, tail, tail_span, loop = periodic_runs(ids[a:b], starts[a:b] - offs[i], ends[a:b] - offs[i], t)
         cover = 0.0
         if ngram[i]:
             w = is_word[a:b]
-            cover = ngram_coverage(ids[a:b][w], rel_starts[a:b][w], rel_ends[a:b][w], total, t)
-        lines = content_lines(text)
+            cover = ngram_coverage(ids[a:b][w], starts[a:b][w] - offs[i], ends[a:b][w] - offs[i], total, t)
+        if one_line[i]:
+            dup, line_run = 0.0, 1.0  # what dup_line_ratio and longest_line_run give for one line
+        else:
+            lines = content_lines(text)
+            dup, line_run = dup_line_ratio(lines, t), float(longest_line_run(lines))
         values = {
             "periodic_coverage": min(1.0, span / total),
             "tail_units": tail,
             "tail_coverage": min(1.0, tail_span / total),
             "loop_units": loop,
             "ngram_coverage": min(1.0, cover),
-            "dup_line_ratio": dup_line_ratio(lines, t),
-            "line_run": float(longest_line_run(lines)),
+            "dup_line_ratio": dup,
+            "line_run": line_run,
             "char_run": float(longest_char_run(text)) if char[i] else 0.0,
-            "compression": compressed[i] if lengths[i] >= t.compression_min_bytes else 1.0,
+            "compression": compressed[i],
         }
         out.append(_with_strengths(values, t))
     return out
 
 
-def _periodic_candidates(ids: np.ndarray, tix: np.ndarray, per_text: np.ndarray, tok_off: np.ndarray,
-                         t: Thresholds) -> np.ndarray:
-    """Texts where periodic_runs finds a period with enough equal pairs to hold a stretch:
-    its pre-check, for all texts at once. Every text's tokens are followed by max_period pads
-    that match no token, so a comparison never reaches the next text; the equal pairs of each
-    text are summed with np.add.reduceat over its own rows."""
-    n_texts = len(per_text)
-    max_p = np.minimum(t.max_period, per_text // t.min_units)
-    top = int(max_p.max()) if n_texts else 0
-    if top < 1:
-        return np.zeros(n_texts, bool)
-    padded = np.full(len(ids) + top * n_texts + 1, -1, np.int64)  # ids are >= 0
-    row_start = tok_off[:-1] + top * np.arange(n_texts)
-    padded[np.arange(len(ids)) + top * tix] = ids
-    window = np.lib.stride_tricks.sliding_window_view(padded, top + 1)[: len(padded) - top]
-    same = window[:, 1:] == window[:, :1]  # (row, period)
-    bounds = np.empty(2 * n_texts, np.int64)
-    bounds[0::2], bounds[1::2] = row_start, row_start + per_text
-    counts = np.add.reduceat(same, bounds, axis=0, dtype=np.int32)[0::2]  # (text, period)
-    p_all = np.arange(1, top + 1)
-    need = np.maximum((t.min_units - 1) * p_all, t.min_span_words - p_all)
-    return ((counts >= need) & (p_all <= max_p[:, None])).any(axis=1)
+def _first_appearance_ids(h: np.ndarray, tix: np.ndarray, tok_off: np.ndarray) -> np.ndarray:
+    """Token ids numbered by first appearance within each text, as _tokens_ascii numbers them
+    (ngram_coverage hashes the ids, so they must be the very same numbers)."""
+    n = len(h)
+    if not n:
+        return np.zeros(0, np.int64)
+    order = np.argsort(h, kind="stable")  # equal hashes stay in token order, so in text order
+    hs, ts = h[order], tix[order]
+    new = np.empty(n, bool)
+    new[0] = True
+    new[1:] = (hs[1:] != hs[:-1]) | (ts[1:] != ts[:-1])
+    firsts = order[new]  # first occurrence of each token of each text
+    is_first = np.zeros(n, bool)
+    is_first[firsts] = True
+    seen = np.concatenate(([0], np.cumsum(is_first, dtype=np.int32)))  # int32: bool to int64 is slow  # first occurrences before each token
+    local = seen[1:] - 1 - seen[tok_off[tix]]  # a first occurrence's rank within its text
+    ids = np.empty(n, np.int64)
+    ids[order] = local[firsts][np.cumsum(new, dtype=np.int32) - 1]
+    return ids
 
 
-def _ngram_candidates(word_ids: np.ndarray, word_tix: np.ndarray, n_texts: int, t: Thresholds) -> np.ndarray:
-    """Texts with an n-gram that occurs ngram_min_count times: the n-gram hashes of
-    ngram_coverage over every text's words (no window spans two texts), the text index
-    folded in, one np.unique for the batch. A key shared by two texts can only add a
-    candidate, which ngram_coverage then scores exactly."""
-    k = t.ngram
+def _repeated_windows(ids: np.ndarray, tix: np.ndarray, off: np.ndarray, k: int, min_count: int,
+                      eligible: np.ndarray | None = None) -> np.ndarray:
+    """Texts where some window of k ids occurs at least min_count times, by ngram_coverage's
+    window hash: every window inside one text, the hash's low bits replaced by the text's
+    index, one sort for the batch. Keys that merely collide can only add a text."""
+    n_texts = len(off) - 1
     cand = np.zeros(n_texts, bool)
-    n = len(word_ids)
+    n = len(ids)
     if n < k:
         return cand
-    per_text = np.bincount(word_tix, minlength=n_texts)
-    word_off = np.zeros(n_texts + 1, np.int64)
-    np.cumsum(per_text, out=word_off[1:])
     h = np.zeros(n - k + 1, dtype=np.uint64)
     for j in range(k):
-        h = h * np.uint64(1_000_003) + word_ids[j:n - k + 1 + j].astype(np.uint64)
-    text = word_tix[: n - k + 1]
-    valid = (np.arange(n - k + 1) + k <= word_off[text + 1]) & (per_text[text] >= k * t.ngram_min_count)
-    h, text = h[valid], text[valid]
-    if not len(h):
+        h = h * np.uint64(1_000_003) + ids[j:n - k + 1 + j].astype(np.uint64)
+    text = tix[: n - k + 1]
+    valid = np.arange(n - k + 1) + k <= off[text + 1]
+    if eligible is not None:
+        valid &= eligible[text]
+    mask = np.uint64((1 << max(1, (n_texts - 1).bit_length())) - 1)
+    keys = np.sort((h[valid] & ~mask) | text[valid].astype(np.uint64))
+    m = len(keys) - min_count + 1
+    if m <= 0:
         return cand
-    _, inverse, counts = np.unique(h + text.astype(np.uint64) * _TEXT_KEY, return_inverse=True,
-                                   return_counts=True)
-    cand[text[counts[inverse] >= t.ngram_min_count]] = True
+    cand[(keys[:m][keys[:m] == keys[min_count - 1:]] & mask).astype(np.int64)] = True
     return cand
 
 
@@ -533,7 +544,7 @@ def _char_run_candidates(codes: np.ndarray, offs: np.ndarray, lengths: np.ndarra
     codes[j + (min_repeats - 1) k] inside the text (looked for over the batch), and pairs
     j .. j + (min_repeats - 2) k are all in the run (checked at those few places only)."""
     cand = np.zeros(len(lengths), bool)
-    alnum = _ASCII_ALNUM[codes]
+    alnum = np.take(_ASCII_ALNUM, codes)
     n = len(codes)
     for k in range(1, max_unit + 1):
         reach = (min_repeats - 1) * k
@@ -554,30 +565,25 @@ def _char_run_candidates(codes: np.ndarray, offs: np.ndarray, lengths: np.ndarra
 
 
 def _compression_ratios(codes: np.ndarray, cls: np.ndarray, word_starts: np.ndarray, word_ends: np.ndarray,
-                        word_tix: np.ndarray, lengths: np.ndarray, t: Thresholds) -> list[float]:
-    """word_compression_ratio of every text: the words joined by one space, built for the
-    batch at once (ASCII words are the \\w runs), then zlib per text."""
-    n_texts = len(lengths)
-    word_len = word_ends - word_starts
-    # every word with one space before it; text i's string starts after its first word's space
-    word_pos = np.cumsum(word_len + 1) - word_len  # where each word starts in buf
-    chars = np.flatnonzero(cls == 1)
-    buf = np.full(int(word_len.sum()) + len(word_len), 32, np.uint8)
-    buf[np.arange(len(chars)) + np.repeat(np.arange(1, len(word_len) + 1), word_len)] = codes[chars]
-    per_text = np.bincount(word_tix, minlength=n_texts)
-    word_off = np.zeros(n_texts + 1, np.int64)
-    np.cumsum(per_text, out=word_off[1:])
+                        word_off: np.ndarray, lengths: np.ndarray, t: Thresholds) -> list[float]:
+    """The compression value of every text: word_compression_ratio's string (ASCII words are
+    the \w runs, joined by one space) is the text with every run of other characters between
+    two words made one space; built for the batch at once, then zlib per text."""
+    word = cls == 1
+    keep = word.copy()
+    keep[1:] |= word[:-1] & ~word[1:]  # the first character after a word stands for the gap
+    buf = np.where(word, codes, np.uint8(32))[keep]
+    pos = np.cumsum(keep, dtype=np.int32) - 1  # where each kept character lands in buf
     view = memoryview(buf)
     out = []
-    for i in range(n_texts):
+    for i in range(len(lengths)):
         if lengths[i] < t.compression_min_bytes:
             out.append(1.0)
             continue
         a, b = word_off[i], word_off[i + 1]
-        raw = view[word_pos[a]: word_pos[b - 1] + word_len[b - 1]] if b > a else b""
+        raw = view[pos[word_starts[a]]: pos[word_ends[b - 1] - 1] + 1] if b > a else b""
         out.append(len(zlib.compress(raw, 6)) / max(1, len(raw)))
     return out
-
 
 def fired(signals: dict[str, float]) -> list[str]:
     """Names of the signals that reached their threshold on their own."""
