@@ -444,7 +444,7 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
 
     # periodic_runs scores a run of at least need(p) = max((min_units - 1) p, min_span_words - p)
     # equal pairs ids[i] == ids[i + p]: its first `gram` = min need(p) tokens occur again p later
-    gram = max(1, min(max((t.min_units - 1) * p, t.min_span_words - p) for p in range(1, t.max_period + 1)))
+    gram = max(1, min(max((t.min_units - 1) * p, t.min_span_words - p) for p in range(1, max(1, t.max_period) + 1)))
     periodic = _repeated_windows(ids, tix, tok_off, gram, 2)
     periodic &= np.diff(tok_off) // t.min_units >= 1
     # ngram_coverage's own n-gram hash, of the same ids: a text it finds repeats in is named
@@ -527,6 +527,9 @@ def _repeated_windows(ids: np.ndarray, tix: np.ndarray, off: np.ndarray, k: int,
     valid = np.arange(n - k + 1) + k <= off[text + 1]
     if eligible is not None:
         valid &= eligible[text]
+    if min_count <= 1:  # every window counts
+        cand[text[valid]] = True
+        return cand
     mask = np.uint64((1 << max(1, (n_texts - 1).bit_length())) - 1)
     keys = np.sort((h[valid] & ~mask) | text[valid].astype(np.uint64))
     m = len(keys) - min_count + 1

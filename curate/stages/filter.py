@@ -69,19 +69,28 @@ class FilterStage(Stage):
             self.lid = LanguageId(lid_path(self.config.lid_model))
 
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from filters.repetition import repetition_signals_batch
+
+        alive = [row for row in rows if not is_rejected(row)]
+        # the repetition signals of every answer of the batch in one call: per text, most of
+        # the cost is fixed numpy overhead that the batch path pays once
+        answers = [[t["value"] for t in row.get("conversations") or [] if t.get("from") == "gpt" and t.get("value")]
+                   for row in alive]
+        signals = iter(repetition_signals_batch([a for texts in answers for a in texts], self.rep_thresholds))
         review = []
-        for row in rows:
-            if is_rejected(row):
-                continue
-            flagged = self.filter_row(row)
+        for row, texts in zip(alive, answers):
+            flagged = self.filter_row(row, [next(signals) for _ in texts])
             if flagged is not None:
                 review.append(flagged)
         if self.config.write_review:
             write_review(self.ctx.layout, self.name, review)
         return rows
 
-    def filter_row(self, row: dict[str, Any]) -> dict[str, Any] | None:
-        """Score one row in place; reject it on the first failed check. Returns its review entry."""
+    def filter_row(self, row: dict[str, Any], rep_signals: list[dict[str, float]] | None = None
+                   ) -> dict[str, Any] | None:
+        """Score one row in place; reject it on the first failed check. Returns its review entry.
+        rep_signals: repetition_signals of the row's non-empty answers, in turn order, when the
+        caller computed them for a whole batch."""
         from filters import heuristics
         from filters.language import language_allowed
 
@@ -91,7 +100,7 @@ class FilterStage(Stage):
         if self.config.heuristics:
             for rule, detail in heuristics.check(turns, row.get("media"), self.rule_thresholds):
                 failures.append((rule, f"heuristics: {detail}"))
-        score, signals, turn = self.repetition(turns)
+        score, signals, turn = self.repetition(turns, rep_signals)
         row["repetition_score"] = score
         if self.config.repetition and score >= self.config.repetition_threshold:
             detail = (f"repetition_score={score:.3f} signals={','.join(signals)} turn={turn} "
@@ -115,17 +124,19 @@ class FilterStage(Stage):
             return None
         return review_entry(row, failures, flags)
 
-    def repetition(self, turns: list[dict[str, Any]]) -> tuple[float, list[str], int]:
+    def repetition(self, turns: list[dict[str, Any]], rep_signals: list[dict[str, float]] | None = None
+                   ) -> tuple[float, list[str], int]:
         """The most repetitive answer: (score, the signals that fired, its 1-based turn)."""
-        from filters.repetition import fired, repetition_signals
+        from filters.repetition import fired, repetition_signals_batch
 
+        answers = [(i, t["value"]) for i, t in enumerate(turns) if t.get("from") == "gpt" and t.get("value")]
+        if rep_signals is None:
+            rep_signals = repetition_signals_batch([a for _, a in answers], self.rep_thresholds)
         best: tuple[float, list[str], int] = (0.0, [], 0)
-        for i, t in enumerate(turns):
-            if t.get("from") == "gpt" and t.get("value"):
-                sig = repetition_signals(t["value"], self.rep_thresholds)
-                if sig["score"] > best[0]:
-                    names = fired(sig)
-                    best = (sig["score"], [f"{n}={sig[n]:.3g}" for n in names], i + 1)
+        for (i, _), sig in zip(answers, rep_signals, strict=True):
+            if sig["score"] > best[0]:
+                names = fired(sig)
+                best = (sig["score"], [f"{n}={sig[n]:.3g}" for n in names], i + 1)
         return best
 
 
