@@ -77,20 +77,24 @@ class FilterStage(Stage):
         answers = [[t["value"] for t in row.get("conversations") or [] if t.get("from") == "gpt" and t.get("value")]
                    for row in alive]
         signals = iter(repetition_signals_batch([a for texts in answers for a in texts], self.rep_thresholds))
+        # fastText for all rows in a row as well: between the numpy work of other filters its
+        # model drops out of the CPU caches and one prediction took about twice as long
+        languages = [self.language(row.get("conversations") or []) for row in alive] if self.lid else [None] * len(alive)
         review = []
-        for row, texts in zip(alive, answers):
-            flagged = self.filter_row(row, [next(signals) for _ in texts])
+        for row, texts, language in zip(alive, answers, languages):
+            flagged = self.filter_row(row, [next(signals) for _ in texts], language)
             if flagged is not None:
                 review.append(flagged)
         if self.config.write_review:
             write_review(self.ctx.layout, self.name, review)
         return rows
 
-    def filter_row(self, row: dict[str, Any], rep_signals: list[dict[str, float]] | None = None
-                   ) -> dict[str, Any] | None:
+    def filter_row(self, row: dict[str, Any], rep_signals: list[dict[str, float]] | None = None,
+                   language: tuple[str, float] | None = None) -> dict[str, Any] | None:
         """Score one row in place; reject it on the first failed check. Returns its review entry.
-        rep_signals: repetition_signals of the row's non-empty answers, in turn order, when the
-        caller computed them for a whole batch."""
+        rep_signals (repetition_signals of the row's non-empty answers, in turn order) and
+        language (self.language of its turns) are given when process_rows computed them for
+        the whole batch."""
         from filters import heuristics
         from filters.language import language_allowed
 
@@ -110,8 +114,7 @@ class FilterStage(Stage):
             else:
                 failures.append(("repetitive", detail))
         if self.lid is not None:
-            answer = "\n".join(t["value"] or "" for t in turns if t["from"] == "gpt")
-            lang, prob = self.lid.predict(answer)
+            lang, prob = language or self.language(turns)
             row["language"], row["language_score"] = lang, prob
             allowed = self.allowed_languages(row["source"])
             if not language_allowed(lang, prob, allowed, self.config.language_min_score):
@@ -123,6 +126,10 @@ class FilterStage(Stage):
         if not flags:
             return None
         return review_entry(row, failures, flags)
+
+    def language(self, turns: list[dict[str, Any]]) -> tuple[str, float]:
+        """(language, probability) of the answers, all of them as one text."""
+        return self.lid.predict("\n".join(t["value"] or "" for t in turns if t["from"] == "gpt"))
 
     def repetition(self, turns: list[dict[str, Any]], rep_signals: list[dict[str, float]] | None = None
                    ) -> tuple[float, list[str], int]:
