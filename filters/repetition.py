@@ -54,7 +54,7 @@ import itertools
 import re
 import zlib
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -407,8 +407,23 @@ def repetition_signals_batch(texts: list[str], t: Thresholds = DEFAULT) -> list[
     return out  # type: ignore[return-value]
 
 
-def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
-    """repetition_signals for ASCII texts of at most t.max_chars characters."""
+class _AsciiBatch(NamedTuple):
+    """ASCII texts joined by one space, and their tokens as _tokens_ascii gives them per text."""
+
+    codes: np.ndarray  # the joined texts' bytes
+    cls: np.ndarray  # _ASCII_CLASS of every byte
+    offs: np.ndarray  # text i is codes[offs[i]: offs[i] + lengths[i]]
+    lengths: np.ndarray
+    starts: np.ndarray  # every token's offsets in codes
+    ends: np.ndarray
+    tix: np.ndarray  # every token's text
+    tok_off: np.ndarray  # text i's tokens are tok_off[i]: tok_off[i + 1]
+    is_word: np.ndarray
+    ids: np.ndarray  # numbered by first appearance within each text, as _tokens_ascii does
+
+
+def _tokens_ascii_batch(texts: list[str]) -> _AsciiBatch:
+    """_tokens_ascii of every text in one pass over the joined texts."""
     n_texts = len(texts)
     lengths = np.array([len(x) for x in texts], dtype=np.int64)
     # one space after every text: a token never spans two texts (spaces are in no token)
@@ -416,9 +431,7 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
     offs = np.zeros(n_texts + 1, np.int64)
     np.cumsum(lengths + 1, out=offs[1:])
     n = len(codes)
-
-    # tokens and their hashes exactly as _tokens_ascii computes them: the hash of a token
-    # does not depend on where it starts, so it is the same over the concatenation
+    # the hash of a token does not depend on where it starts: the same over the concatenation
     cls = np.take(_ASCII_CLASS, codes)
     change = np.empty(n, bool)
     change[0] = True
@@ -435,12 +448,18 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
     tix = np.searchsorted(offs, starts, side="right") - 1  # text of each token
     tok_off = np.zeros(n_texts + 1, np.int64)
     np.cumsum(np.bincount(tix, minlength=n_texts), out=tok_off[1:])
-    is_word = cls[starts] == 1
+    return _AsciiBatch(codes, cls, offs, lengths, starts, ends, tix, tok_off, cls[starts] == 1,
+                       _first_appearance_ids(h, tix, tok_off))
+
+
+def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
+    """repetition_signals for ASCII texts of at most t.max_chars characters."""
+    n_texts = len(texts)
+    codes, cls, offs, lengths, starts, ends, tix, tok_off, is_word, ids = _tokens_ascii_batch(texts)
     word_tix = tix[is_word]
     word_off = np.zeros(n_texts + 1, np.int64)
     np.cumsum(np.bincount(word_tix, minlength=n_texts), out=word_off[1:])
     n_words = np.diff(word_off)
-    ids = _first_appearance_ids(h, tix, tok_off)
 
     # periodic_runs scores a run of at least need(p) = max((min_units - 1) p, min_span_words - p)
     # equal pairs ids[i] == ids[i + p]: its first `gram` = min need(p) tokens occur again p later
