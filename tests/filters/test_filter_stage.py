@@ -86,6 +86,39 @@ def test_switches_and_thresholds(tmp_path):
         make_stage(tmp_path, options={"repetition.nope": 1})
 
 
+def test_a_batch_scores_every_row_as_it_would_alone(tmp_path):
+    """process_rows computes the repetition signals and languages of the whole batch at once;
+    each row still gets what a batch of its own gives it, the most repetitive answer deciding."""
+    from filters.repetition import repetition_signals
+    from tests.filters.test_repetition import ZH_CLEAN, zh_loops
+
+    def turns(*answers):
+        return [t for i, a in enumerate(answers) for t in ({"from": "human", "value": f"Q{i}"}, {"from": "gpt", "value": a})]
+
+    fr = "La fonction renvoie une nouvelle liste contenant tous les éléments de l'itérable dans l'ordre croissant."
+    rows = [row("clean", "Explain.", PROSE), row("loop", "Explain.", LOOP),
+            row("second", "Q", "") | {"conversations": turns(PROSE, "", LOOP)},  # turn 6 loops
+            row("first", "Q", "") | {"conversations": turns(LOOP, PROSE, None)},
+            row("tie", "Q", "") | {"conversations": turns(LOOP, LOOP)},  # the first of equals wins
+            row("zh", "Q", zh_loops()["tail_sentence"]), row("zh-clean", "Q", ZH_CLEAN[2]),
+            row("empty", "Q", " "), row("fr-en", "Q", fr, source="english"),
+            row("already", "Explain.", LOOP) | {"reject_stage": "media", "reject_reason": "broken_image"},
+            row("academic-loop", "Explain.", LOOP, source="academic"), row("long", "Q", (PROSE + "\n") * 30)]
+    for heuristics in (True, False):  # without them, empty answers do not reject before repetition
+        stage = make_stage(tmp_path, write_review=False, heuristics=heuristics)  # "english": language id on
+        batch = run_rows(stage, rows)
+        alone = {}
+        for r in rows:
+            alone.update(run_rows(stage, [r]))
+        assert batch == alone
+    loop = repetition_signals(LOOP)["score"]
+    assert batch["second"]["repetition_score"] == loop and "turn=6" in batch["second"]["reject_detail"]
+    assert batch["first"]["repetition_score"] == loop and "turn=2" in batch["first"]["reject_detail"]
+    assert "turn=2" in batch["tie"]["reject_detail"] and batch["zh"]["reject_reason"] == "repetitive"
+    assert batch["clean"]["repetition_score"] == repetition_signals(PROSE)["score"]
+    assert batch["fr-en"]["reject_reason"] == "wrong_language" and batch["already"]["repetition_score"] is None
+
+
 def test_language_per_source_and_recipe_list(tmp_path):
     fr = "La fonction renvoie une nouvelle liste contenant tous les éléments de l'itérable dans l'ordre croissant."
     stage = make_stage(tmp_path)  # language off, but source "english" keeps only en
