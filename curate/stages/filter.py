@@ -134,11 +134,11 @@ class FilterStage(Stage):
     def repetition(self, turns: list[dict[str, Any]], rep_signals: list[dict[str, float]] | None = None
                    ) -> tuple[float, list[str], int]:
         """The most repetitive answer: (score, the signals that fired, its 1-based turn)."""
-        from filters.repetition import fired, repetition_signals_batch
+        from filters.repetition import fired, repetition_signals
 
         answers = [(i, t["value"]) for i, t in enumerate(turns) if t.get("from") == "gpt" and t.get("value")]
-        if rep_signals is None:
-            rep_signals = repetition_signals_batch([a for _, a in answers], self.rep_thresholds)
+        if rep_signals is None:  # one row alone: the per-text path has less fixed cost
+            rep_signals = [repetition_signals(a, self.rep_thresholds) for _, a in answers]
         best: tuple[float, list[str], int] = (0.0, [], 0)
         for (i, _), sig in zip(answers, rep_signals, strict=True):
             if sig["score"] > best[0]:
