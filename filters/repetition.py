@@ -54,7 +54,7 @@ import itertools
 import re
 import zlib
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -337,6 +337,11 @@ def repetition_signals(text: str, t: Thresholds = DEFAULT) -> dict[str, float]:
         "char_run": float(longest_char_run(text)),
         "compression": word_compression_ratio(text) if len(text.encode()) >= t.compression_min_bytes else 1.0,
     }
+    return _with_strengths(values, t)
+
+
+def _with_strengths(values: dict[str, float], t: Thresholds) -> dict[str, float]:
+    """The raw values followed by each one's strength and the score (shared by the batch path)."""
     strengths = {name: _strength(values[name], getattr(t, name))
                  for name in ("periodic_coverage", "tail_units", "tail_coverage", "loop_units", "ngram_coverage", "dup_line_ratio", "line_run", "char_run")}
     ok, thr = t.compression_ok, t.compression
@@ -346,6 +351,261 @@ def repetition_signals(text: str, t: Thresholds = DEFAULT) -> dict[str, float]:
     out["score"] = max(strengths.values())
     return out
 
+
+# ------------------------------------------------------------------------------ batches
+# Calling repetition_signals per text costs about 1 ms on a 1.2 KB answer, mostly the fixed
+# cost of some 60 small numpy calls. The batch path tokenises all ASCII texts of a batch in
+# one pass and runs, once over the batch, a cheap check that finds every text in which a
+# periodic stretch, a repeated n-gram or a character loop could exist (a superset: a check
+# may name a text that then scores 0). The exact per-text signal functions run only for
+# those few texts, on the same ids and offsets as repetition_signals, so every value is the
+# same bit for bit; the others get the 0 those functions return for them.
+_ASCII_ALNUM = np.array([chr(c).isalnum() for c in range(128)], dtype=bool)
+# str.splitlines() breaks ASCII text at these: a text without any is one line
+_ASCII_LINE_BREAK = np.isin(np.arange(256), [10, 11, 12, 13, 28, 29, 30])
+_BATCH_CHARS = 1 << 17  # characters per chunk: bounds the chunk's arrays
+_BATCH_TEXTS = 1024  # texts per chunk: their index fits the low 10 bits of a key
+
+
+_POWERS: list[np.ndarray] = []
+
+
+def _hash_powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """B^j and B^-j mod 2^64 for j < n (at least): cumprod of uint64 is slow, so they are kept."""
+    if not _POWERS or len(_POWERS[0]) < n:
+        size = max(n, 2 * len(_POWERS[0]) if _POWERS else _BATCH_CHARS)
+        inv = np.uint64(pow(int(_HASH_BASE), -1, 1 << 64))
+        _POWERS[:] = [np.concatenate(([np.uint64(1)], np.cumprod(np.full(size - 1, b, np.uint64))))
+                      for b in (_HASH_BASE, inv)]
+    return _POWERS[0], _POWERS[1]
+
+
+def repetition_signals_batch(texts: list[str], t: Thresholds = DEFAULT) -> list[dict[str, float]]:
+    """[repetition_signals(x, t) for x in texts], the same dicts, computed batch-wide.
+
+    Texts that are not ASCII or longer than t.max_chars take the per-text path."""
+    out: list[dict[str, float] | None] = [None] * len(texts)
+    chunk: list[int] = []
+    size = 0
+
+    def flush() -> None:
+        for j, sig in zip(chunk, _ascii_batch([texts[j] or "" for j in chunk], t)):
+            out[j] = sig
+
+    for i, text in enumerate(texts):
+        text = text or ""
+        if len(text) > t.max_chars or not text.isascii():
+            out[i] = repetition_signals(text, t)
+            continue
+        chunk.append(i)
+        size += len(text) + 1
+        if size >= _BATCH_CHARS or len(chunk) >= _BATCH_TEXTS:
+            flush()
+            chunk, size = [], 0
+    if chunk:
+        flush()
+    return out  # type: ignore[return-value]
+
+
+class _AsciiBatch(NamedTuple):
+    """ASCII texts joined by one space, and their tokens as _tokens_ascii gives them per text."""
+
+    codes: np.ndarray  # the joined texts' bytes
+    cls: np.ndarray  # _ASCII_CLASS of every byte
+    offs: np.ndarray  # text i is codes[offs[i]: offs[i] + lengths[i]]
+    lengths: np.ndarray
+    starts: np.ndarray  # every token's offsets in codes
+    ends: np.ndarray
+    tix: np.ndarray  # every token's text
+    tok_off: np.ndarray  # text i's tokens are tok_off[i]: tok_off[i + 1]
+    is_word: np.ndarray
+    ids: np.ndarray  # numbered by first appearance within each text, as _tokens_ascii does
+
+
+def _tokens_ascii_batch(texts: list[str]) -> _AsciiBatch:
+    """_tokens_ascii of every text in one pass over the joined texts."""
+    n_texts = len(texts)
+    lengths = np.array([len(x) for x in texts], dtype=np.int64)
+    # one space after every text: a token never spans two texts (spaces are in no token)
+    codes = np.frombuffer((" ".join(texts) + " ").encode("ascii"), dtype=np.uint8)
+    offs = np.zeros(n_texts + 1, np.int64)
+    np.cumsum(lengths + 1, out=offs[1:])
+    n = len(codes)
+    # the hash of a token does not depend on where it starts: the same over the concatenation
+    cls = np.take(_ASCII_CLASS, codes)
+    change = np.empty(n, bool)
+    change[0] = True
+    np.not_equal(cls[1:], cls[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], n)
+    keep = cls[starts] != 0
+    starts, ends = starts[keep], ends[keep]
+    lower = codes + (((codes >= 65) & (codes <= 90)) * 32).astype(np.uint8)
+    powers, inv_powers = _hash_powers(n)
+    prefix = np.concatenate(([np.uint64(0)], np.cumsum(lower.astype(np.uint64) * powers[:n], dtype=np.uint64)))
+    h = (prefix[ends] - prefix[starts]) * inv_powers[starts]
+    h ^= (ends - starts).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    tix = np.searchsorted(offs, starts, side="right") - 1  # text of each token
+    tok_off = np.zeros(n_texts + 1, np.int64)
+    np.cumsum(np.bincount(tix, minlength=n_texts), out=tok_off[1:])
+    return _AsciiBatch(codes, cls, offs, lengths, starts, ends, tix, tok_off, cls[starts] == 1,
+                       _first_appearance_ids(h, tix, tok_off))
+
+
+def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
+    """repetition_signals for ASCII texts of at most t.max_chars characters."""
+    n_texts = len(texts)
+    codes, cls, offs, lengths, starts, ends, tix, tok_off, is_word, ids = _tokens_ascii_batch(texts)
+    word_tix = tix[is_word]
+    word_off = np.zeros(n_texts + 1, np.int64)
+    np.cumsum(np.bincount(word_tix, minlength=n_texts), out=word_off[1:])
+    n_words = np.diff(word_off)
+
+    # periodic_runs scores a run of at least need(p) = max((min_units - 1) p, min_span_words - p)
+    # equal pairs ids[i] == ids[i + p]: its first `gram` = min need(p) tokens occur again p later
+    gram = max(1, min(max((t.min_units - 1) * p, t.min_span_words - p) for p in range(1, max(1, t.max_period) + 1)))
+    periodic = _repeated_windows(ids, tix, tok_off, gram, 2)
+    periodic &= np.diff(tok_off) // t.min_units >= 1
+    # ngram_coverage's own n-gram hash, of the same ids: a text it finds repeats in is named
+    ngram = _repeated_windows(ids[is_word], word_tix, word_off, t.ngram, t.ngram_min_count,
+                              eligible=n_words >= t.ngram * t.ngram_min_count)
+    char = _char_run_candidates(codes, offs, lengths)
+    compressed = _compression_ratios(codes, cls, starts[is_word], ends[is_word], word_off, lengths, t)
+    breaks = np.flatnonzero(np.take(_ASCII_LINE_BREAK, codes))
+    one_line = np.ones(n_texts, bool)
+    one_line[np.searchsorted(offs, breaks, side="right") - 1] = False
+    # one line with three words or more is one content line (a list number removes one word)
+    one_line &= n_words >= 3
+
+    out = []
+    for i, text in enumerate(texts):
+        total = max(1, len(text.strip()))
+        a, b = tok_off[i], tok_off[i + 1]
+        span = tail = tail_span = loop = 0.0
+        if periodic[i]:
+            span, tail, tail_span, loop = periodic_runs(ids[a:b], starts[a:b] - offs[i], ends[a:b] - offs[i], t)
+        cover = 0.0
+        if ngram[i]:
+            w = is_word[a:b]
+            cover = ngram_coverage(ids[a:b][w], starts[a:b][w] - offs[i], ends[a:b][w] - offs[i], total, t)
+        if one_line[i]:
+            dup, line_run = 0.0, 1.0  # what dup_line_ratio and longest_line_run give for one line
+        else:
+            lines = content_lines(text)
+            dup, line_run = dup_line_ratio(lines, t), float(longest_line_run(lines))
+        values = {
+            "periodic_coverage": min(1.0, span / total),
+            "tail_units": tail,
+            "tail_coverage": min(1.0, tail_span / total),
+            "loop_units": loop,
+            "ngram_coverage": min(1.0, cover),
+            "dup_line_ratio": dup,
+            "line_run": line_run,
+            "char_run": float(longest_char_run(text)) if char[i] else 0.0,
+            "compression": compressed[i],
+        }
+        out.append(_with_strengths(values, t))
+    return out
+
+
+def _first_appearance_ids(h: np.ndarray, tix: np.ndarray, tok_off: np.ndarray) -> np.ndarray:
+    """Token ids numbered by first appearance within each text, as _tokens_ascii numbers them
+    (ngram_coverage hashes the ids, so they must be the very same numbers)."""
+    n = len(h)
+    if not n:
+        return np.zeros(0, np.int64)
+    order = np.argsort(h, kind="stable")  # equal hashes stay in token order, so in text order
+    hs, ts = h[order], tix[order]
+    new = np.empty(n, bool)
+    new[0] = True
+    new[1:] = (hs[1:] != hs[:-1]) | (ts[1:] != ts[:-1])
+    firsts = order[new]  # first occurrence of each token of each text
+    is_first = np.zeros(n, bool)
+    is_first[firsts] = True
+    seen = np.concatenate(([0], np.cumsum(is_first, dtype=np.int32)))  # int32: bool to int64 is slow  # first occurrences before each token
+    local = seen[1:] - 1 - seen[tok_off[tix]]  # a first occurrence's rank within its text
+    ids = np.empty(n, np.int64)
+    ids[order] = local[firsts][np.cumsum(new, dtype=np.int32) - 1]
+    return ids
+
+
+def _repeated_windows(ids: np.ndarray, tix: np.ndarray, off: np.ndarray, k: int, min_count: int,
+                      eligible: np.ndarray | None = None) -> np.ndarray:
+    """Texts where some window of k ids occurs at least min_count times, by ngram_coverage's
+    window hash: every window inside one text, the hash's low bits replaced by the text's
+    index, one sort for the batch. Keys that merely collide can only add a text."""
+    n_texts = len(off) - 1
+    cand = np.zeros(n_texts, bool)
+    n = len(ids)
+    if n < k:
+        return cand
+    h = np.zeros(n - k + 1, dtype=np.uint64)
+    for j in range(k):
+        h = h * np.uint64(1_000_003) + ids[j:n - k + 1 + j].astype(np.uint64)
+    text = tix[: n - k + 1]
+    valid = np.arange(n - k + 1) + k <= off[text + 1]
+    if eligible is not None:
+        valid &= eligible[text]
+    if min_count <= 1:  # every window counts
+        cand[text[valid]] = True
+        return cand
+    mask = np.uint64((1 << max(1, (n_texts - 1).bit_length())) - 1)
+    keys = np.sort((h[valid] & ~mask) | text[valid].astype(np.uint64))
+    m = len(keys) - min_count + 1
+    if m <= 0:
+        return cand
+    cand[(keys[:m][keys[:m] == keys[min_count - 1:]] & mask).astype(np.int64)] = True
+    return cand
+
+
+def _char_run_candidates(codes: np.ndarray, offs: np.ndarray, lengths: np.ndarray,
+                         max_unit: int = 8, min_repeats: int = 5) -> np.ndarray:
+    """Texts where longest_char_run can find a stretch: one of a unit of k characters holding a
+    letter or digit is a run of at least (min_repeats - 1) k pairs codes[i] == codes[i + k]; the
+    letter or digit at some j in its first unit has codes[j] == codes[j + k] == ... ==
+    codes[j + (min_repeats - 1) k] inside the text (looked for over the batch), and pairs
+    j .. j + (min_repeats - 2) k are all in the run (checked at those few places only)."""
+    cand = np.zeros(len(lengths), bool)
+    alnum = np.take(_ASCII_ALNUM, codes)
+    n = len(codes)
+    for k in range(1, max_unit + 1):
+        reach = (min_repeats - 1) * k
+        if n <= reach:
+            break
+        eq = codes[:-k] == codes[k:]  # eq[j]: codes[j] == codes[j + k]
+        chain = alnum[: n - reach].copy()
+        for m in range(min_repeats - 1):
+            chain &= eq[m * k: m * k + n - reach]
+        js = np.flatnonzero(chain)
+        if len(js):
+            text = np.searchsorted(offs, js, side="right") - 1
+            inside = js + reach < offs[text] + lengths[text]
+            js, text = js[inside], text[inside]
+            run = eq[js[:, None] + np.arange(reach - k + 1)].all(axis=1)
+            cand[text[run]] = True
+    return cand
+
+
+def _compression_ratios(codes: np.ndarray, cls: np.ndarray, word_starts: np.ndarray, word_ends: np.ndarray,
+                        word_off: np.ndarray, lengths: np.ndarray, t: Thresholds) -> list[float]:
+    """The compression value of every text: word_compression_ratio's string (ASCII words are
+    the \w runs, joined by one space) is the text with every run of other characters between
+    two words made one space; built for the batch at once, then zlib per text."""
+    word = cls == 1
+    keep = word.copy()
+    keep[1:] |= word[:-1] & ~word[1:]  # the first character after a word stands for the gap
+    buf = np.where(word, codes, np.uint8(32))[keep]
+    pos = np.cumsum(keep, dtype=np.int32) - 1  # where each kept character lands in buf
+    view = memoryview(buf)
+    out = []
+    for i in range(len(lengths)):
+        if lengths[i] < t.compression_min_bytes:
+            out.append(1.0)
+            continue
+        a, b = word_off[i], word_off[i + 1]
+        raw = view[pos[word_starts[a]]: pos[word_ends[b - 1] - 1] + 1] if b > a else b""
+        out.append(len(zlib.compress(raw, 6)) / max(1, len(raw)))
+    return out
 
 def fired(signals: dict[str, float]) -> list[str]:
     """Names of the signals that reached their threshold on their own."""
@@ -361,4 +621,5 @@ def is_repetitive(text: str, thresholds: Thresholds = DEFAULT, threshold: float 
     return repetition_score(text, thresholds) >= threshold
 
 
-__all__ = ["Thresholds", "repetition_score", "is_repetitive", "repetition_signals", "fired"]
+__all__ = ["Thresholds", "repetition_score", "is_repetitive", "repetition_signals",
+           "repetition_signals_batch", "fired"]

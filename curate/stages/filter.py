@@ -70,19 +70,32 @@ class FilterStage(Stage):
             self.lid = LanguageId(lid_path(self.config.lid_model))
 
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from filters.repetition import repetition_signals_batch
+
+        alive = [row for row in rows if not is_rejected(row)]
+        # the repetition signals of every answer of the batch in one call: per text, most of
+        # the cost is fixed numpy overhead that the batch path pays once
+        answers = [[t["value"] for t in row.get("conversations") or [] if t.get("from") == "gpt" and t.get("value")]
+                   for row in alive]
+        signals = iter(repetition_signals_batch([a for texts in answers for a in texts], self.rep_thresholds))
+        # fastText for all rows in a row as well: between the numpy work of other filters its
+        # model drops out of the CPU caches and one prediction took about twice as long
+        languages = [self.language(row.get("conversations") or []) for row in alive] if self.lid else [None] * len(alive)
         review = []
-        for row in rows:
-            if is_rejected(row):
-                continue
-            flagged = self.filter_row(row)
+        for row, texts, language in zip(alive, answers, languages):
+            flagged = self.filter_row(row, [next(signals) for _ in texts], language)
             if flagged is not None:
                 review.append(flagged)
         if self.config.write_review:
             write_review(self.ctx.layout, self.name, review)
         return rows
 
-    def filter_row(self, row: dict[str, Any]) -> dict[str, Any] | None:
-        """Score one row in place; reject it on the first failed check. Returns its review entry."""
+    def filter_row(self, row: dict[str, Any], rep_signals: list[dict[str, float]] | None = None,
+                   language: tuple[str, float] | None = None) -> dict[str, Any] | None:
+        """Score one row in place; reject it on the first failed check. Returns its review entry.
+        rep_signals (repetition_signals of the row's non-empty answers, in turn order) and
+        language (self.language of its turns) are given when process_rows computed them for
+        the whole batch."""
         from filters import heuristics
         from filters.language import language_allowed
 
@@ -92,7 +105,7 @@ class FilterStage(Stage):
         if self.config.heuristics:
             for rule, detail in heuristics.check(turns, row.get("media"), self.rule_thresholds):
                 failures.append((rule, f"heuristics: {detail}"))
-        score, signals, turn = self.repetition(turns)
+        score, signals, turn = self.repetition(turns, rep_signals)
         row["repetition_score"] = score
         if self.config.repetition and score >= self.config.repetition_threshold:
             detail = (f"repetition_score={score:.3f} signals={','.join(signals)} turn={turn} "
@@ -102,8 +115,7 @@ class FilterStage(Stage):
             else:
                 failures.append(("repetitive", detail))
         if self.lid is not None:
-            answer = "\n".join(t["value"] or "" for t in turns if t["from"] == "gpt")
-            lang, prob = self.lid.predict(answer)
+            lang, prob = language or self.language(turns)
             row["language"], row["language_score"] = lang, prob
             allowed = self.allowed_languages(row["source"])
             if not language_allowed(lang, prob, allowed, self.config.language_min_score):
@@ -116,17 +128,23 @@ class FilterStage(Stage):
             return None
         return review_entry(row, failures, flags)
 
-    def repetition(self, turns: list[dict[str, Any]]) -> tuple[float, list[str], int]:
+    def language(self, turns: list[dict[str, Any]]) -> tuple[str, float]:
+        """(language, probability) of the answers, all of them as one text."""
+        return self.lid.predict("\n".join(t["value"] or "" for t in turns if t["from"] == "gpt"))
+
+    def repetition(self, turns: list[dict[str, Any]], rep_signals: list[dict[str, float]] | None = None
+                   ) -> tuple[float, list[str], int]:
         """The most repetitive answer: (score, the signals that fired, its 1-based turn)."""
         from filters.repetition import fired, repetition_signals
 
+        answers = [(i, t["value"]) for i, t in enumerate(turns) if t.get("from") == "gpt" and t.get("value")]
+        if rep_signals is None:  # one row alone: the per-text path has less fixed cost
+            rep_signals = [repetition_signals(a, self.rep_thresholds) for _, a in answers]
         best: tuple[float, list[str], int] = (0.0, [], 0)
-        for i, t in enumerate(turns):
-            if t.get("from") == "gpt" and t.get("value"):
-                sig = repetition_signals(t["value"], self.rep_thresholds)
-                if sig["score"] > best[0]:
-                    names = fired(sig)
-                    best = (sig["score"], [f"{n}={sig[n]:.3g}" for n in names], i + 1)
+        for (i, _), sig in zip(answers, rep_signals, strict=True):
+            if sig["score"] > best[0]:
+                names = fired(sig)
+                best = (sig["score"], [f"{n}={sig[n]:.3g}" for n in names], i + 1)
         return best
 
 

@@ -9,6 +9,13 @@ Baseline, measured in the same run: a naive single-signal repetition check, Goph
 Python. The table gives each filter's rate, the whole filter set's rate (heuristic rules
 + repetition + fastText language id, through FilterStage.filter_row as the stage runs it),
 and precision/recall of both detectors on the labelled set.
+
+Then the batch paths, each next to the per-text or per-row path in the same run:
+repetition_signals_batch (batches of 256 texts) against repetition_signals on the 2 KB set
+and on the load test's ~1.2 KB answers (tests/bench/bench_load._texts), and the whole
+FilterStage on load-test rows: FilterStage.process_rows on batches of 256 rows (one batch
+call for the repetition signals, fastText over the batch in a row) against filter_row row
+by row (the per-text path), rows/s on one core.
 """
 
 from __future__ import annotations
@@ -51,6 +58,32 @@ def rate(fn, items, min_seconds: float = 1.0) -> float:
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
             return done / elapsed
+
+
+def batch_rate(fn, items, size: int = 256, min_seconds: float = 1.0) -> float:
+    """Items per second of fn over batches of `size` items."""
+    batches = [items[i:i + size] for i in range(0, len(items), size)]
+    done, start = 0, time.perf_counter()
+    while True:
+        for b in batches:
+            fn(b)
+        done += len(items)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return done / elapsed
+
+
+def stage_rate(run, rows, min_seconds: float = 2.0) -> float:
+    """Rows per second of run(rows) on fresh copies of the rows (the stage writes into them);
+    copying is not timed."""
+    done, elapsed = 0, 0.0
+    while elapsed < min_seconds:
+        fresh = [dict(r) for r in rows]
+        start = time.perf_counter()
+        run(fresh)
+        elapsed += time.perf_counter() - start
+        done += len(rows)
+    return done / elapsed
 
 
 def quality(pred, data) -> tuple[float, float]:
@@ -103,6 +136,38 @@ def main() -> None:
     print(f"{'detector':40s} {'precision':>10s} {'recall':>8s}")
     print(f"{'baseline: naive dup 5-gram > 0.15':40s} {p0:10.3f} {r0:8.3f}")
     print(f"{'is_repetitive':40s} {p1:10.3f} {r1:8.3f}")
+    batch_paths(stage, texts)
+
+
+def batch_paths(stage, texts: list[str]) -> None:
+    import numpy as np
+
+    from filters.repetition import repetition_signals, repetition_signals_batch
+    from tests.bench.bench_load import _texts, vocabulary
+
+    answers = _texts(np.random.default_rng(0), vocabulary(0), 2048)  # as the load test generates them
+    kb = sum(len(a.encode()) for a in answers) / len(answers) / 1024
+    print(f"\nbatch paths: batches of 256; load-test answers: {len(answers)}, mean {kb:.2f} KB")
+    print(f"{'repetition signals':40s} {'per text/s':>10s} {'batch/s':>10s} {'x':>6s}")
+    for name, items in (("2 KB set", texts), (f"load-test answers ({kb:.1f} KB)", answers)):
+        one = rate(repetition_signals, items)
+        many = batch_rate(repetition_signals_batch, items)
+        print(f"{name:40s} {one:10.0f} {many:10.0f} {many / one:6.2f}")
+    rows = [{"id": str(i), "source": "s", "modality": "text", "media": [], "reject_reason": None,
+             "conversations": [{"from": "human", "value": "Explain the topic."}, {"from": "gpt", "value": a}]}
+            for i, a in enumerate(answers)]
+
+    def row_by_row(fresh):
+        for r in fresh:
+            stage.filter_row(r)
+
+    def batches(fresh):
+        for i in range(0, len(fresh), 256):
+            stage.process_rows(fresh[i:i + 256])
+
+    one, many = stage_rate(row_by_row, rows), stage_rate(batches, rows)
+    print(f"{'whole FilterStage (rows/s, one core)':40s} {'per row':>10s} {'batch':>10s} {'x':>6s}")
+    print(f"{'heuristics + repetition + fastText':40s} {one:10.0f} {many:10.0f} {many / one:6.2f}")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,39 @@ def test_switches_and_thresholds(tmp_path):
         make_stage(tmp_path, options={"repetition.nope": 1})
 
 
+def test_a_batch_scores_every_row_as_it_would_alone(tmp_path):
+    """process_rows computes the repetition signals and languages of the whole batch at once;
+    each row still gets what a batch of its own gives it, the most repetitive answer deciding."""
+    from filters.repetition import repetition_signals
+    from tests.filters.test_repetition import ZH_CLEAN, zh_loops
+
+    def turns(*answers):
+        return [t for i, a in enumerate(answers) for t in ({"from": "human", "value": f"Q{i}"}, {"from": "gpt", "value": a})]
+
+    fr = "La fonction renvoie une nouvelle liste contenant tous les éléments de l'itérable dans l'ordre croissant."
+    rows = [row("clean", "Explain.", PROSE), row("loop", "Explain.", LOOP),
+            row("second", "Q", "") | {"conversations": turns(PROSE, "", LOOP)},  # turn 6 loops
+            row("first", "Q", "") | {"conversations": turns(LOOP, PROSE, None)},
+            row("tie", "Q", "") | {"conversations": turns(LOOP, LOOP)},  # the first of equals wins
+            row("zh", "Q", zh_loops()["tail_sentence"]), row("zh-clean", "Q", ZH_CLEAN[2]),
+            row("empty", "Q", " "), row("fr-en", "Q", fr, source="english"),
+            row("already", "Explain.", LOOP) | {"reject_stage": "media", "reject_reason": "broken_image"},
+            row("academic-loop", "Explain.", LOOP, source="academic"), row("long", "Q", (PROSE + "\n") * 30)]
+    for heuristics in (True, False):  # without them, empty answers do not reject before repetition
+        stage = make_stage(tmp_path, write_review=False, heuristics=heuristics)  # "english": language id on
+        batch = run_rows(stage, rows)
+        alone = {}
+        for r in rows:
+            alone.update(run_rows(stage, [r]))
+        assert batch == alone
+    loop = repetition_signals(LOOP)["score"]
+    assert batch["second"]["repetition_score"] == loop and "turn=6" in batch["second"]["reject_detail"]
+    assert batch["first"]["repetition_score"] == loop and "turn=2" in batch["first"]["reject_detail"]
+    assert "turn=2" in batch["tie"]["reject_detail"] and batch["zh"]["reject_reason"] == "repetitive"
+    assert batch["clean"]["repetition_score"] == repetition_signals(PROSE)["score"]
+    assert batch["fr-en"]["reject_reason"] == "wrong_language" and batch["already"]["repetition_score"] is None
+
+
 def test_language_per_source_and_recipe_list(tmp_path):
     fr = "La fonction renvoie une nouvelle liste contenant tous les éléments de l'itérable dans l'ordre croissant."
     stage = make_stage(tmp_path)  # language off, but source "english" keeps only en
@@ -124,3 +157,41 @@ def test_clip_actor_path_on_ray(ray_session, tmp_path):
 def test_missing_clip_folder_fails_validation(tmp_path):
     with pytest.raises(FileNotFoundError, match="clip_model"):
         make_stage(tmp_path, ClipFilterStage, clip_model=str(tmp_path / "none"))
+
+
+def test_rule_shortcuts_give_the_plain_scans_results():
+    """zero_run, char_run and duplicate_lines skip their scan when a cheap test shows it cannot
+    fire; on texts built to sit at and around every threshold they say what the plain scans say."""
+    import random
+    import re
+    from collections import Counter
+
+    from filters.heuristics import HeuristicThresholds, char_run, duplicate_lines, zero_run
+
+    def plain(text, t):
+        out = []
+        m = re.search("0{%d,}" % t.max_zero_run, text)
+        out.append(f"turn 2 has {len(m.group())} zeros in a row (max_zero_run={t.max_zero_run})" if m else None)
+        m = re.search(r"(\S)\1{%d,}" % (t.max_char_run - 1), text)
+        out.append(f"turn 2 repeats {m.group(1)!r} {len(m.group())} times (max_char_run={t.max_char_run})" if m else None)
+        lines = [x for x in (" ".join(x.split()).lower() for x in text.splitlines()) if any(c.isalnum() for c in x)]
+        ratio = 1 - len(Counter(lines)) / len(lines) if len(lines) >= t.min_lines_for_duplicates else 0
+        out.append(f"turn 2: {ratio:.2f} of {len(lines)} lines are duplicates "
+                   f"(max_duplicate_line_ratio={t.max_duplicate_line_ratio})"
+                   if ratio > t.max_duplicate_line_ratio else None)
+        return out
+
+    rng = random.Random(5)
+    texts = [PROSE, LOOP, "", "0" * 32, "0" * 31, " " * 200, "\u3000" * 100, "x" * 80, "x" * 79]
+    for n in (2, 3, 31, 32, 33, 79, 80, 81, 160):
+        for c in ("0", "=", "a", " ", "\t", "中"):
+            for at in (0, 1, 39, 40, 41, 300):
+                texts.append(PROSE[:at] + c * n + PROSE[at:at + 200])
+    texts += ["\n".join(rng.choice(["a b", "a  b", "A b", "c d", "", "...", "1 2"]) for _ in range(rng.randint(0, 9)))
+              for _ in range(300)]
+    conv = lambda a: [{"from": "human", "value": "Q"}, {"from": "gpt", "value": a}]  # noqa: E731
+    for t in (HeuristicThresholds(), HeuristicThresholds(max_zero_run=1, max_char_run=2, min_lines_for_duplicates=2),
+              HeuristicThresholds(max_char_run=3, max_duplicate_line_ratio=0.2), HeuristicThresholds(max_char_run=1)):
+        for text in texts:
+            got = [rule(conv(text), [], t) for rule in (zero_run, char_run, duplicate_lines)]
+            assert got == plain(text, t), (text[:60], t)

@@ -310,3 +310,108 @@ def test_english_tokens_are_unchanged_by_cjk_units():
     assert [text.lower()[a:b] for a, b in zip(starts, ends)] == re.findall(r"\w+|[^\w\s]+", text.lower())
     zh_ids, *_ = _tokens("重复检测")
     assert len(zh_ids) == 4
+
+
+# ------------------------------------------------------------------------------ batch path
+def assert_batch_matches(texts, t=Thresholds()):
+    """repetition_signals_batch gives every text exactly repetition_signals's dict: same keys
+    in the same order, same floats (repr tells -0.0 from 0.0 and shows every bit that matters)."""
+    from filters.repetition import repetition_signals_batch
+
+    got = repetition_signals_batch(texts, t)
+    assert len(got) == len(texts)
+    for i, (text, sig) in enumerate(zip(texts, got)):
+        want = repetition_signals(text, t)
+        assert [(k, repr(v)) for k, v in sig.items()] == [(k, repr(v)) for k, v in want.items()], (i, text[:80])
+
+
+def test_batch_equals_per_text_on_every_test_text(data):
+    texts = [text for _, text, _ in data] + ZH_CLEAN + list(zh_loops().values())
+    assert_batch_matches(texts)  # about 2 MB: several chunks of the batch path
+
+
+def test_batch_edge_cases():
+    from filters.repetition import repetition_signals_batch
+
+    from pydoc_data.topics import topics
+
+    prose = prose_chunks()[4]
+    book = "\n\n".join(topics[k] for k in sorted(topics))[:120_000]
+    assert repetition_signals_batch([]) == []
+    assert_batch_matches(["", " ", "\n\t \r\n", "word", "Yes.", "1. Item", "a b", "..."])
+    # the shortest loops each signal scores, a loop from the first character on
+    assert_batch_matches(["aaaaa", "00000", "ababababab", "a" * 24, "x y z x y z x y z x", "a b a b a b a b a b",
+                          "ok " * 10, "one two three four five six " * 3, "Same line.\nSame line.\nSame line."])
+    assert_batch_matches([prose])  # a batch of one
+    assert_batch_matches([book, prose, book + " The proof is complete." * 8, "Now we repeat. " * 40 + book])
+    assert_batch_matches([ZH_CLEAN[1], prose, zh_loops()["tail_sentence"], "Café au lait. " * 10, prose[:300]])
+    assert_batch_matches([None, prose])  # None is scored as ""
+
+
+def test_batch_loops_at_text_boundaries_stay_in_their_text():
+    """Loops at the very start or end of a text, next to texts that end or start with the same
+    loop, and texts that only loop when joined: each text scores as it does alone."""
+    prose = prose_chunks()[7][:900]
+    sent = sentences_of(prose)[0]
+    loops = {
+        "tail": prose + " " + " ".join([sent] * 6),
+        "head": " ".join([sent] * 6) + " " + prose,
+        "half_tail": prose + " " + " ".join([sent] * 2),  # with half_head next: 4 units if joined
+        "half_head": " ".join([sent] * 2) + " " + prose,
+        "chars_tail": prose + " " + "ha" * 30,
+        "chars_head": "ha" * 30 + " " + prose,
+        "ab_tail": prose + " ab ab ab ab ab",  # unit "ab " across the separator if joined
+        "ab_head": "ab ab ab ab ab " + prose,
+        "ngram_tail": prose + " " + ", ".join(["we see the same six words"] * 2),
+        "ngram_head": ", ".join(["we see the same six words"] * 2) + " " + prose,
+        "lines": prose + "\n" + "\n".join([sent] * 5),
+        "short_loop": "ok ok ok ok ok ok ok ok ok ok ok ok",
+    }
+    order = list(loops)
+    for names in (order, order[::-1], ["half_tail", "half_head"], ["ab_tail", "ab_head"],
+                  ["ngram_tail", "ngram_head", "ngram_tail"], ["tail", "short_loop", "head"]):
+        assert_batch_matches([loops[n] for n in names])
+    assert_batch_matches([loops[n] for n in order] + [prose] * 3 + [loops[n] for n in order])
+
+
+def test_batch_equals_per_text_on_random_repetitive_texts():
+    """Texts from a tiny vocabulary: periods, repeated n-grams, character loops, duplicate and
+    numbered lines everywhere, in every length, also under other thresholds."""
+    rng = random.Random(7)
+    pieces = ["a", "b", "ab", "the", "cat", ".", ",", "!", " ", "  ", "\n", "0", "00", "ha", "1.", "x_y", "--"]
+    texts = []
+    for _ in range(400):
+        unit = [rng.choice(pieces) for _ in range(rng.randint(1, 6))]
+        body = [rng.choice(pieces) for _ in range(rng.randint(0, 400))]
+        at = rng.randint(0, len(body))
+        body[at:at] = unit * rng.randint(0, 30)
+        texts.append(" ".join(body) if rng.random() < 0.5 else "".join(body))
+    assert_batch_matches(texts)
+    other = Thresholds(max_period=7, min_units=2, min_span_words=3, ngram=2, ngram_min_count=1, min_line_repeats=1,
+                       compression_min_bytes=0)
+    assert_batch_matches(texts[:150], other)
+    assert_batch_matches(texts[:150], Thresholds(ngram=3, ngram_min_count=2, max_chars=300))
+
+
+def test_batch_splits_many_texts_into_chunks():
+    rng = random.Random(3)
+    words = ["alpha", "beta", "gamma", "delta", "again", "and", "the", "."]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 30))) for _ in range(1500)]
+    assert_batch_matches(texts)  # more than one chunk of at most 1024 texts
+
+
+def test_batch_tokens_are_the_per_text_tokens():
+    """The batch tokeniser gives every text _tokens's ids (ngram_coverage hashes the ids, so the
+    numbering itself must match, not only which tokens are equal), offsets and word flags."""
+    from filters.repetition import _tokens, _tokens_ascii_batch
+
+    prose = [c for c in prose_chunks() if c.isascii()]
+    texts = ["", "b a b a", prose[1], "  ", "A a A; a;a", "x" * 30, prose[2], "end."]
+    b = _tokens_ascii_batch(texts)
+    for i, text in enumerate(texts):
+        lo, hi = b.tok_off[i], b.tok_off[i + 1]
+        ids, starts, ends, is_word = _tokens(text)
+        assert b.ids[lo:hi].tolist() == ids.tolist()
+        assert (b.starts[lo:hi] - b.offs[i]).tolist() == starts.tolist()
+        assert (b.ends[lo:hi] - b.offs[i]).tolist() == ends.tolist()
+        assert b.is_word[lo:hi].tolist() == is_word.tolist()
