@@ -10,6 +10,7 @@ is at least `min_score` sure of it, so mixed or code-heavy answers are not dropp
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from filters.heuristics import PLACEHOLDER
@@ -41,10 +42,15 @@ class LanguageId:
 
     def predict(self, text: str) -> tuple[str, float]:
         flat = " ".join(PLACEHOLDER.sub(" ", text).split())
-        if sum(c.isalpha() for c in flat) < MIN_LETTERS:
+        if not has_letters(flat, MIN_LETTERS):
             return UNDETERMINED, 0.0
         labels, probs = self.model.predict(flat[:4000], k=1)
         return labels[0].removeprefix("__label__"), float(min(1.0, probs[0]))
+
+
+def has_letters(text: str, n: int) -> bool:
+    """At least n letters in text; stops at the n-th (counting a 1 KB answer cost more than predicting it)."""
+    return next(itertools.islice((c for c in text if c.isalpha()), n - 1, None), None) is not None
 
 
 def language_allowed(lang: str, prob: float, allowed: list[str] | None, min_score: float) -> bool:

@@ -39,3 +39,12 @@ def test_keep_list_and_confidence():
 def test_missing_configured_model_fails_with_the_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="stages.filter.lid_model"):
         lid_path(str(tmp_path / "nope.ftz"))
+
+
+def test_has_letters_counts_letters_of_any_script_up_to_n():
+    from filters.language import has_letters
+
+    assert has_letters("a" * 20, 20) and not has_letters("a" * 19, 20)
+    assert not has_letters("1234 5678 !!!! " * 10 + "abc", 20)
+    assert has_letters("这是一个中文句子，用来测试语言识别是否正确。", 20)
+    assert has_letters("x" + " 9" * 1000 + "y" * 19, 20) and not has_letters("", 1)
