@@ -134,27 +134,36 @@ class _StageActor:
         return self.stage(batch)
 
 
-class _TaskCall:
-    """Task wrapper for a `setup_in_tasks` stage: each worker process sets the stage up once.
+class _StageTask:
+    """Task wrapper of a plain stage: whole blocks in, the stage called on slices of its batch size.
 
-    Ray reuses worker processes between tasks, so the set-up copy is kept in the process
-    under a key made once per stage run; a later run (or stage) brings a new key and the
-    old copy is dropped, so a worker holds at most one set-up stage.
+    The map gets whole blocks (no Ray batch size) because Ray does not fuse a read into a
+    map that has one: the read then runs as its own tasks, holding a CPU the stage needs.
+    Fused, one task reads a file, runs the stage and writes its output. The slices keep
+    each call, and its Python objects, at the stage's batch size.
+
+    A `setup_in_tasks` stage is set up once per worker process: Ray reuses worker processes
+    between tasks, so the set-up copy is kept in the process under a key made once per stage
+    run; a later run (or stage) brings a new key and the old copy is dropped.
     """
 
     _cache: ClassVar[dict[str, Stage]] = {}
 
-    def __init__(self, stage: Stage) -> None:
+    def __init__(self, stage: Stage, batch_size: int | None) -> None:
         self.stage = stage
+        self.batch_size = batch_size
         self.key = uuid.uuid4().hex
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, block: pa.Table) -> pa.Table:
         stage = self._cache.get(self.key)
         if stage is None:
             self._cache.clear()
             stage = self._cache[self.key] = self.stage
             stage.ensure_setup()
-        return stage(batch)
+        step = self.batch_size or len(block)
+        if len(block) <= step:
+            return stage(block)
+        return pa.concat_tables([stage(block.slice(i, step)) for i in range(0, len(block), step)])
 
 
 def apply_stage(stage: Stage, ds: Any, job: Job, skip: str | None = None) -> tuple[Any, dict[str, Any]]:
@@ -165,9 +174,8 @@ def apply_stage(stage: Stage, ds: Any, job: Job, skip: str | None = None) -> tup
         return stage.transform(ds, job)
     if stage.needs_actor():
         return ds.map_batches(_StageActor, fn_constructor_args=(stage,), **map_options(job.resources, actor=True)), {}
-    if stage.setup_in_tasks:
-        return ds.map_batches(_TaskCall(stage), **map_options(job.resources, actor=False)), {}
-    return ds.map_batches(stage, **map_options(job.resources, actor=False)), {}
+    opts = map_options(job.resources, actor=False) | {"batch_size": None}  # whole blocks: see _StageTask
+    return ds.map_batches(_StageTask(stage, job.resources.batch_size), **opts), {}
 
 
 def _alive(batch: pa.Table) -> pa.Table:

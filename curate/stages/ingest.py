@@ -11,8 +11,8 @@ mismatch between media items and placeholders is a reject.
 from __future__ import annotations
 
 import json
+import os
 import re
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -108,8 +108,9 @@ class IngestStage(Stage):
     def parse_row(self, raw_row: dict[str, Any]) -> dict[str, Any]:
         source, manifest, line = raw_row["source"], raw_row["manifest"], raw_row["line"]
         row: dict[str, Any] = {name: None for name in CORE_SCHEMA.names}
+        where = f"{os.path.basename(manifest)}:{line}"  # the file's name, as Path.name gives it
         row.update(source=source, manifest=manifest, line=line, origin="manifest",
-                   id=record_id(source, f"{Path(manifest).name}:{line}"), orig_id=f"{Path(manifest).name}:{line}")
+                   id=record_id(source, where), orig_id=where)
         src_cfg = self.ctx.source(source)
         row["domain"] = getattr(src_cfg, "domain", None) or "general"
         raw: bytes = raw_row["raw"]

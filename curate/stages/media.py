@@ -28,7 +28,7 @@ from packing.tiles import choose_grid, per_image_n_max
 
 class MediaStage(Stage):
     name: ClassVar[str] = "media"
-    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=16)
+    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=128)  # tasks fan out per block; a batch is only a call
     source_keys: ClassVar[tuple[str, ...]] = ("n_max",)
 
     def inputs(self) -> list[str]:
