@@ -123,6 +123,11 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
                         f"on a local Ray") from None
 
 
+#: rows per Parquet file a stage writes at most: each file is one task of the next stage, so
+#: the work spreads over the cores (and a cluster) whatever the stage before did to its blocks
+ROWS_PER_FILE = 8192
+
+
 class _StageActor:
     """Actor wrapper: the stage's setup() runs once per actor, in its constructor."""
 
@@ -318,7 +323,11 @@ class Runner:
         if job.input_dir is None:
             items = [c for s, ps in manifests.items() for p in ps for c in manifest_chunks(s, p)]
             return ray.data.from_items(items, override_num_blocks=max(1, len(items))).flat_map(_read_manifest)
-        return ray.data.read_parquet(str(job.input_dir)).map_batches(_alive, batch_format="pyarrow")
+        # one read task per file (Ray otherwise groups files into a few tasks, and one task
+        # per group is all the parallelism a fused stage gets); files hold ROWS_PER_FILE rows
+        files = sum(1 for _ in job.input_dir.glob("*.parquet"))
+        return ray.data.read_parquet(str(job.input_dir), override_num_blocks=max(1, files)).map_batches(
+            _alive, batch_format="pyarrow")
 
     def run_stage(self, stage: Stage, job: Job, schema: pa.Schema, config_hash: str,
                   manifests: dict[str, list[Path]], skip: str | None) -> None:
@@ -334,7 +343,7 @@ class Runner:
         model, device = stage_model(stage) if not skip else (None, None)
         self.view.stage_started(stage.name, self.expected_rows(stage, job, manifests), model=model, device=device,
                                 output=tmp)
-        out.write_parquet(str(tmp))
+        out.write_parquet(str(tmp), max_rows_per_file=ROWS_PER_FILE)
         tmp.mkdir(parents=True, exist_ok=True)
         pq.write_table(schema.empty_table(), tmp / "part-empty.parquet")  # keeps the schema when no row is left
         os.replace(tmp, job.output_dir)
