@@ -179,12 +179,18 @@ def apply_stage(stage: Stage, ds: Any, job: Job, skip: str | None = None) -> tup
         return stage.transform(ds, job)
     if stage.needs_actor():
         return ds.map_batches(_StageActor, fn_constructor_args=(stage,), **map_options(job.resources, actor=True)), {}
-    opts = map_options(job.resources, actor=False) | {"batch_size": None}  # whole blocks: see _StageTask
+    opts = map_options(job.resources, actor=False, whole_blocks=True)  # _StageTask slices them
     return ds.map_batches(_StageTask(stage, job.resources.batch_size), **opts), {}
 
 
 def _alive(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.is_null(batch.column("reject_reason")))
+
+
+def _read_alive(paths: pa.Table) -> pa.Table:
+    """The alive rows of the Parquet files named in `paths` (one file per task)."""
+    tables = [_alive(pq.read_table(p)) for p in paths.column("path").to_pylist()]
+    return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
 
 
 def _conform_fn(batch: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -323,11 +329,12 @@ class Runner:
         if job.input_dir is None:
             items = [c for s, ps in manifests.items() for p in ps for c in manifest_chunks(s, p)]
             return ray.data.from_items(items, override_num_blocks=max(1, len(items))).flat_map(_read_manifest)
-        # one read task per file (Ray otherwise groups files into a few tasks, and one task
-        # per group is all the parallelism a fused stage gets); files hold ROWS_PER_FILE rows
-        files = sum(1 for _ in job.input_dir.glob("*.parquet"))
-        return ray.data.read_parquet(str(job.input_dir), override_num_blocks=max(1, files)).map_batches(
-            _alive, batch_format="pyarrow")
+        # one task per file, fused with the stage and its write: Ray's read_parquet packs files
+        # into read tasks of 128 MiB, so a stage of 100k text rows ran as two tasks, one of them
+        # long after the other had finished; files hold at most ROWS_PER_FILE rows
+        files = sorted(str(p) for p in job.input_dir.glob("*.parquet"))
+        return ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, len(files))).map_batches(
+            _read_alive, batch_format="pyarrow")
 
     def run_stage(self, stage: Stage, job: Job, schema: pa.Schema, config_hash: str,
                   manifests: dict[str, list[Path]], skip: str | None) -> None:

@@ -255,11 +255,17 @@ def check_columns(stage: Stage, schema: pa.Schema) -> None:
         )
 
 
-def map_options(res: Resources, actor: bool) -> dict[str, Any]:
-    """Ray Data map_batches arguments for a stage's resources: the one place they are applied."""
+def map_options(res: Resources, actor: bool, whole_blocks: bool = False) -> dict[str, Any]:
+    """Ray Data map_batches arguments for a stage's resources: the one place they are applied.
+
+    whole_blocks: no Ray batch size, for vectorised functions and for callers that slice
+    themselves. Ray fuses a read into the map that follows it only when the map has no batch
+    size; unfused, the read runs as separate tasks that hold CPUs the map then waits for.
+    """
     import ray
 
-    opts: dict[str, Any] = {"batch_format": "pyarrow", "batch_size": res.batch_size, "num_cpus": res.cpus}
+    opts: dict[str, Any] = {"batch_format": "pyarrow", "batch_size": None if whole_blocks else res.batch_size,
+                            "num_cpus": res.cpus}
     if res.memory_gb:
         opts["memory"] = res.memory_gb * 1024**3
     gpus = res.gpus

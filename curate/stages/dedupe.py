@@ -744,7 +744,7 @@ class DedupeStage(GlobalStage):
 
         cfg = self.settings()
         order = {name: i for i, name in enumerate(self.ctx.sources)}
-        opts = map_options(job.resources, actor=False)
+        opts = map_options(job.resources, actor=False, whole_blocks=True)
         feats = ds.map_batches(_features, **opts, fn_kwargs={"cfg": cfg, "source_order": order}).materialize()
         cpus = int(ray.cluster_resources().get("CPU", 1))
         # partitions of the verification: a few per CPU, more when the corpus is large
@@ -760,5 +760,4 @@ class DedupeStage(GlobalStage):
             decisions = ray.put(pa.table({"id": pa.array([], pa.string()), "reason": pa.array([], pa.string()),
                                           "detail": pa.array([], pa.string())}))
         info = {"candidate_pairs": int(ray.get(n_pairs))}
-        mark_opts = opts | {"batch_size": max(opts["batch_size"], 16_384)}  # one id lookup per big batch
-        return ds.map_batches(_mark, **mark_opts, fn_kwargs={"decisions_ref": [decisions]}), info
+        return ds.map_batches(_mark, **opts, fn_kwargs={"decisions_ref": [decisions]}), info

@@ -55,7 +55,7 @@ class PackPlanStage(GlobalStage):
         # Arrow tables travel through the object store without a copy: every batch looks its
         # rows up in them (a dict here was unpickled once per batch: 168 s of 100k rows)
         refs = [ray.put(p["rows"]), ray.put(p["copies"])]
-        out = ds.map_batches(_place, **map_options(job.resources, actor=False),
+        out = ds.map_batches(_place, **map_options(job.resources, actor=False, whole_blocks=True),
                              fn_kwargs={"refs": refs, "max_tokens": self.config.max_tokens,
                                         "max_tiles": self.config.max_tiles, "stage": "pack"})
         info = {"packing": p["packing"], "sequences": len(p["bins"]),

@@ -38,7 +38,7 @@ class LossCleanStage(GlobalStage):
         c = self.config
         stats = loss_pass.source_loss_stats(ds)
         log.info("score: per-source loss statistics %s", stats)
-        out = ds.map_batches(loss_pass.reject_outliers, **map_options(job.resources, actor=False),
+        out = ds.map_batches(loss_pass.reject_outliers, **map_options(job.resources, actor=False, whole_blocks=True),
                              fn_kwargs={"stats": stats, "k": c.loss_k, "min_samples": c.loss_min_samples,
                                         "stage": ScoreStage.name})
         return out, {"loss_stats": stats}

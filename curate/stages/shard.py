@@ -51,7 +51,7 @@ class ShardStage(GlobalStage):
         per_shard = self.config.max_sequences
         n_shards = (n_sequences - 1) // per_shard + 1
         augment = [name for name, s in self.ctx.sources.items() if s.augment]
-        written = ds.map_batches(_with_shard, **map_options(job.resources, actor=False),
+        written = ds.map_batches(_with_shard, **map_options(job.resources, actor=False, whole_blocks=True),
                                  fn_kwargs={"per_shard": per_shard}).groupby(
             "shard", num_partitions=max(1, min(n_shards, 64))).map_groups(
             _write_group, batch_format="pyarrow", fn_kwargs={"shard_dir": str(tmp), "augment_sources": augment})
