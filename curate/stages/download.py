@@ -66,8 +66,12 @@ class UrlIndex:
 
 class DownloadStage(Stage):
     name: ClassVar[str] = "download"
-    # one actor: its `concurrency` threads share one connection pool (set resources.actors for more)
+    # one task at a time: its `concurrency` threads share one connection pool, set up once per
+    # worker process (set resources.actors for more tasks at once). Tasks, not an actor, so the
+    # read of the previous stage's files, this stage and the write fuse into one task per file
+    # (rows without a URL pass through as Arrow).
     resources: ClassVar[Resources] = Resources(cpus=1, actors=1, batch_size=256)
+    setup_in_tasks: ClassVar[bool] = True
 
     def inputs(self) -> list[str]:
         return ["media"]

@@ -11,6 +11,7 @@ their closing `<|im_end|>`, so the loss never trains on prompts or media tokens.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -169,12 +170,16 @@ class TokenizeStage(Stage):
 
     def setup(self) -> None:
         cfg = self.config
+        if self.resolved_resources().cpus <= 1:
+            # the task holds one CPU and its neighbours the others: the fast tokenizer's own
+            # thread pool (one thread per core) only contends with them
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self.encoder = ChatEncoder(load_tokenizer(cfg.tokenizer), cfg.tokens_per_tile,
                                    cfg.audio_frames_per_second, cfg.audio_pooling, cfg.system_prompt)
 
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for row, enc in zip(rows, self.encoder.encode_many(rows)):
             row.update(input_ids=enc.input_ids, labels=enc.labels, n_tokens=len(enc.input_ids), n_tiles=enc.n_tiles,
-                       n_audio_tokens=enc.n_audio_tokens, n_response_tokens=sum(lab != IGNORE for lab in enc.labels),
+                       n_audio_tokens=enc.n_audio_tokens, n_response_tokens=len(enc.labels) - enc.labels.count(IGNORE),
                        turn_starts=enc.turn_starts, media_spans=enc.media_spans)
         return rows
