@@ -59,7 +59,7 @@ import pyarrow as pa
 
 from curate.records import reject
 from curate.stages.base import GlobalStage, Job, Resources, map_options
-from curate.text_units import UNIT_RE, is_cjk
+from curate.text_units import UNIT_RE, is_cjk, units
 
 MAX_HASH = np.uint64((1 << 32) - 1)
 EMPTY = np.uint64(1 << 40)  # marks a bin no shingle fell into (above any 32-bit value)
@@ -96,7 +96,7 @@ def _shingle_hashes_chunk(texts: Sequence[str], n: int) -> list[np.ndarray]:
     """
     import pandas as pd
 
-    words = [WORD_RE.findall(t) for t in texts]
+    words = [units(t) for t in texts]
     lengths = np.array([len(w) for w in words], np.int64)
     out: list[np.ndarray] = [np.zeros(0, np.uint64)] * len(texts)
     if lengths.sum() == 0:
@@ -255,7 +255,7 @@ def phash_bands(h: int, k: int) -> list[str]:
 
 
 def hashing_vector(text: str, dims: int = 1 << 18) -> dict[int, float]:
-    words = WORD_RE.findall(normalise(text))
+    words = units(normalise(text))
     grams = words + [f"{x} {y}" for x, y in zip(words, words[1:])]
     vec: dict[int, float] = {}
     for g in grams:

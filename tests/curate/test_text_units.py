@@ -30,3 +30,17 @@ def test_mixed_text_keeps_words_and_characters():
 def test_sentences_end_at_chinese_punctuation_without_spaces():
     assert sentences(CHINESE) == ["多模态大模型在图像理解任务上表现优秀", "它可以回答关于图片的问题"]
     assert len(sentences("One. Two! Three?")) == 3
+
+
+def test_the_ascii_fast_path_splits_exactly_as_the_regex():
+    import string
+
+    from curate.text_units import UNIT_RE, cjk_share, units
+
+    rng = __import__("random").Random(0)
+    texts = ["", "   ", "a_b c-d e.f 12,3 x\ty\nz __", string.printable, "\x00\x7f end"]
+    texts += ["".join(rng.choice(string.printable) for _ in range(200)) for _ in range(200)]
+    for t in texts:
+        assert units(t) == UNIT_RE.findall(t), t
+        assert cjk_share(t) == 0.0
+    assert units("naïve 中文") == ["naïve", "中", "文"]  # not ASCII: the regex path
