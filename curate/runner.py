@@ -199,9 +199,17 @@ def _conform_fn(batch: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def _read_manifest(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The rows of one manifest piece, streamed (Ray Data cuts them into blocks as they come)."""
-    return read_lines(item["source"], item["manifest"], item["start"], item["end"], item["first_line"])
+def _read_manifest(items: pa.Table) -> Iterator[pa.Table]:
+    """The raw rows of manifest pieces (curate.manifest.manifest_chunks), as Arrow tables of
+    ROWS_PER_FILE lines: Ray builds no block row by row, and the ingest stage fuses with this."""
+    rows: list[dict[str, Any]] = []
+    for item in items.to_pylist():
+        for row in read_lines(item["source"], item["manifest"], item["start"], item["end"], item["first_line"]):
+            rows.append(row)
+            if len(rows) == ROWS_PER_FILE:
+                yield pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+                rows = []
+    yield pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
 
 
 class Runner:
@@ -328,7 +336,8 @@ class Runner:
 
         if job.input_dir is None:
             items = [c for s, ps in manifests.items() for p in ps for c in manifest_chunks(s, p)]
-            return ray.data.from_items(items, override_num_blocks=max(1, len(items))).flat_map(_read_manifest)
+            return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+                _read_manifest, batch_format="pyarrow")
         # one task per file, fused with the stage and its write: Ray's read_parquet packs files
         # into read tasks of 128 MiB, so a stage of 100k text rows ran as two tasks, one of them
         # long after the other had finished; files hold at most ROWS_PER_FILE rows
