@@ -235,7 +235,7 @@ def datatrove_run(text_jsonl: Path, work: Path, tasks: int = 2) -> dict[str, flo
     from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
-    from datatrove.utils.word_tokenizers import WhitespaceTokenizer
+    from datatrove.utils.hashing import HashConfig
 
     src = work / "in"
     src.mkdir(parents=True, exist_ok=True)
@@ -243,8 +243,9 @@ def datatrove_run(text_jsonl: Path, work: Path, tasks: int = 2) -> dict[str, flo
         for i, line in enumerate(f):  # two input files: one per task
             r = json.loads(line)
             (a if i % 2 == 0 else b).write(json.dumps({"id": r["id"], "text": r["conversations"][1]["value"]}) + "\n")
-    # whitespace words: NLTK's English tokenizer needs a data download this bench must not do
-    words = WhitespaceTokenizer()
+    # regex words: NLTK's English tokenizer needs a data download this bench must not do, and
+    # DataTrove's WhitespaceTokenizer needs spaCy
+    words = _regex_word_tokenizer()
     times = {}
     t0 = time.perf_counter()
     LocalPipelineExecutor(pipeline=[
@@ -252,7 +253,9 @@ def datatrove_run(text_jsonl: Path, work: Path, tasks: int = 2) -> dict[str, flo
         JsonlWriter(str(work / "filtered"))], tasks=tasks, workers=tasks, logging_dir=str(work / "logs/f"),
     ).run()
     times["filter"] = time.perf_counter() - t0
-    cfg = MinhashConfig(num_buckets=14, hashes_per_bucket=8)
+    # sha1 shingle hashes: DataTrove's default xxhash path hands str to xxhash, which the
+    # installed xxhash 4 refuses ("Strings must be encoded before hashing")
+    cfg = MinhashConfig(num_buckets=14, hashes_per_bucket=8, hash_config=HashConfig(precision=64, hash_fc="sha1"))
     t0 = time.perf_counter()
     LocalPipelineExecutor(pipeline=[JsonlReader(str(src)), MinhashDedupSignature(str(work / "sigs"), config=cfg,
                                                                                language=words)],
@@ -266,6 +269,27 @@ def datatrove_run(text_jsonl: Path, work: Path, tasks: int = 2) -> dict[str, flo
                           tasks=tasks, workers=tasks, logging_dir=str(work / "logs/d")).run()
     times["dedupe"] = time.perf_counter() - t0
     return times
+
+
+def _regex_word_tokenizer():
+    """A DataTrove WordTokenizer that needs no model: words and punctuation runs, as NLTK's
+    English tokenizer splits them, and sentences ending at . ! ? or a newline."""
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    class RegexWordTokenizer(WordTokenizer):
+        WORDS = re.compile(r"\w+|[^\w\s]+")
+        SENTENCES = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
+
+        def word_tokenize(self, text: str) -> list[str]:
+            return self.WORDS.findall(text)
+
+        def sent_tokenize(self, text: str) -> list[str]:
+            return [s.strip() for s in self.SENTENCES.findall(text) if s.strip()]
+
+        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+            return [m.span() for m in self.SENTENCES.finditer(text) if m.group().strip()]
+
+    return RegexWordTokenizer()
 
 
 def _datatrove_child(text_jsonl: str, work: str, conn) -> None:
