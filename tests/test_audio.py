@@ -126,7 +126,10 @@ def test_pitch_and_rate_variation_change_the_voice_as_asked():
     text = QUESTIONS[1]
     low, high = (tts.speak(backends, text, joe, VoiceParams(pitch=p, noise_w=0.3)) for p in (0.8, 1.25))
     assert f0_hz(high) > 1.3 * f0_hz(low)  # 1.25 / 0.8 = 1.56 apart
-    assert abs(len(high) / len(low) - 1) < 0.2  # the back-end's rate compensates the resampling's tempo change
+    # the back-end's rate compensates the resampling's tempo change: without it the clips' length
+    # ratio would be 0.8 / 1.25 = 0.64; with Piper it reads 0.79-0.84 (12 runs: Piper's durations
+    # are not exactly proportional to its length scale, and noise_w varies them per run)
+    assert 0.72 < len(high) / len(low) < 1.2
     fast = tts.speak(backends, text, joe, VoiceParams(rate=1.4, noise_w=0.3))
     assert len(fast) < 0.85 * len(low)
     a = draw_params(5, "row1", joe, (0.9, 1.1), (0.9, 1.1), (0.5, 0.8), (0.6, 1.0))
