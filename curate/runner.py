@@ -180,7 +180,10 @@ def apply_stage(stage: Stage, ds: Any, job: Job, skip: str | None = None) -> tup
     if stage.needs_actor():
         return ds.map_batches(_StageActor, fn_constructor_args=(stage,), **map_options(job.resources, actor=True)), {}
     opts = map_options(job.resources, actor=False, whole_blocks=True)  # _StageTask slices them
-    return ds.map_batches(_StageTask(stage, job.resources.batch_size), **opts), {}
+    # a subclass named after the stage, so Ray's operator, progress and process names say
+    # "MapBatches(MediaStage)", not "MapBatches(_StageTask)"
+    task = type(type(stage).__name__, (_StageTask,), {})
+    return ds.map_batches(task(stage, job.resources.batch_size), **opts), {}
 
 
 def _alive(batch: pa.Table) -> pa.Table:
