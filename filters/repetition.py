@@ -130,6 +130,33 @@ _ASCII_CLASS = np.array([1 if (chr(c).isalnum() or c == 95) else 0 if chr(c).iss
 _HASH_BASE = np.uint64(0x100000001B3)
 
 
+def _ascii_token_hashes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Character classes of ASCII `codes`, and the [start, end) offsets and 64-bit hashes of
+    its tokens (maximal runs of one class other than space).
+
+    h(token) = sum(c_j * B^(j - start)) + length * C over its lower-cased characters: prefix
+    sums of c_j * B^j, then B^-start, so a token's hash does not depend on where it starts.
+    """
+    n = len(codes)
+    cls = np.take(_ASCII_CLASS, codes)
+    if n == 0:
+        z = np.zeros(0, np.int64)
+        return cls, z, z, np.zeros(0, np.uint64)
+    change = np.empty(n, bool)
+    change[0] = True
+    np.not_equal(cls[1:], cls[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], n)
+    keep = cls[starts] != 0
+    starts, ends = starts[keep], ends[keep]
+    lower = codes + (((codes >= 65) & (codes <= 90)) * 32).astype(np.uint8)
+    powers, inv_powers = _hash_powers(n)
+    prefix = np.concatenate(([np.uint64(0)], np.cumsum(lower.astype(np.uint64) * powers[:n], dtype=np.uint64)))
+    h = (prefix[ends] - prefix[starts]) * inv_powers[starts]
+    h ^= (ends - starts).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return cls, starts, ends, h
+
+
 def _tokens_ascii(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """_tokens for ASCII text, vectorised: the same tokens, offsets and ids as the regex path.
 
@@ -138,29 +165,10 @@ def _tokens_ascii(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     numbered by first appearance like the dictionary of the general path.
     """
     codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-    n = len(codes)
-    if n == 0:
-        z = np.zeros(0, np.int64)
-        return z, z, z, np.zeros(0, dtype=bool)
-    cls = _ASCII_CLASS[codes]
-    change = np.empty(n, bool)
-    change[0] = True
-    np.not_equal(cls[1:], cls[:-1], out=change[1:])
-    starts = np.flatnonzero(change)
-    ends = np.append(starts[1:], n)
-    keep = cls[starts] != 0
-    starts, ends = starts[keep], ends[keep]
+    cls, starts, ends, h = _ascii_token_hashes(codes)
     if not len(starts):
         z = np.zeros(0, np.int64)
         return z, z, z, np.zeros(0, dtype=bool)
-    lower = codes + (((codes >= 65) & (codes <= 90)) * 32).astype(np.uint8)
-    # h(token) = sum(c_j * B^(j - start)) + length * C: prefix sums of c_j * B^j, then B^-start
-    powers = np.concatenate(([np.uint64(1)], np.cumprod(np.full(n - 1, _HASH_BASE, np.uint64))))
-    prefix = np.concatenate(([np.uint64(0)], np.cumsum(lower.astype(np.uint64) * powers, dtype=np.uint64)))
-    inv = np.uint64(pow(int(_HASH_BASE), -1, 1 << 64))
-    inv_powers = np.concatenate(([np.uint64(1)], np.cumprod(np.full(n - 1, inv, np.uint64))))
-    h = (prefix[ends] - prefix[starts]) * inv_powers[starts]
-    h ^= (ends - starts).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
     order = np.empty(len(first), np.int64)
     order[np.argsort(first, kind="stable")] = np.arange(len(first))
@@ -430,21 +438,8 @@ def _tokens_ascii_batch(texts: list[str]) -> _AsciiBatch:
     codes = np.frombuffer((" ".join(texts) + " ").encode("ascii"), dtype=np.uint8)
     offs = np.zeros(n_texts + 1, np.int64)
     np.cumsum(lengths + 1, out=offs[1:])
-    n = len(codes)
     # the hash of a token does not depend on where it starts: the same over the concatenation
-    cls = np.take(_ASCII_CLASS, codes)
-    change = np.empty(n, bool)
-    change[0] = True
-    np.not_equal(cls[1:], cls[:-1], out=change[1:])
-    starts = np.flatnonzero(change)
-    ends = np.append(starts[1:], n)
-    keep = cls[starts] != 0
-    starts, ends = starts[keep], ends[keep]
-    lower = codes + (((codes >= 65) & (codes <= 90)) * 32).astype(np.uint8)
-    powers, inv_powers = _hash_powers(n)
-    prefix = np.concatenate(([np.uint64(0)], np.cumsum(lower.astype(np.uint64) * powers[:n], dtype=np.uint64)))
-    h = (prefix[ends] - prefix[starts]) * inv_powers[starts]
-    h ^= (ends - starts).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    cls, starts, ends, h = _ascii_token_hashes(codes)
     tix = np.searchsorted(offs, starts, side="right") - 1  # text of each token
     tok_off = np.zeros(n_texts + 1, np.int64)
     np.cumsum(np.bincount(tix, minlength=n_texts), out=tok_off[1:])

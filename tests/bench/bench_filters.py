@@ -63,14 +63,7 @@ def rate(fn, items, min_seconds: float = 1.0) -> float:
 def batch_rate(fn, items, size: int = 256, min_seconds: float = 1.0) -> float:
     """Items per second of fn over batches of `size` items."""
     batches = [items[i:i + size] for i in range(0, len(items), size)]
-    done, start = 0, time.perf_counter()
-    while True:
-        for b in batches:
-            fn(b)
-        done += len(items)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return done / elapsed
+    return rate(fn, batches, min_seconds) * len(items) / len(batches)
 
 
 def stage_rate(run, rows, min_seconds: float = 2.0) -> float:
