@@ -50,6 +50,7 @@ def manifest_chunks(source: str, manifest: str | Path, chunk_bytes: int = CHUNK_
     JSONL: byte ranges [start, end) that begin at a line start, with the number of their first
     line (counted here, so reject messages keep the file's real line numbers; one pass over
     the file, chunk_bytes in memory at a time). Parquet: runs of row groups, from the footer.
+    `lines` is each piece's newline count (Parquet: rows), the progress view's expected rows.
     """
     manifest = str(manifest)
     chunks: list[dict[str, Any]] = []
@@ -61,9 +62,10 @@ def manifest_chunks(source: str, manifest: str | Path, chunk_bytes: int = CHUNK_
         for g in range(meta.num_row_groups):
             size += meta.row_group(g).total_byte_size
             if size >= chunk_bytes or g == meta.num_row_groups - 1:
+                rows = sum(meta.row_group(k).num_rows for k in range(group, g + 1))
                 chunks.append({"source": source, "manifest": manifest, "start": group, "end": g + 1,
-                               "first_line": first})
-                first += sum(meta.row_group(k).num_rows for k in range(group, g + 1))
+                               "first_line": first, "lines": rows})
+                first += rows
                 group, size = g + 1, 0
         return chunks
     total = Path(manifest).stat().st_size
@@ -77,8 +79,10 @@ def manifest_chunks(source: str, manifest: str | Path, chunk_bytes: int = CHUNK_
                 rest = f.readline()  # finish the line the piece stops in
                 data += rest
                 end += len(rest)
-            chunks.append({"source": source, "manifest": manifest, "start": start, "end": end, "first_line": line})
-            line += data.count(b"\n")
+            lines = data.count(b"\n")
+            chunks.append({"source": source, "manifest": manifest, "start": start, "end": end, "first_line": line,
+                           "lines": lines})
+            line += lines
             start = end
     return chunks
 

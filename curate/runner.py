@@ -37,12 +37,12 @@ import yaml
 
 from curate.errors import UserError
 from curate.layout import RunLayout, read_marker, write_json_atomic, write_parquet_atomic, write_text_atomic
-from curate.manifest import RAW_SCHEMA, check_manifests, is_parquet, manifest_chunks, read_lines
+from curate.manifest import RAW_SCHEMA, check_manifests, manifest_chunks, read_lines
 from curate.progress import ProgressView, count_rows, stage_model
 from curate.recipe import Recipe
 from curate.records import CORE_SCHEMA, REJECT_COLUMNS
 from curate.review import clear_review
-from curate.stages.base import GlobalStage, Job, RunContext, Stage, check_columns, map_options
+from curate.stages.base import GlobalStage, Job, RunContext, Stage, check_columns, map_options, widen
 
 log = logging.getLogger("curate")
 
@@ -196,12 +196,6 @@ def _read_alive(paths: pa.Table) -> pa.Table:
     return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
 
 
-def _conform_fn(batch: pa.Table, schema: pa.Schema) -> pa.Table:
-    cols = [batch.column(f.name).cast(f.type) if f.name in batch.column_names else pa.nulls(len(batch), f.type)
-            for f in schema]
-    return pa.Table.from_arrays(cols, schema=schema)
-
-
 def _read_manifest(items: pa.Table) -> Iterator[pa.Table]:
     """The raw rows of manifest pieces (curate.manifest.manifest_chunks), as Arrow tables of
     ROWS_PER_FILE lines: Ray builds no block row by row, and the ingest stage fuses with this."""
@@ -333,13 +327,12 @@ class Runner:
         write_report(self.out, stats)
         return stats
 
-    def input_dataset(self, job: Job, manifests: dict[str, list[Path]]) -> Any:
-        """The stage's input rows: the manifests for the first stage, else the earlier stage's alive rows."""
+    def input_dataset(self, job: Job, pieces: list[dict[str, Any]]) -> Any:
+        """The stage's input rows: the manifest pieces for the first stage, else the earlier stage's alive rows."""
         import ray
 
         if job.input_dir is None:
-            items = [c for s, ps in manifests.items() for p in ps for c in manifest_chunks(s, p)]
-            return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+            return ray.data.from_items(pieces, override_num_blocks=max(1, len(pieces))).map_batches(
                 _read_manifest, batch_format="pyarrow")
         # one task per file, fused with the stage and its write: Ray's read_parquet packs files
         # into read tasks of 128 MiB, so a stage of 100k text rows ran as two tasks, one of them
@@ -354,13 +347,16 @@ class Runner:
         self.current_stage = stage.name
         t0 = time.perf_counter()
         self.invalidate(job.output_dir)
-        ds = self.input_dataset(job, manifests)
+        # the first stage reads the manifests in pieces; listing them counts their lines (one pass)
+        pieces = [c for s, ps in manifests.items() for p in ps for c in manifest_chunks(s, p)] \
+            if job.input_dir is None else []
+        ds = self.input_dataset(job, pieces)
         out, info = apply_stage(stage, ds, job, skip)
-        out = out.map_batches(_conform_fn, batch_format="pyarrow", fn_kwargs={"schema": schema})
+        out = out.map_batches(widen, batch_format="pyarrow", fn_kwargs={"schema": schema})
         tmp = self.layout.tmp(job.output_dir)
         shutil.rmtree(tmp, ignore_errors=True)
         model, device = stage_model(stage) if not skip else (None, None)
-        self.view.stage_started(stage.name, self.expected_rows(stage, job, manifests), model=model, device=device,
+        self.view.stage_started(stage.name, self.expected_rows(stage, job, pieces), model=model, device=device,
                                 output=tmp)
         out.write_parquet(str(tmp), max_rows_per_file=ROWS_PER_FILE)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -375,10 +371,10 @@ class Runner:
         log.info("stage %s: %d rows, %d kept, %d rejected in %.1fs", stage.name, marker["rows"], marker["kept"],
                  sum(marker["rejected"].values()), marker["seconds"])
 
-    def expected_rows(self, stage: Stage, job: Job, manifests: dict[str, list[Path]]) -> int | None:
+    def expected_rows(self, stage: Stage, job: Job, pieces: list[dict[str, Any]]) -> int | None:
         """Rows the stage will write, for the progress view (None: not known in advance)."""
         if job.input_dir is None:
-            return sum(_count_lines(p) for ps in manifests.values() for p in ps)
+            return sum(c["lines"] for c in pieces)
         if isinstance(stage, GlobalStage) and stage.name in ("pack_plan", "shard"):
             return None  # one row per copy / per shard
         marker = read_marker(job.input_dir)
@@ -409,13 +405,6 @@ class Runner:
                   "rejected": rejected, "seconds": round(seconds, 3)} | info
         write_json_atomic(self.layout.marker(stage_dir), marker)
         return marker
-
-
-def _count_lines(path: Path) -> int:
-    if is_parquet(path):
-        return pq.read_metadata(path).num_rows
-    with open(path, "rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 def route_ray_logs(log_dir: Path) -> None:

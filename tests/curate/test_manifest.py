@@ -30,6 +30,7 @@ def test_jsonl_pieces_give_every_line_once_with_its_real_number(tmp_path, chunk_
     assert chunks[0]["start"] == 0 and chunks[-1]["end"] == len(body)
     assert all(a["end"] == b["start"] for a, b in zip(chunks, chunks[1:]))
     assert _rows(chunks) == whole
+    assert sum(c["lines"] for c in chunks) == body.count(b"\n")  # the progress view's expected rows
     assert [r["line"] for r in whole] == [i + 1 for i in range(50) if i != 5]
     assert whole[8]["raw"] == b"not json \xff" and whole[19]["raw"] == lines[20][:-1]
 
@@ -49,5 +50,6 @@ def test_parquet_pieces_are_runs_of_row_groups(tmp_path):
     chunks = manifest_chunks("s", path, chunk_bytes=1)
     assert len(chunks) == pq.ParquetFile(path).metadata.num_row_groups == 12
     assert _rows(chunks) == whole and [r["line"] for r in whole] == list(range(1, 101))
+    assert sum(c["lines"] for c in chunks) == 100
     assert json.loads(whole[42]["raw"])["id"] == "r42"
     assert len(manifest_chunks("s", path)) == 1
