@@ -59,11 +59,10 @@ import pyarrow as pa
 
 from curate.records import reject
 from curate.stages.base import GlobalStage, Job, Resources, map_options
-from curate.text_units import UNIT_RE, is_cjk, units
+from curate.text_units import is_cjk, units
 
 MAX_HASH = np.uint64((1 << 32) - 1)
 EMPTY = np.uint64(1 << 40)  # marks a bin no shingle fell into (above any 32-bit value)
-WORD_RE = UNIT_RE  # words, and single characters in CJK runs (curate.text_units): Chinese near copies count
 
 
 # ----------------------------------------------------------------------------- text and MinHash

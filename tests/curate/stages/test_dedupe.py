@@ -17,7 +17,8 @@ from curate.demo import prose_topics
 from curate.recipe import DedupeConfig
 from curate.records import CORE_SCHEMA
 from curate.stages.base import RunContext
-from curate.stages.dedupe import (WORD_RE, DedupeStage, jaccard_estimate, lsh_params, media_compatible,
+from curate.text_units import units
+from curate.stages.dedupe import (DedupeStage, jaccard_estimate, lsh_params, media_compatible,
                                   near_duplicate_clusters,
                                   normalise, signatures)
 
@@ -25,7 +26,7 @@ THRESHOLD = 0.8
 
 
 def shingles(text, n=5):
-    words = WORD_RE.findall(normalise(text))
+    words = units(normalise(text))
     n = min(n, len(words))
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
