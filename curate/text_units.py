@@ -44,6 +44,11 @@ def unit_count(text: str) -> int:
     return sum(1 for _ in UNIT_RE.finditer(text))
 
 
+def has_cjk(text: str) -> bool:
+    """Whether the text holds a CJK character (ASCII text never does: no regex scan for it)."""
+    return not text.isascii() and CJK_CHAR.search(text) is not None
+
+
 def cjk_share(text: str) -> float:
     """Share of the units that are CJK characters (0 for English, about 1 for Chinese)."""
     if text.isascii():

@@ -100,9 +100,7 @@ def answer_equals_question(turns: Turns, media: list, t: HeuristicThresholds) ->
         if q.get("from") == "human" and a.get("from") == "gpt":
             qv, av = q.get("value") or "", a.get("value") or ""
             # Chinese has no spaces to collapse and often drops or swaps the final ？/。: compare units
-            # (ASCII holds no CJK character: isascii() spares the regex scan)
-            cjk = not (qv.isascii() and av.isascii()) and text_units.CJK_CHAR.search(qv + av)
-            normal = _normal_units if cjk else _normal
+            normal = _normal_units if text_units.has_cjk(qv + av) else _normal
             na = normal(av)
             if na and na == normal(qv):
                 return f"turn {i + 1} repeats its question: {na[:60]!r}"
@@ -111,7 +109,7 @@ def answer_equals_question(turns: Turns, media: list, t: HeuristicThresholds) ->
 
 def abnormal_sentence_length(turns: Turns, media: list, t: HeuristicThresholds) -> str | None:
     for i, text in answers(turns):
-        if not text.isascii() and text_units.CJK_CHAR.search(text):
+        if text_units.has_cjk(text):
             detail = _long_cjk_sentence(text, t)
             if detail:
                 return f"turn {i + 1} has {detail}"

@@ -44,3 +44,10 @@ def test_the_ascii_fast_path_splits_exactly_as_the_regex():
         assert units(t) == UNIT_RE.findall(t), t
         assert cjk_share(t) == 0.0
     assert units("naïve 中文") == ["naïve", "中", "文"]  # not ASCII: the regex path
+
+
+def test_has_cjk_finds_a_cjk_character_anywhere():
+    from curate.text_units import has_cjk
+
+    assert not has_cjk("") and not has_cjk("plain ASCII, 12 words.") and not has_cjk("naïve café")
+    assert has_cjk("mixed 中 text") and has_cjk("ひらがな") and has_cjk("x" * 1000 + "字")
