@@ -65,6 +65,40 @@ def test_stage_counts_tokens_and_tiles(tok_dir):
     assert out[0]["n_response_tokens"] >= 2  # answer + <|im_end|>
 
 
+def test_stage_batch_columns_equal_the_row_path(tok_dir):
+    """The stage's Arrow path (flat token arrays) gives exactly what process_rows gives, row by
+    row, on text, image, multi-image, video and audio rows, an empty reply and a rejected row;
+    the columns it does not own pass through untouched and in place."""
+    import pyarrow as pa
+
+    from curate.records import CORE_SCHEMA
+
+    ctx = RunContext(out_dir="/tmp/o", sources={"s": SourceConfig(name="s", manifests=["m"])})
+    st = TokenizeStage(TokenizeConfig(tokenizer=str(tok_dir), system_prompt="Be brief."), ctx)
+    st.setup()
+    media = [[], [image(2)], [image(1), image(3)],
+             [{"kind": "video", "tiles": 2, "frames": ["a", "b"], "duration": 1.0}],
+             [{"kind": "audio", "tiles": 0, "frames": None, "duration": 1.5}], []]
+    prompts = ["plain question", "<image>\nwhat is this", "<image><image> compare", "<video> describe",
+               "<audio> transcribe", "empty reply"]
+    answers = ["the answer is short.", "a cat", "same", "it moves", "hello there", ""]
+    rows = [{"id": f"r{i}", "source": "s", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}],
+             "media": m, "reject_reason": "too_short" if i == 5 else None}
+            for i, (q, a, m) in enumerate(zip(prompts, answers, media))]
+    fields = [f for f in CORE_SCHEMA if f.name in ("id", "source", "conversations", "media", "reject_reason")]
+    table = pa.Table.from_pylist(rows, schema=pa.schema(fields))
+    out = st(table)
+    assert out.schema == st.output_schema(table.schema)
+    assert out.column_names[:len(table.column_names)] == table.column_names
+    assert out.select(table.column_names).equals(table)
+    expected = st.process_rows([dict(r) for r in table.to_pylist()])
+    for got, want in zip(out.to_pylist(), expected):
+        for name in st.outputs():
+            assert got[name] == want[name], (want["id"], name)
+    assert out.column("n_tiles").to_pylist() == [0, 2, 4, 2, 0, 0]
+    assert all(n > 0 for n in out.column("n_audio_tokens").to_pylist()[4:5])
+
+
 def test_tokenizer_without_special_tokens_is_refused(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
