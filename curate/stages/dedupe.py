@@ -9,8 +9,8 @@ How it runs on Ray (never a driver loop over rows, memory independent of cluster
    the members, ordered by the keep rule, are paired with its first ANCHORS members, so a
    bucket of n samples gives at most ANCHORS x n candidate pairs (as the MinHash LSH
    deduplicators of DataTrove and NeMo Curator link members to the bucket's first id);
-3. map + groupby: the features of paired samples go to a few verification partitions, where
-   all pairs are verified at once (vectorised exact Jaccard, media, pHash, video cosine);
+3. shuffle: one task per features block sends the features of paired samples to a few
+   verification partitions, and one task per partition verifies all its pairs at once (vectorised exact Jaccard, media, pHash, video cosine);
 4. one task takes the connected components of the verified edges on compact integer ids
    (scipy.sparse.csgraph) and picks the sample to keep in each cluster;
 5. map: the other members of each cluster become reject rows naming the kept sample.
@@ -614,35 +614,39 @@ def _plan(key_blocks: list[Any], partitions: int) -> tuple[pa.Table, pa.Table, p
     return route, pairs, nodes, len(pairs)
 
 
-def _route(batch: pa.Table, route_ref: list[Any]) -> pa.Table:
-    """Send the features of samples in candidate pairs to the partitions that verify them."""
-    import ray
+def _route(block: pa.Table, route: pa.Table, partitions: int) -> list[pa.Table]:
+    """The features of one block's samples that are in candidate pairs, split by the
+    partitions that verify them (a sample may be needed by several)."""
     import pyarrow.compute as pc
 
-    route = ray.get(route_ref[0])
-    pos = pc.index_in(batch.column("id"), value_set=route.column("id"))
+    pos = pc.index_in(block.column("id"), value_set=route.column("id"))
     hit = pc.is_valid(pos)
     if not pc.any(hit).as_py():
-        return ROUTED.empty_table()
-    rows = batch.filter(hit)
+        return [ROUTED.empty_table()] * partitions
+    rows = block.filter(hit)
     r = route.take(pos.filter(hit))
     parts = r.column("parts").combine_chunks()
     rep = pc.list_parent_indices(parts)
     rows = rows.take(rep)
-    return pa.table({"part": parts.flatten().cast(pa.int32()), "node": r.column("node").take(rep),
-                     "shingles": rows.column("shingles"), "cjk": rows.column("cjk"), "media": rows.column("media"),
-                     "question": rows.column("question")}, schema=ROUTED)
+    part = parts.flatten().cast(pa.int32())
+    routed = pa.table({"part": part, "node": r.column("node").take(rep), "shingles": rows.column("shingles"),
+                       "cjk": rows.column("cjk"), "media": rows.column("media"), "question": rows.column("question")},
+                      schema=ROUTED)
+    part_np = part.to_numpy()
+    return [routed.filter(pa.array(part_np == p)) for p in range(partitions)]
 
 
-def _verify_part(group: pa.Table, pairs_ref: list[Any], cfg: dict[str, Any]) -> pa.Table:
-    """Verify the candidate pairs of one partition (their features are all in `group`)."""
-    import ray
+def _route_task(block: pa.Table, route: pa.Table, partitions: int) -> tuple[pa.Table, ...]:
+    return tuple(_route(block, route, partitions))
+
+
+def _verify_task(pairs: pa.Table, cfg: dict[str, Any], part: int, *pieces: pa.Table) -> pa.Table:
+    """Verify the candidate pairs of partition `part`; `pieces` hold the features they need."""
     import pyarrow.compute as pc
 
+    group = pa.concat_tables([t for t in pieces if len(t)] or [ROUTED.empty_table()])
     if not len(group):
         return EDGES.empty_table()
-    part = group.column("part")[0].as_py()
-    pairs = ray.get(pairs_ref[0])
     pairs = pairs.filter(pc.equal(pairs.column("part"), part))
     if not len(pairs):
         return EDGES.empty_table()
@@ -751,10 +755,14 @@ class DedupeStage(GlobalStage):
         key_refs = feats.select_columns(["id", "order", "keys"]).to_arrow_refs()
         route, pairs, nodes, n_pairs = ray.remote(num_returns=4)(_plan).remote(key_refs, partitions)
         if ray.get(n_pairs):
-            routed = feats.map_batches(_route, **opts, fn_kwargs={"route_ref": [route]})
-            edges = routed.groupby("part", num_partitions=partitions).map_groups(
-                _verify_part, batch_format="pyarrow", fn_kwargs={"pairs_ref": [pairs], "cfg": cfg})
-            decisions = ray.remote(_decide_task).remote(edges.to_arrow_refs(), [nodes])
+            # a direct shuffle: each features block splits into its partitions (one task per
+            # block), then one task per partition verifies its pairs; Ray Data's groupby
+            # would sort the routed rows first and sample them for its boundaries
+            route_task = ray.remote(num_returns=partitions)(_route_task)
+            pieces = [route_task.remote(ref, route, partitions) for ref in feats.to_arrow_refs()]
+            verify = ray.remote(_verify_task)
+            edges = [verify.remote(pairs, cfg, p, *[block[p] for block in pieces]) for p in range(partitions)]
+            decisions = ray.remote(_decide_task).remote(edges, [nodes])
         else:
             decisions = ray.put(pa.table({"id": pa.array([], pa.string()), "reason": pa.array([], pa.string()),
                                           "detail": pa.array([], pa.string())}))
