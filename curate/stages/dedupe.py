@@ -619,6 +619,8 @@ def _route(block: pa.Table, route: pa.Table, partitions: int) -> list[pa.Table]:
     partitions that verify them (a sample may be needed by several)."""
     import pyarrow.compute as pc
 
+    if not len(block):  # Ray Data may hand on an empty block without the features' schema
+        return [ROUTED.empty_table()] * partitions
     pos = pc.index_in(block.column("id"), value_set=route.column("id"))
     hit = pc.is_valid(pos)
     if not pc.any(hit).as_py():

@@ -291,3 +291,14 @@ def test_ray_path_applies_threshold_cjk(ray_session):
     single = near_duplicate_clusters(texts, THRESHOLD, threshold_cjk=DedupeConfig().threshold_cjk)
     assert rejected == {i for i, label in enumerate(single) if label != i}
     assert set(range(len(zh), 2 * len(zh))) <= rejected
+
+
+def test_route_passes_an_empty_block_without_schema():
+    """Ray Data can hand the shuffle an empty block with no columns; it yields empty partitions."""
+    import pyarrow as pa
+
+    from curate.stages.dedupe import ROUTED, _route
+
+    route = pa.table({"id": ["a"], "node": [0], "parts": [[1]]})
+    out = _route(pa.table({}), route, 3)
+    assert len(out) == 3 and all(t.schema == ROUTED and not len(t) for t in out)
