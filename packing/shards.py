@@ -49,15 +49,17 @@ def media_files(data: bytes | dict[str, Any]) -> dict[str, bytes]:
     return {m["path"]: m["bytes"] for kind in ("images", "audio") for m in media[kind]}
 
 
-def npy_bytes(values: Iterable[int]) -> bytes:
+def npy_bytes(values: Iterable[int] | np.ndarray) -> bytes:
+    values = values if isinstance(values, np.ndarray) else np.asarray(list(values))
     buf = io.BytesIO()
-    np.save(buf, np.asarray(list(values), dtype=np.int32), allow_pickle=False)
+    np.save(buf, values.astype(np.int32, copy=False), allow_pickle=False)
     return buf.getvalue()
 
 
 def pack_sequence(key: str, sequence_index: int, samples: list[dict[str, Any]],
                   augment_sources: frozenset[str] = frozenset()) -> dict[str, bytes | str]:
-    """Build one WebDataset sample from tokenized records (dicts with input_ids, labels, media).
+    """Build one WebDataset sample from tokenized records (dicts with input_ids, labels, media;
+    the token lists may be Python lists or int arrays).
 
     Samples of `augment_sources` are flagged `"augment": true`: the loader then applies
     InternVL's random JPEG re-compression to their images (never to video frames).
@@ -65,8 +67,9 @@ def pack_sequence(key: str, sequence_index: int, samples: list[dict[str, Any]],
     members: dict[str, bytes | str] = {"__key__": key}
     images: dict[str, bytes] = {}
     audio: dict[str, bytes] = {}
-    ids: list[int] = []
-    labels: list[int] = []
+    ids: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    n_tokens = 0
     described = []
     tile_offset = 0
     n_media = 0
@@ -94,18 +97,19 @@ def pack_sequence(key: str, sequence_index: int, samples: list[dict[str, Any]],
             media_desc.append(entry)
         described.append({
             "id": s["id"], "orig_id": s.get("orig_id"), "source": s["source"], "modality": s["modality"],
-            "token_offset": len(ids), "n_tokens": len(s["input_ids"]),
+            "token_offset": n_tokens, "n_tokens": len(s["input_ids"]),
             "tile_offset": tile_offset, "n_tiles": int(s["n_tiles"]),
             "n_response_tokens": int(s.get("n_response_tokens") or 0), "media": media_desc,
             "augment": s["source"] in augment_sources,
         })
-        ids.extend(s["input_ids"])
-        labels.extend(s["labels"])
+        ids.append(np.asarray(s["input_ids"], np.int32))
+        labels.append(np.asarray(s["labels"], np.int32))
+        n_tokens += len(s["input_ids"])
         tile_offset += int(s["n_tiles"])
-    members["json"] = json.dumps({"sequence": sequence_index, "n_tokens": len(ids), "n_tiles": tile_offset,
+    members["json"] = json.dumps({"sequence": sequence_index, "n_tokens": n_tokens, "n_tiles": tile_offset,
                                   "samples": described}, ensure_ascii=False, sort_keys=True)
-    members["input_ids.npy"] = npy_bytes(ids)
-    members["labels.npy"] = npy_bytes(labels)
+    members["input_ids.npy"] = npy_bytes(np.concatenate(ids) if ids else np.zeros(0, np.int32))
+    members["labels.npy"] = npy_bytes(np.concatenate(labels) if labels else np.zeros(0, np.int32))
     members[MEDIA_MEMBER] = media_bytes(images, audio)
     return members
 

@@ -1,8 +1,13 @@
 """Pack, step 3 (shards): write the planned sequences as WebDataset tar shards, plus their index.
 
 Rows arrive one per copy with their `sequence` and `position` (curate.stages.pack_plan).
-Sequence k goes to shard k // max_sequences; Ray's groupby brings each shard's rows together
-and one task writes each shard (packing.shards: sorted members, fixed mtime, no pickle).
+Sequence k goes to shard k // max_sequences. Consecutive shards form groups of about
+GROUP_BYTES of rows. A shuffle through files, not the object store, brings each group's rows
+together: one task per input file writes the columns the shards need into one scratch
+Parquet file, a row group per group; then one task per group reads its row groups, sorts
+them and writes its shards one after the other (packing.shards: sorted members, fixed
+mtime, no pickle). So a writer holds one group, never the run, and at 1M rows the stage
+no longer spills a sort-based groupby of every row through the object store.
 The shards are built in `shards.tmp/` and renamed into place with their index.json,
 contents.parquet (each distinct sample and its copy count) and sequences.parquet once all
 are written, so `shards/` never holds half a run.
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from curate.layout import read_marker, write_parquet_atomic
 from curate.stages.base import GlobalStage, Job, Resources, map_options
@@ -26,6 +33,12 @@ from packing.energon_meta import write_energon_meta
 from packing.shards import SHARD_PATTERN, pack_sequence, write_index, write_shard
 
 CONTENTS_COLUMNS = ["id", "orig_id", "source", "origin", "modality", "n_tokens", "n_tiles"]
+#: what packing.shards.pack_sequence reads of a row, and where it goes
+SHARD_COLUMNS = ["id", "orig_id", "source", "modality", "n_tiles", "n_response_tokens", "media", "input_ids",
+                 "labels", "sequence", "position"]
+#: Arrow bytes of rows one shard-writing task holds, about: its group of consecutive shards
+GROUP_BYTES = 256 * 1024**2
+PIECES = pa.schema([("group", pa.int64()), ("path", pa.string()), ("row_group", pa.int32())])
 
 
 class ShardStage(GlobalStage):
@@ -51,11 +64,23 @@ class ShardStage(GlobalStage):
         per_shard = self.config.max_sequences
         n_shards = (n_sequences - 1) // per_shard + 1
         augment = [name for name, s in self.ctx.sources.items() if s.augment]
-        written = ds.map_batches(_with_shard, **map_options(job.resources, actor=False, whole_blocks=True),
-                                 fn_kwargs={"per_shard": per_shard}).groupby(
-            "shard", num_partitions=max(1, min(n_shards, 64))).map_groups(
-            _write_group, batch_format="pyarrow", fn_kwargs={"shard_dir": str(tmp), "augment_sources": augment})
-        return written, {}
+        files = sorted(job.input_dir.glob("*.parquet"))
+        shards_per_group = max(1, int(GROUP_BYTES * n_shards // max(1, _column_bytes(files, SHARD_COLUMNS))))
+        parts = scratch_dir(job)
+        shutil.rmtree(parts, ignore_errors=True)
+        parts.mkdir(parents=True)
+        split = ds.map_batches(_split_by_group, **map_options(job.resources, actor=False, whole_blocks=True),
+                               fn_kwargs={"per_group": per_shard * shards_per_group, "parts_dir": str(parts)})
+        tables = [t for t in ray.get(split.materialize().to_arrow_refs()) if len(t)]
+        pieces = pa.concat_tables(tables).sort_by("group") if tables else PIECES.empty_table()
+        write = ray.remote(num_cpus=job.resources.cpus)(_write_group)
+        entries = []
+        for group in pc.unique(pieces.column("group")).to_pylist():
+            mine = pieces.filter(pc.equal(pieces.column("group"), group))
+            entries.append(write.remote(mine.column("path").to_pylist(), mine.column("row_group").to_pylist(),
+                                        per_shard, str(tmp), augment))
+        return ray.data.from_arrow_refs(entries) if entries else ray.data.from_arrow(
+            pa.table({"entry": pa.array([], pa.string())})), {"shard_groups": len(entries)}
 
     def finish(self, job: Job) -> dict[str, Any]:
         """Index, contents and sequences tables beside the shards, then the shards go into place."""
@@ -71,6 +96,7 @@ class ShardStage(GlobalStage):
             columns=CONTENTS_COLUMNS + ["sequence"], filter=pc.field("reject_reason").is_null())
         write_parquet_atomic(tmp / layout.contents.name, contents_table(placed))
         write_parquet_atomic(tmp / layout.sequences.name, sequences_table(placed, self.config.max_sequences))
+        shutil.rmtree(scratch_dir(job), ignore_errors=True)
         shutil.rmtree(layout.shards, ignore_errors=True)
         tmp.rename(layout.shards)
         return {"shards": len(entries), "sequences": sum(e["sequences"] for e in entries)}
@@ -103,23 +129,70 @@ def sequences_table(placed: pa.Table, per_shard: int) -> pa.Table:
     })
 
 
-def _with_shard(batch: pa.Table, per_shard: int) -> pa.Table:
-    shard = pc.divide(batch.column("sequence"), per_shard)  # integer division on int64
-    return batch.append_column("shard", shard)
+def scratch_dir(job: Job) -> Path:
+    """The shuffle's scratch files, beside the stage's output (a re-run clears it with it)."""
+    return job.output_dir.with_name(job.output_dir.name + ".parts")
 
 
-def _write_group(group: pa.Table, shard_dir: str, augment_sources: list[str]) -> pa.Table:
+def _column_bytes(files: list[Path], columns: list[str]) -> int:
+    """Uncompressed bytes of `columns` in Parquet files, from their footers (no data read)."""
+    total = 0
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        for r in range(meta.num_row_groups):
+            rg = meta.row_group(r)
+            total += sum(rg.column(c).total_uncompressed_size for c in range(rg.num_columns)
+                         if rg.column(c).path_in_schema.split(".")[0] in columns)
+    return total
+
+
+def _split_by_group(block: pa.Table, per_group: int, parts_dir: str) -> pa.Table:
+    """Write the block's rows (the columns shards need) to one scratch Parquet file, one row
+    group per shard group, in group order; returns where each group's rows are."""
+    block = block.select(SHARD_COLUMNS)
+    if not len(block):
+        return PIECES.empty_table()
+    group = pc.divide(block.column("sequence"), per_group).to_numpy()  # integer division on int64
+    order = np.argsort(group, kind="stable")
+    block, group = block.take(pa.array(order)), group[order]
+    starts = np.flatnonzero(np.concatenate(([True], group[1:] != group[:-1])))
+    ends = np.append(starts[1:], len(group))
+    path = str(Path(parts_dir) / f"{uuid.uuid4().hex}.parquet")
+    with pq.ParquetWriter(path, block.schema) as writer:
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            writer.write_table(block.slice(a, b - a), row_group_size=b - a)
+    return pa.table({"group": group[starts], "path": [path] * len(starts),
+                     "row_group": np.arange(len(starts), dtype=np.int32)}, schema=PIECES)
+
+
+def _write_group(paths: list[str], row_groups: list[int], per_shard: int, shard_dir: str,
+                 augment_sources: list[str]) -> pa.Table:
+    """Read one group's rows, then write each of its shards in turn; one index entry per shard."""
+    group = pa.concat_tables([pq.ParquetFile(p).read_row_group(r) for p, r in zip(paths, row_groups)])
     group = group.sort_by([("sequence", "ascending"), ("position", "ascending")])
-    shard = group.column("shard")[0].as_py()
-    rows = group.to_pylist()
-    sequences = []
-    start = 0
-    while start < len(rows):
-        end = start
-        while end < len(rows) and rows[end]["sequence"] == rows[start]["sequence"]:
-            end += 1
-        seq = rows[start]["sequence"]
-        sequences.append(pack_sequence(f"{shard:06d}-{seq:08d}", seq, rows[start:end], frozenset(augment_sources)))
-        start = end
-    entry = write_shard(Path(shard_dir) / SHARD_PATTERN.format(shard), sequences)
-    return pa.table({"entry": [json.dumps(entry)]})
+    seq = group.column("sequence").to_numpy()
+    starts = np.flatnonzero(np.concatenate(([True], seq[1:] != seq[:-1])))
+    ends = np.append(starts[1:], len(seq))
+    shard_of = seq[starts] // per_shard
+    augment = frozenset(augment_sources)
+    entries = []
+    for shard in np.unique(shard_of).tolist():
+        mine = np.flatnonzero(shard_of == shard)
+        lo, hi = int(starts[mine[0]]), int(ends[mine[-1]])
+        rows = sample_dicts(group.slice(lo, hi - lo))
+        sequences = [pack_sequence(f"{shard:06d}-{int(seq[a]):08d}", int(seq[a]), rows[a - lo:b - lo], augment)
+                     for a, b in zip(starts[mine].tolist(), ends[mine].tolist())]
+        entries.append(json.dumps(write_shard(Path(shard_dir) / SHARD_PATTERN.format(shard), sequences)))
+    return pa.table({"entry": entries})
+
+
+def sample_dicts(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows as dicts for pack_sequence, their token lists as int32 array views (no Python ints)."""
+    rows = table.drop_columns(["input_ids", "labels"]).to_pylist()
+    for name in ("input_ids", "labels"):
+        column = table.column(name).combine_chunks()
+        offsets = column.offsets.to_numpy()
+        values = column.values.to_numpy(zero_copy_only=False)
+        for i, row in enumerate(rows):
+            row[name] = values[offsets[i]:offsets[i + 1]]
+    return rows

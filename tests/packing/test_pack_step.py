@@ -87,3 +87,29 @@ def test_small_budgets_split_truncate_and_stay_within_budgets(ray_session, demo_
     assert verify_shards(out / "shards") == []
     info = json.loads(next((out / "work").glob("*-pack_select/_DONE.json")).read_text())
     assert info["select"] == sel
+
+
+def test_shards_do_not_depend_on_how_the_writers_group_them(ray_session, demo_small, tmp_path, monkeypatch):
+    """The shard step's shuffle goes through scratch files in groups of consecutive shards:
+    one shard per group and every shard in one group give byte-identical shards and index."""
+    import curate.stages.shard as shard_stage
+
+    recipe = load_recipe(RECIPE, [f"stages.tokenize.tokenizer={demo_small}/tokenizer", "stages.pack.max_tokens=700",
+                                  "stages.pack.truncate=true", "stages.shard.max_sequences=2", "modality_targets={}",
+                                  *[f"stages.{k}.enabled=false" for k in ("download", "filter", "dedupe",
+                                                                          "score", "transcribe", "audio_qa")]],
+                         inputs=[str(multi_round_manifest(tmp_path))])
+    groups = {}
+    for name, group_bytes in (("one-per-group", 1), ("one-group", 1 << 40)):
+        monkeypatch.setattr(shard_stage, "GROUP_BYTES", group_bytes)
+        stats = Runner(recipe, tmp_path / name).run()
+        assert stats["invariant_ok"], stats
+        marker = json.loads(next((tmp_path / name / "work").glob("*-shard/_DONE.json")).read_text())
+        groups[name] = (marker["shard_groups"], marker["shards"])
+        assert not list((tmp_path / name / "work").glob("*.parts"))  # the scratch files are gone
+    n_shards = groups["one-group"][1]
+    assert n_shards > 2 and groups == {"one-per-group": (n_shards, n_shards), "one-group": (1, n_shards)}
+    a, b = tmp_path / "one-per-group" / "shards", tmp_path / "one-group" / "shards"
+    names = sorted(p.name for p in a.iterdir() if p.is_file())
+    assert names == sorted(p.name for p in b.iterdir() if p.is_file()) and len(names) > n_shards
+    assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
