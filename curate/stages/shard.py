@@ -36,8 +36,10 @@ CONTENTS_COLUMNS = ["id", "orig_id", "source", "origin", "modality", "n_tokens",
 #: what packing.shards.pack_sequence reads of a row, and where it goes
 SHARD_COLUMNS = ["id", "orig_id", "source", "modality", "n_tiles", "n_response_tokens", "media", "input_ids",
                  "labels", "sequence", "position"]
-#: Arrow bytes of rows one shard-writing task holds, about: its group of consecutive shards
+#: Arrow bytes of rows one shard-writing task reads, about: its group of consecutive shards
+#: (it holds about three times that at its peak: the rows, their sorted copy, the members)
 GROUP_BYTES = 256 * 1024**2
+ROW_BYTES = 512  # a row's columns besides its tokens (ids, media, sequence), about
 PIECES = pa.schema([("group", pa.int64()), ("path", pa.string()), ("row_group", pa.int32())])
 
 
@@ -65,7 +67,7 @@ class ShardStage(GlobalStage):
         n_shards = (n_sequences - 1) // per_shard + 1
         augment = [name for name, s in self.ctx.sources.items() if s.augment]
         files = sorted(job.input_dir.glob("*.parquet"))
-        shards_per_group = max(1, int(GROUP_BYTES * n_shards // max(1, _column_bytes(files, SHARD_COLUMNS))))
+        shards_per_group = max(1, int(GROUP_BYTES * n_shards // max(1, _arrow_bytes(files))))
         parts = scratch_dir(job)
         shutil.rmtree(parts, ignore_errors=True)
         parts.mkdir(parents=True)
@@ -134,16 +136,15 @@ def scratch_dir(job: Job) -> Path:
     return job.output_dir.with_name(job.output_dir.name + ".parts")
 
 
-def _column_bytes(files: list[Path], columns: list[str]) -> int:
-    """Uncompressed bytes of `columns` in Parquet files, from their footers (no data read)."""
-    total = 0
-    for f in files:
-        meta = pq.ParquetFile(f).metadata
-        for r in range(meta.num_row_groups):
-            rg = meta.row_group(r)
-            total += sum(rg.column(c).total_uncompressed_size for c in range(rg.num_columns)
-                         if rg.column(c).path_in_schema.split(".")[0] in columns)
-    return total
+def _arrow_bytes(files: list[Path]) -> int:
+    """About the Arrow bytes of the rows the shards need: 8 per token (input_ids and labels as
+    int32) and ROW_BYTES per row for the rest. (Parquet's own sizes say little here: labels are
+    mostly -100 and compress to nearly nothing on disk, not in memory.)"""
+    if not files:
+        return 0
+    tokens = pads.dataset([str(f) for f in files], format="parquet").to_table(
+        columns=["n_tokens"], filter=pc.field("reject_reason").is_null()).column("n_tokens")
+    return 8 * int(pc.sum(tokens).as_py() or 0) + ROW_BYTES * len(tokens)
 
 
 def _split_by_group(block: pa.Table, per_group: int, parts_dir: str) -> pa.Table:
