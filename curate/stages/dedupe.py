@@ -113,8 +113,18 @@ def _shingle_hashes_chunk(texts: Sequence[str], n: int) -> list[np.ndarray]:
             h = h * np.uint64(0x100000001B3) + w[k: len(w) - n_eff + 1 + k]
         h ^= h >> np.uint64(29)
         h &= MAX_HASH
-        for d in docs:  # the n-grams that start and end inside document d
-            out[d] = np.unique(h[starts[d]: starts[d] + lengths[d] - n_eff + 1])
+        # the n-grams that start and end inside each document, tagged with the document's
+        # place in `docs` in the high bits: one sort gives every document's sorted, unique set
+        count = lengths[docs] - n_eff + 1
+        first = np.concatenate(([0], np.cumsum(count)[:-1]))
+        at = np.repeat(starts[docs] - first, count) + np.arange(int(count.sum()))
+        tagged = (np.repeat(np.arange(len(docs), dtype=np.uint64), count) << np.uint64(32)) | h[at]
+        tagged.sort()
+        tagged = tagged[np.concatenate(([True], tagged[1:] != tagged[:-1]))]
+        bounds = np.searchsorted(tagged >> np.uint64(32), np.arange(len(docs) + 1, dtype=np.uint64)).tolist()
+        values = tagged & MAX_HASH
+        for j, d in enumerate(docs.tolist()):
+            out[d] = values[bounds[j]:bounds[j + 1]]
     return out
 
 
@@ -164,18 +174,19 @@ def _densify(sig: np.ndarray) -> None:
     """Fill empty bins (EMPTY) from the next non-empty bin to the right, circularly."""
     k = sig.shape[1]
     empty = sig == EMPTY
-    if not empty.any():
+    rows = np.flatnonzero(empty.any(axis=1) & ~empty.all(axis=1))  # a row of no shingle stays empty
+    if not len(rows):
         return
-    cols = np.where(empty, 2 * k, np.arange(k))
-    doubled = np.concatenate([cols, np.where(empty, 2 * k, np.arange(k) + k)], axis=1)
-    nxt = np.minimum.accumulate(doubled[:, ::-1], axis=1)[:, ::-1][:, :k]  # next non-empty index >= j
-    rows = np.flatnonzero(~empty.all(axis=1))
-    r = rows[:, None]
-    j = np.arange(k)[None, :]
-    src = sig[r, nxt[rows] % k]
-    dist = (nxt[rows] - j).astype(np.uint64)
-    filled = (src + dist * np.uint64(0x5BD1E995)) & MAX_HASH
-    sig[rows] = np.where(empty[rows], filled, sig[rows])
+    empty, sub = empty[rows], sig[rows]
+    j = np.arange(k, dtype=np.int32)
+    # index of each bin if it is non-empty, 2k if empty, over the row written twice (circular);
+    # a right-to-left running minimum is then the next non-empty bin at or after each position
+    own = np.where(empty, np.int32(2 * k), j)
+    doubled = np.concatenate([own, np.where(empty, np.int32(2 * k), j + np.int32(k))], axis=1)
+    nxt = np.minimum.accumulate(doubled[:, ::-1], axis=1)[:, ::-1][:, :k]
+    src = np.take_along_axis(sub, nxt % k, axis=1)
+    filled = (src + (nxt - j).astype(np.uint64) * np.uint64(0x5BD1E995)) & MAX_HASH
+    sig[rows] = np.where(empty, filled, sub)
 
 
 def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> float:
