@@ -10,7 +10,8 @@ How it runs on Ray (never a driver loop over rows, memory independent of cluster
    bucket of n samples gives at most ANCHORS x n candidate pairs (as the MinHash LSH
    deduplicators of DataTrove and NeMo Curator link members to the bucket's first id);
 3. shuffle: one task per features block sends the features of paired samples to a few
-   verification partitions, and one task per partition verifies all its pairs at once (vectorised exact Jaccard, media, pHash, video cosine);
+   verification partitions, and one task per partition verifies all its pairs at once
+   (vectorised exact Jaccard, media, pHash, video cosine);
 4. one task takes the connected components of the verified edges on compact integer ids
    (scipy.sparse.csgraph) and picks the sample to keep in each cluster;
 5. map: the other members of each cluster become reject rows naming the kept sample.
@@ -649,10 +650,6 @@ def _route(block: pa.Table, route: pa.Table, partitions: int) -> list[pa.Table]:
     return [routed.filter(pa.array(part_np == p)) for p in range(partitions)]
 
 
-def _route_task(block: pa.Table, route: pa.Table, partitions: int) -> tuple[pa.Table, ...]:
-    return tuple(_route(block, route, partitions))
-
-
 def _verify_task(pairs: pa.Table, cfg: dict[str, Any], part: int, *pieces: pa.Table) -> pa.Table:
     """Verify the candidate pairs of partition `part`; `pieces` hold the features they need."""
     import pyarrow.compute as pc
@@ -771,8 +768,8 @@ class DedupeStage(GlobalStage):
             # a direct shuffle: each features block splits into its partitions (one task per
             # block), then one task per partition verifies its pairs; Ray Data's groupby
             # would sort the routed rows first and sample them for its boundaries
-            route_task = ray.remote(num_returns=partitions)(_route_task)
-            pieces = [route_task.remote(ref, route, partitions) for ref in feats.to_arrow_refs()]
+            split = ray.remote(num_returns=partitions)(_route)
+            pieces = [split.remote(ref, route, partitions) for ref in feats.to_arrow_refs()]
             verify = ray.remote(_verify_task)
             edges = [verify.remote(pairs, cfg, p, *[block[p] for block in pieces]) for p in range(partitions)]
             decisions = ray.remote(_decide_task).remote(edges, [nodes])
