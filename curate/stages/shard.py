@@ -75,12 +75,11 @@ class ShardStage(GlobalStage):
                                fn_kwargs={"per_group": per_shard * shards_per_group, "parts_dir": str(parts)})
         tables = [t for t in ray.get(split.materialize().to_arrow_refs()) if len(t)]
         pieces = pa.concat_tables(tables).sort_by("group") if tables else PIECES.empty_table()
+        paths, row_groups = pieces.column("path").to_pylist(), pieces.column("row_group").to_pylist()
+        starts, ends = _runs(pieces.column("group").to_numpy())
         write = ray.remote(num_cpus=job.resources.cpus)(_write_group)
-        entries = []
-        for group in pc.unique(pieces.column("group")).to_pylist():
-            mine = pieces.filter(pc.equal(pieces.column("group"), group))
-            entries.append(write.remote(mine.column("path").to_pylist(), mine.column("row_group").to_pylist(),
-                                        per_shard, str(tmp), augment))
+        entries = [write.remote(paths[a:b], row_groups[a:b], per_shard, str(tmp), augment)
+                   for a, b in zip(starts.tolist(), ends.tolist())]
         return ray.data.from_arrow_refs(entries) if entries else ray.data.from_arrow(
             pa.table({"entry": pa.array([], pa.string())})), {"shard_groups": len(entries)}
 
@@ -131,6 +130,14 @@ def sequences_table(placed: pa.Table, per_shard: int) -> pa.Table:
     })
 
 
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) of each run of equal values in a sorted array."""
+    if not len(values):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
+    return starts, np.append(starts[1:], len(values))
+
+
 def scratch_dir(job: Job) -> Path:
     """The shuffle's scratch files, beside the stage's output (a re-run clears it with it)."""
     return job.output_dir.with_name(job.output_dir.name + ".parts")
@@ -156,8 +163,7 @@ def _split_by_group(block: pa.Table, per_group: int, parts_dir: str) -> pa.Table
     group = pc.divide(block.column("sequence"), per_group).to_numpy()  # integer division on int64
     order = np.argsort(group, kind="stable")
     block, group = block.take(pa.array(order)), group[order]
-    starts = np.flatnonzero(np.concatenate(([True], group[1:] != group[:-1])))
-    ends = np.append(starts[1:], len(group))
+    starts, ends = _runs(group)
     path = str(Path(parts_dir) / f"{uuid.uuid4().hex}.parquet")
     with pq.ParquetWriter(path, block.schema) as writer:
         for a, b in zip(starts.tolist(), ends.tolist()):
@@ -172,8 +178,7 @@ def _write_group(paths: list[str], row_groups: list[int], per_shard: int, shard_
     group = pa.concat_tables([pq.ParquetFile(p).read_row_group(r) for p, r in zip(paths, row_groups)])
     group = group.sort_by([("sequence", "ascending"), ("position", "ascending")])
     seq = group.column("sequence").to_numpy()
-    starts = np.flatnonzero(np.concatenate(([True], seq[1:] != seq[:-1])))
-    ends = np.append(starts[1:], len(seq))
+    starts, ends = _runs(seq)
     shard_of = seq[starts] // per_shard
     augment = frozenset(augment_sources)
     entries = []
@@ -181,8 +186,8 @@ def _write_group(paths: list[str], row_groups: list[int], per_shard: int, shard_
         mine = np.flatnonzero(shard_of == shard)
         lo, hi = int(starts[mine[0]]), int(ends[mine[-1]])
         rows = sample_dicts(group.slice(lo, hi - lo))
-        sequences = [pack_sequence(f"{shard:06d}-{int(seq[a]):08d}", int(seq[a]), rows[a - lo:b - lo], augment)
-                     for a, b in zip(starts[mine].tolist(), ends[mine].tolist())]
+        sequences = [pack_sequence(f"{shard:06d}-{int(seq[a]):08d}", int(seq[a]), rows[a - lo:b - lo],
+                                   augment) for a, b in zip(starts[mine].tolist(), ends[mine].tolist())]
         entries.append(json.dumps(write_shard(Path(shard_dir) / SHARD_PATTERN.format(shard), sequences)))
     return pa.table({"entry": entries})
 
