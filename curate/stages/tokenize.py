@@ -185,34 +185,25 @@ class TokenizeStage(Stage):
         return rows
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        """Only the conversations and media become Python objects. The token columns are built
-        as Arrow lists from flat arrays: a row carries ~300 ids twice, and the per-row dict
-        round trip of process_rows (every column to Python and back) cost as much as the
-        tokenizer itself."""
+        """process_rows on Arrow: only the conversations and media become Python objects, and the
+        token columns are built as Arrow lists from flat arrays. A row carries ~300 ids twice;
+        the per-row dict round trip of every column, to Python and back, was a large share of
+        the stage (100k rows of 1.2 KB: 59 s with it, 45 s without, on 2 cores)."""
         encoded = self.encoder.encode_many(batch.select(["conversations", "media"]).to_pylist())
-        columns = {
-            "input_ids": _int_lists([e.input_ids for e in encoded]),
-            "labels": _int_lists([e.labels for e in encoded]),
-            "n_tokens": pa.array([len(e.input_ids) for e in encoded], pa.int32()),
-            "n_tiles": pa.array([e.n_tiles for e in encoded], pa.int32()),
-            "n_audio_tokens": pa.array([e.n_audio_tokens for e in encoded], pa.int32()),
-            "n_response_tokens": pa.array([_n_response(e) for e in encoded], pa.int32()),
-            "turn_starts": _int_lists([e.turn_starts for e in encoded]),
-            "media_spans": _int_lists([e.media_spans for e in encoded]),
-        }
-        for name, column in columns.items():
+        outputs = [_row_outputs(e) for e in encoded]
+        for name, dtype in self.outputs().items():
+            values = [o[name] for o in outputs]
+            column = _int_lists(values) if pa.types.is_list(dtype) else pa.array(values, dtype)
             i = batch.schema.get_field_index(name)
             batch = batch.set_column(i, name, column) if i >= 0 else batch.append_column(name, column)
         return batch
 
 
-def _n_response(enc: Encoded) -> int:
-    return len(enc.labels) - enc.labels.count(IGNORE)
-
-
 def _row_outputs(enc: Encoded) -> dict[str, Any]:
-    return {"input_ids": enc.input_ids, "labels": enc.labels, "n_tokens": len(enc.input_ids), "n_tiles": enc.n_tiles,
-            "n_audio_tokens": enc.n_audio_tokens, "n_response_tokens": _n_response(enc),
+    """The stage's output columns (TokenizeStage.outputs) of one encoded record."""
+    return {"input_ids": enc.input_ids, "labels": enc.labels, "n_tokens": len(enc.input_ids),
+            "n_tiles": enc.n_tiles, "n_audio_tokens": enc.n_audio_tokens,
+            "n_response_tokens": len(enc.labels) - enc.labels.count(IGNORE),
             "turn_starts": enc.turn_starts, "media_spans": enc.media_spans}
 
 
