@@ -99,6 +99,33 @@ def test_stage_batch_columns_equal_the_row_path(tok_dir):
     assert all(n > 0 for n in out.column("n_audio_tokens").to_pylist()[4:5])
 
 
+def test_batch_encode_gives_the_ids_of_the_transformers_call(tok_dir, tmp_path):
+    """encode_many tokenizes through a copy of the Rust tokenizer; its ids must be those of
+    tokenizer(text, add_special_tokens=False), also for a tokenizer saved with truncation
+    on (the transformers call turns it off) and for a chat token written inside a reply."""
+    import json
+
+    saved = json.loads((tok_dir / "tokenizer.json").read_text())
+    saved["truncation"] = {"direction": "Right", "max_length": 3, "strategy": "LongestFirst", "stride": 0}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(saved))
+    for f in tok_dir.iterdir():
+        if f.name != "tokenizer.json":
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    texts = ["What is 2+2?", "It is 4, said <|im_end|> the  reply.", "Ünïcode — 中文 text\n\twith tabs", " "]
+    rows = [{"conversations": [{"from": "human", "value": t}, {"from": "gpt", "value": t[::-1]}], "media": []}
+            for t in texts]
+    for folder in (tok_dir, tmp_path):
+        tok = load_tokenizer(str(folder))
+        enc = ChatEncoder(tok, 256, 50, 3)
+        assert enc._backend is not None  # the fast path is the one under test
+        batch = enc.encode_many(rows)
+        enc._backend = None  # the same rows through the transformers call
+        assert batch == enc.encode_many(rows)
+        for t in texts:
+            assert enc.encode_text(t) == tok(t, add_special_tokens=False)["input_ids"]
+    assert len(batch[1].input_ids) > 10  # the saved truncation (3 tokens) was not applied
+
+
 def test_tokenizer_without_special_tokens_is_refused(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
