@@ -6,7 +6,8 @@ The runner is the only place that executes. For every enabled stage, in order, i
    the seed it declares) together with the upstream hash; a stage whose marker carries the
    same hash is done and is skipped on a re-run, so changing `sources[].repeat` re-runs only
    the packing steps, never transcription or LLM scoring;
-3. runs it: a stage with `skip_reason()` passes its rows through without starting a worker;
+3. runs it: a stage with `skip_reason()` (or `input_skip_reason()` of its input rows) passes
+   its rows through without starting a worker;
    a `GlobalStage` builds its own plan with Ray's groupby; a stage with `setup()` runs on an
    actor pool, any other as stateless tasks, with the resources of `stages.<name>.resources`
    applied by `curate.stages.base.map_options`;
@@ -310,6 +311,11 @@ class Runner:
                 self.summary["stages"].append(marker | {"resumed": True})
                 self.view.stage_resumed(marker)
             else:
+                if not skip and prev_dir is not None:
+                    skip = stage.input_skip_reason(prev_dir)
+                    if skip:
+                        log.info("stage %s: skipped for this input: %s", stage.name, skip)
+                        self.summary["skipped"][stage.name] = skip
                 self.run_stage(stage, Job(prev_dir, stage_dir, stage.resolved_resources()), schema, upstream,
                                manifests, skip)
             prev_dir = stage_dir

@@ -143,6 +143,13 @@ class Stage:
         """Why this stage has nothing to do with this recipe (None: it runs)."""
         return None
 
+    def input_skip_reason(self, input_dir: Path) -> str | None:
+        """Why this stage has nothing to do with these input rows (the previous stage's
+        Parquet folder), checked when the stage starts; its rows then pass through as with
+        skip_reason(). None: it runs. For a stage that must run one task at a time when it
+        has work (download), so that a corpus without such work passes on all cores."""
+        return None
+
     def default_resources(self) -> Resources:
         """The stage's resources before the recipe's `resources` block; may read the config."""
         return self.resources

@@ -89,6 +89,18 @@ class DownloadStage(Stage):
         self.log_dir = layout.download_logs
         self.pool = ThreadPoolExecutor(max_workers=c.concurrency, thread_name_prefix="fetch")
 
+    def input_skip_reason(self, input_dir: Path) -> str | None:
+        """Skip when no alive input row has a media reference to fetch: the stage's single
+        task would only copy the rows (1.05M text rows: about 65 s alone, against a third of
+        that on two cores). Reads only the media column, and stops at the first batch with work."""
+        import pyarrow.dataset as pads
+
+        rows = pads.dataset(str(input_dir), format="parquet")
+        for batch in rows.to_batches(columns=["media", "reject_reason"], filter=pc.field("reject_reason").is_null()):
+            if len(batch) and pc.any(self.rows_to_process(pa.Table.from_batches([batch]))).as_py():
+                return None
+        return "no media item refers to a URL: nothing to fetch"
+
     # ------------------------------------------------------------------ per batch
     def rows_to_process(self, batch: pa.Table) -> pa.Array:
         """Alive rows with a media item not yet stored whose reference has a scheme (a superset

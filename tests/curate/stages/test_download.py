@@ -136,3 +136,32 @@ def test_run_fetches_stores_rejects_and_resumes(ray_session, demo_small, server,
     Runner(retry, out).run()
     assert server.hits["/404"] == before["/404"] + 1
     assert server.hits["/img/0.jpg"] == before["/img/0.jpg"]
+
+
+def test_the_stage_is_skipped_for_an_input_without_urls(tmp_path):
+    """Rows with no media URL to fetch pass through on all cores instead of one download task;
+    one alive row with a URL, in any file, makes the stage run. A rejected row does not count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate.recipe import DownloadConfig
+    from curate.records import CORE_SCHEMA, empty_media
+    from curate.stages.download import DownloadStage
+    from tests.builders import make_ctx, make_row
+
+    local = empty_media("image", "images/a.jpg") | {"path": "/data/images/a.jpg"}
+    remote = empty_media("image", "https://example.org/a.jpg")
+    stage = DownloadStage(DownloadConfig(), make_ctx(tmp_path))
+
+    def folder(name: str, *files: list[dict]) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        for i, rows in enumerate(files):
+            pq.write_table(pa.Table.from_pylist(rows, schema=CORE_SCHEMA), path / f"{i}.parquet")
+        return path
+
+    text = [make_row(f"t{i}") for i in range(3)]
+    stored = [make_row("s", media=[local], modality="image")]
+    dead = [make_row("d", media=[remote], modality="image", reject_stage="ingest", reject_reason="bad_record")]
+    assert "nothing to fetch" in stage.input_skip_reason(folder("none", text, stored + dead, []))
+    assert stage.input_skip_reason(folder("one", text, text + [make_row("u", media=[local, remote])])) is None
