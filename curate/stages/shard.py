@@ -2,11 +2,11 @@
 
 Rows arrive one per copy with their `sequence` and `position` (curate.stages.pack_plan).
 Sequence k goes to shard k // max_sequences. Consecutive shards form groups of about
-GROUP_BYTES of rows. A shuffle through files, not the object store, brings each group's rows
-together: one task per input file writes the columns the shards need into one scratch
-Parquet file, a row group per group; then one task per group reads its row groups, sorts
-them and writes its shards one after the other (packing.shards: sorted members, fixed
-mtime, no pickle). So a writer holds one group, never the run, and at 1M rows the stage
+GROUP_BYTES of rows, and at least one group per CPU, so that every core writes. A shuffle
+through files, not the object store, brings each group's rows together: one task per input
+file writes the columns the shards need into one scratch Parquet file, a row group per
+group; then one task per group reads its row groups, sorts them and writes its shards one
+after the other (packing.shards: sorted members, fixed mtime, no pickle). So a writer holds one group, never the run, and at 1M rows the stage
 no longer spills a sort-based groupby of every row through the object store.
 The shards are built in `shards.tmp/` and renamed into place with their index.json,
 contents.parquet (each distinct sample and its copy count) and sequences.parquet once all
@@ -67,7 +67,10 @@ class ShardStage(GlobalStage):
         n_shards = (n_sequences - 1) // per_shard + 1
         augment = [name for name, s in self.ctx.sources.items() if s.augment]
         files = sorted(job.input_dir.glob("*.parquet"))
-        shards_per_group = max(1, int(GROUP_BYTES * n_shards // max(1, _arrow_bytes(files))))
+        # groups of about GROUP_BYTES, and at least one per CPU while there are shards to share
+        by_bytes = int(GROUP_BYTES * n_shards // max(1, _arrow_bytes(files)))
+        by_cpus = -(-n_shards // max(1, int(ray.cluster_resources().get("CPU", 1))))
+        shards_per_group = max(1, min(by_bytes, by_cpus))
         parts = scratch_dir(job)
         shutil.rmtree(parts, ignore_errors=True)
         parts.mkdir(parents=True)
