@@ -91,7 +91,10 @@ def test_small_budgets_split_truncate_and_stay_within_budgets(ray_session, demo_
 
 def test_shards_do_not_depend_on_how_the_writers_group_them(ray_session, demo_small, tmp_path, monkeypatch):
     """The shard step's shuffle goes through scratch files in groups of consecutive shards:
-    one shard per group and every shard in one group give byte-identical shards and index."""
+    one shard per group and groups as large as the CPUs allow (one per CPU: GROUP_BYTES is
+    then no limit) give byte-identical shards and index."""
+    import ray
+
     import curate.stages.shard as shard_stage
 
     recipe = load_recipe(RECIPE, [f"stages.tokenize.tokenizer={demo_small}/tokenizer", "stages.pack.max_tokens=700",
@@ -100,16 +103,45 @@ def test_shards_do_not_depend_on_how_the_writers_group_them(ray_session, demo_sm
                                                                           "score", "transcribe", "audio_qa")]],
                          inputs=[str(multi_round_manifest(tmp_path))])
     groups = {}
-    for name, group_bytes in (("one-per-group", 1), ("one-group", 1 << 40)):
+    for name, group_bytes in (("one-per-group", 1), ("per-cpu", 1 << 40)):
         monkeypatch.setattr(shard_stage, "GROUP_BYTES", group_bytes)
         stats = Runner(recipe, tmp_path / name).run()
         assert stats["invariant_ok"], stats
         marker = json.loads(next((tmp_path / name / "work").glob("*-shard/_DONE.json")).read_text())
         groups[name] = (marker["shard_groups"], marker["shards"])
         assert not list((tmp_path / name / "work").glob("*.parts"))  # the scratch files are gone
-    n_shards = groups["one-group"][1]
-    assert n_shards > 2 and groups == {"one-per-group": (n_shards, n_shards), "one-group": (1, n_shards)}
-    a, b = tmp_path / "one-per-group" / "shards", tmp_path / "one-group" / "shards"
+    n_shards, cpus = groups["per-cpu"][1], int(ray.cluster_resources()["CPU"])
+    per_group = -(-n_shards // cpus)
+    assert n_shards > cpus and groups == {"one-per-group": (n_shards, n_shards),
+                                          "per-cpu": (-(-n_shards // per_group), n_shards)}
+    a, b = tmp_path / "one-per-group" / "shards", tmp_path / "per-cpu" / "shards"
     names = sorted(p.name for p in a.iterdir() if p.is_file())
     assert names == sorted(p.name for p in b.iterdir() if p.is_file()) and len(names) > n_shards
     assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
+def test_plan_lookup_finds_each_id_as_an_exact_set_would():
+    """_place finds a batch's ids in the plan by binary search on 64-bit keys; it must agree
+    with an exact set lookup, for unknown ids, empty and non-ASCII ids, sliced arrays, and two
+    ids that share one key (forced here: real clashes are too rare to meet in a test)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from curate.stages.pack_plan import _lookup, id_keys
+
+    rng = np.random.default_rng(0)
+    known = [f"{rng.integers(1 << 62):x}" for _ in range(500)] + ["", "é中文", "a", "ab", "ba"]
+    assert len(set(id_keys(pa.array(known)).tolist())) == len(known)
+    keys = id_keys(pa.array(known))
+    records = pa.table({"id": known, "key": pa.array(keys, pa.uint64())})
+    records = records.take(pa.array(np.argsort(keys, kind="stable")))
+    asked = pa.array(["x", "b"] + known[::-3] + ["é中文", "zz"]).slice(1)
+    found = _lookup(records, asked)
+    exact = pc.fill_null(pc.index_in(asked, value_set=records.column("id")), -1).to_numpy(zero_copy_only=False)
+    assert found.tolist() == exact.tolist() and (found >= 0).sum() == len(known[::-3]) + 1
+    # two records with one key, and an unknown id with that key as well
+    clash = pa.table({"id": ["p", "q"], "key": pa.array([7, 7], pa.uint64())})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("curate.stages.pack_plan.id_keys", lambda ids: np.full(len(ids), 7, np.uint64))
+        assert _lookup(clash, pa.chunked_array([["q", "p", "r"]])).tolist() == [1, 0, -1]
