@@ -1,7 +1,7 @@
 """Media: resolve every reference, validate the bytes, store them by content, probe them.
 
 Images: full decode, pixel cap, InternVL tile grid (per-source n_max, shared among the
-images of a multi-image sample). Videos: ffprobe, then `video_frames` frames sampled
+images of a multi-image sample); a file several rows share is decoded once per worker. Videos: ffprobe, then `video_frames` frames sampled
 evenly and resized to tile_size x tile_size (one tile each). Audio: decoded to 16 kHz
 mono FLAC with its duration. URLs must already have been fetched by the download stage.
 """
@@ -26,6 +26,10 @@ from curate.store import MediaStore
 from packing.tiles import choose_grid, per_image_n_max
 
 
+#: images whose checked facts a worker keeps (a few hundred bytes each)
+IMAGE_CACHE = 65536
+
+
 class MediaStage(Stage):
     name: ClassVar[str] = "media"
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=128)  # tasks fan out per block; a batch is only a call
@@ -33,6 +37,11 @@ class MediaStage(Stage):
 
     def inputs(self) -> list[str]:
         return ["media", "manifest", "source"]
+
+    @functools.cached_property
+    def _images(self) -> dict[tuple[str, int, int], dict[str, Any]]:
+        """Facts of images already checked and stored by this worker (MediaStage.stored_image)."""
+        return {}
 
     @functools.cached_property
     def store(self) -> MediaStore:
@@ -85,12 +94,26 @@ class MediaStage(Stage):
 
     def prepare_image(self, item: dict[str, Any], path: str, n_max: int) -> None:
         cfg = self.config
-        info = mediaio.probe_image(Path(path).read_bytes(), cfg.max_pixels, cfg.min_side)
-        stored, sha = self.store.put_bytes(info.data, info.ext)
-        cols, rows = choose_grid(info.width, info.height, n_max, min(cfg.n_min, n_max), cfg.tile_size)
+        stored = self.stored_image(path)
+        cols, rows = choose_grid(stored["width"], stored["height"], n_max, min(cfg.n_min, n_max), cfg.tile_size)
         tiles = cols * rows + (1 if cols * rows > 1 else 0)
-        item.update(path=str(stored), sha256=sha, bytes=len(info.data), mime=info.mime, width=info.width,
-                    height=info.height, grid_w=cols, grid_h=rows, tiles=tiles)
+        item.update(stored, grid_w=cols, grid_h=rows, tiles=tiles)
+
+    def stored_image(self, path: str) -> dict[str, Any]:
+        """Decode-check an image file and store it; the facts are kept per worker for the same
+        file (path, size and mtime), as several samples often ask about one image (VQA sets)."""
+        st = os.stat(path)
+        key = (path, st.st_size, st.st_mtime_ns)
+        known = self._images.get(key)
+        if known is None:
+            cfg = self.config
+            info = mediaio.probe_image(Path(path).read_bytes(), cfg.max_pixels, cfg.min_side)
+            stored, sha = self.store.put_bytes(info.data, info.ext)
+            if len(self._images) >= IMAGE_CACHE:
+                self._images.clear()
+            known = self._images[key] = {"path": str(stored), "sha256": sha, "bytes": len(info.data),
+                                         "mime": info.mime, "width": info.width, "height": info.height}
+        return known
 
     def prepare_video(self, item: dict[str, Any], path: str, n_max: int) -> None:
         cfg = self.config

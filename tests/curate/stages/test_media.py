@@ -119,3 +119,32 @@ def test_decoded_bytes_of_non_jpeg_png_are_converted(corpus):
     (corpus / "pic.bmp").write_bytes(buf.getvalue())
     m = run(corpus, "image", "pic.bmp")["media"][0]
     assert m["path"].endswith(".png") and Image.open(m["path"]).format == "PNG"
+
+
+def test_an_image_asked_again_is_checked_once_unless_the_file_changed(corpus, monkeypatch):
+    """Rows that share an image file (several questions about one picture) decode it once per
+    worker; the tile grid is still each row's own, and a rewritten file is checked again."""
+    from curate import mediaio
+
+    ctx = RunContext(out_dir=str(corpus.parent / "out"),
+                     sources={"s": SourceConfig(name="s", manifests=["m"], n_max=12),
+                              "few": SourceConfig(name="few", manifests=["m"], n_max=2)})
+    st = MediaStage(MediaConfig(), ctx)
+    probes = []
+    real = mediaio.probe_image
+    monkeypatch.setattr(mediaio, "probe_image", lambda *a: probes.append(1) or real(*a))
+
+    def row(source):
+        return {"id": "x", "source": source, "manifest": str(corpus / "m.jsonl"), "reject_reason": None,
+                "media": [empty_media("image", "wide.jpg")]}
+
+    a, b, c = st.process_rows([row("s"), row("few"), row("s")])
+    assert len(probes) == 1 and a["media"][0] == c["media"][0]
+    assert (a["media"][0]["tiles"], b["media"][0]["tiles"]) == (5, 3)  # 4x1 + thumbnail; 2x1 + thumbnail
+    assert b["media"][0]["sha256"] == a["media"][0]["sha256"]
+    Image.new("RGB", (400, 400), "green").save(corpus / "wide.jpg")  # same name, new bytes
+    os.utime(corpus / "wide.jpg", ns=(1, 1))
+    d = st.process_rows([row("s")])[0]["media"][0]
+    assert len(probes) == 2 and (d["width"], d["height"]) == (400, 400) and d["sha256"] != a["media"][0]["sha256"]
+    truncated = st.process_rows([row("s") | {"media": [empty_media("image", "truncated.jpg")]} for _ in range(2)])
+    assert [r["reject_reason"] for r in truncated] == ["broken_image"] * 2 and len(probes) == 4  # not kept
