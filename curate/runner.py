@@ -187,6 +187,40 @@ def apply_stage(stage: Stage, ds: Any, job: Job, skip: str | None = None) -> tup
     return ds.map_batches(task(stage, job.resources.batch_size), **opts), {}
 
 
+def input_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.parquet"))
+
+
+def unchanged_files(folder: Path, schema: pa.Schema) -> tuple[list[Path], list[Path]]:
+    """(files a pass-through would write again row for row, the others): a file is unchanged
+    when it has rows, `schema`, and its footer's statistics count no rejected row (every
+    reject_reason null). Reads only the footers."""
+    unchanged, others = [], []
+    for path in input_files(folder):
+        meta = pq.ParquetFile(path)
+        # statistics are kept per leaf column: nested columns (media) come before it flattened
+        leaves = [meta.schema.column(i).path for i in range(len(meta.schema))]
+        col = leaves.index("reject_reason") if "reject_reason" in leaves else -1
+        groups = [meta.metadata.row_group(g) for g in range(meta.metadata.num_row_groups)]
+        stats = [g.column(col).statistics for g in groups] if col >= 0 else [None]
+        all_alive = all(s is not None and s.has_null_count and s.null_count == g.num_rows
+                        for s, g in zip(stats, groups))
+        if meta.metadata.num_rows and all_alive and meta.schema_arrow.equals(schema):
+            unchanged.append(path)
+        elif meta.metadata.num_rows:
+            others.append(path)
+    return unchanged, others
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no bytes written; every write in a run folder makes a new file), or a copy
+    where the file system has no links."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def _alive(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.is_null(batch.column("reject_reason")))
 
@@ -333,8 +367,9 @@ class Runner:
         write_report(self.out, stats)
         return stats
 
-    def input_dataset(self, job: Job, pieces: list[dict[str, Any]]) -> Any:
-        """The stage's input rows: the manifest pieces for the first stage, else the earlier stage's alive rows."""
+    def input_dataset(self, job: Job, pieces: list[dict[str, Any]], files: list[Path] | None = None) -> Any:
+        """The stage's input rows: the manifest pieces for the first stage, else the alive rows
+        of the earlier stage's files (or of `files`, some of them)."""
         import ray
 
         if job.input_dir is None:
@@ -343,8 +378,8 @@ class Runner:
         # one task per file, fused with the stage and its write: Ray's read_parquet packs files
         # into read tasks of 128 MiB, so a stage of 100k text rows ran as two tasks, one of them
         # long after the other had finished; files hold at most ROWS_PER_FILE rows
-        files = sorted(str(p) for p in job.input_dir.glob("*.parquet"))
-        return ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, len(files))).map_batches(
+        paths = [str(p) for p in (files if files is not None else input_files(job.input_dir))]
+        return ray.data.from_items([{"path": f} for f in paths], override_num_blocks=max(1, len(paths))).map_batches(
             _read_alive, batch_format="pyarrow")
 
     def run_stage(self, stage: Stage, job: Job, schema: pa.Schema, config_hash: str,
@@ -356,19 +391,26 @@ class Runner:
         # the first stage reads the manifests in pieces; listing them counts their lines (one pass)
         pieces = [c for s, ps in manifests.items() for p in ps for c in manifest_chunks(s, p)] \
             if job.input_dir is None else []
-        ds = self.input_dataset(job, pieces)
-        out, info = apply_stage(stage, ds, job, skip)
-        out = out.map_batches(widen, batch_format="pyarrow", fn_kwargs={"schema": schema})
         tmp = self.layout.tmp(job.output_dir)
         shutil.rmtree(tmp, ignore_errors=True)
         model, device = stage_model(stage) if not skip else (None, None)
         self.view.stage_started(stage.name, self.expected_rows(stage, job, pieces), model=model, device=device,
                                 output=tmp)
-        # one row group per file: without row_group_size, Arrow writes every chunk of a block
-        # as its own row group (a stage's batches: 89 groups of ~80 rows in a tokenize file),
-        # and reading such a file back took 4-5x as long as reading one group
-        out.write_parquet(str(tmp), max_rows_per_file=ROWS_PER_FILE, row_group_size=ROWS_PER_FILE)
+        # a skipped stage keeps the input files that already are its output (every row alive,
+        # the same columns) as they are; only the others go through Ray, to drop their rejects
+        unchanged, files = unchanged_files(job.input_dir, schema) if skip and job.input_dir else ([], None)
+        info: dict[str, Any] = {}
+        if files is None or files:
+            ds = self.input_dataset(job, pieces, files)
+            out, info = apply_stage(stage, ds, job, skip)
+            out = out.map_batches(widen, batch_format="pyarrow", fn_kwargs={"schema": schema})
+            # one row group per file: without row_group_size, Arrow writes every chunk of a block
+            # as its own row group (a stage's batches: 89 groups of ~80 rows in a tokenize file),
+            # and reading such a file back took 4-5x as long as reading one group
+            out.write_parquet(str(tmp), max_rows_per_file=ROWS_PER_FILE, row_group_size=ROWS_PER_FILE)
         tmp.mkdir(parents=True, exist_ok=True)
+        for path in unchanged:
+            link_or_copy(path, tmp / path.name)
         pq.write_table(schema.empty_table(), tmp / "part-empty.parquet")  # keeps the schema when no row is left
         os.replace(tmp, job.output_dir)
         if not skip:

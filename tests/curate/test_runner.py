@@ -187,3 +187,37 @@ def test_unreadable_marker_means_not_done(tmp_path):
     assert read_marker(stage_dir) is None
     assert not list(stage_dir.glob(".*.tmp"))  # the atomic writer left no temp file behind
     assert json.loads(text)["stage"] == "transcribe"
+
+
+def test_a_skipped_stage_links_its_clean_input_files_and_rewrites_those_with_rejects(ray_session, tmp_path):
+    """A skipped stage's output is its input's alive rows. A file with no reject is that already,
+    so it is hard-linked, not rewritten; a file with rejects goes through Ray and loses them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate.records import CORE_SCHEMA
+    from curate.runner import Runner, unchanged_files
+    from curate.stages.base import Job
+
+    runner = Runner(load_recipe(RECIPE), tmp_path / "run")
+    prev, here = runner.layout.stage_dir(1, "before"), runner.layout.stage_dir(2, "touching")
+    prev.mkdir(parents=True)
+    clean = [make_row(f"c{i}") for i in range(3)]
+    mixed = [make_row("m0"), make_row("m1") | {"reject_reason": "bad"}]
+    pq.write_table(pa.Table.from_pylist(clean, schema=CORE_SCHEMA), prev / "clean.parquet")
+    pq.write_table(pa.Table.from_pylist(mixed, schema=CORE_SCHEMA), prev / "mixed.parquet")
+    pq.write_table(CORE_SCHEMA.empty_table(), prev / "part-empty.parquet")
+    pq.write_table(pa.Table.from_pylist(clean, schema=CORE_SCHEMA).drop_columns(["media"]), tmp_path / "narrow.parquet")
+
+    unchanged, others = unchanged_files(prev, CORE_SCHEMA)
+    assert [p.name for p in unchanged] == ["clean.parquet"] and [p.name for p in others] == ["mixed.parquet"]
+    assert unchanged_files(prev, CORE_SCHEMA.remove(CORE_SCHEMA.get_field_index("media")))[0] == []
+
+    stage = Touching(None, runner.ctx, tmp_path / "flag", skip="nothing to do")
+    runner.run_stage(stage, Job(prev, here, stage.resolved_resources()), CORE_SCHEMA, "h", {}, stage.skip_reason())
+    assert (here / "clean.parquet").stat().st_ino == (prev / "clean.parquet").stat().st_ino
+    ids = sorted(pq.read_table(here, columns=["id"]).column("id").to_pylist())
+    assert ids == ["c0", "c1", "c2", "m0"]
+    marker = read_marker(here)
+    assert marker["rows"] == marker["kept"] == 4 and marker["skipped"] == "nothing to do"
+    assert not (tmp_path / "flag").exists()
