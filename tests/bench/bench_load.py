@@ -172,9 +172,10 @@ class Sampler(threading.Thread):
             self.samples.append((time.time(), mem_in_use()))
             time.sleep(self.every)
 
-    def peak(self, t0: float, t1: float) -> int:
+    def peak(self, t0: float, t1: float) -> int | None:
+        """The most memory in use sampled in [t0, t1]; None when no sample fell in it."""
         vals = [m for t, m in self.samples if t0 <= t <= t1]
-        return max(vals) if vals else 0
+        return max(vals) if vals else None
 
 
 def load_avg() -> str:
@@ -204,7 +205,7 @@ def run_pipeline(recipe: Path, out: Path, sizes: dict[str, object]) -> dict[str,
         m = json.loads(marker.read_text())
         end = marker.stat().st_mtime
         stages.append({"stage": m["stage"], "rows": m["rows"], "seconds": m["seconds"],
-                       "peak": sampler.peak(end - m["seconds"], end)})
+                       "peak": sampler.peak(end - m["seconds"], end), "skipped": m.get("skipped")})
     return {"wall": t1 - t0, "peak": sampler.peak(t0, t1), "base": base, "stages": stages,
             "load": load_avg(), **sizes}
 
@@ -219,8 +220,11 @@ def print_table(name: str, r: dict[str, object], cores: int) -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for s in r["stages"]:
         sec = max(s["seconds"], 1e-6)
-        print(f"| {s['stage']} | {s['rows']} | {sec:.1f} | {s['rows'] / sec / cores:.0f} | "
-              f"{s['rows'] * per_row / 1e6 / sec / cores:.2f} | {s['peak'] / gib:.2f} | {(s['peak'] - r['base']) / gib:.2f} |")
+        # a skipped stage links its input files (no rows read): a rate would mean nothing
+        rates = ("skipped", "-") if s["skipped"] else \
+            (f"{s['rows'] / sec / cores:.0f}", f"{s['rows'] * per_row / 1e6 / sec / cores:.2f}")
+        peak = ("-", "-") if s["peak"] is None else (f"{s['peak'] / gib:.2f}", f"{(s['peak'] - r['base']) / gib:.2f}")
+        print(f"| {s['stage']} | {s['rows']} | {sec:.1f} | {rates[0]} | {rates[1]} | {peak[0]} | {peak[1]} |")
     print(f"| end to end | {r['rows']} | {r['wall']:.1f} | {r['rows'] / r['wall'] / cores:.0f} | "
           f"{r['text_bytes'] / 1e6 / r['wall'] / cores:.2f} | {r['peak'] / gib:.2f} | {(r['peak'] - r['base']) / gib:.2f} |",
           flush=True)
