@@ -303,6 +303,12 @@ def _datatrove_child(text_jsonl: str, work: str, conn) -> None:
 
     logger.remove()
     logging.disable(logging.WARNING)
+    # DataTrove adds a stderr sink per task and prints its stats tables: into a file, so the
+    # bench's own tables stay readable
+    Path(work).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(work) / "datatrove.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
     conn.send(datatrove_run(Path(text_jsonl), Path(work)))
 
 
