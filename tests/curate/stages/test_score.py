@@ -115,8 +115,15 @@ class Handler(BaseHTTPRequestHandler):
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
             fail = srv.fail_next > 0
             srv.fail_next -= fail
+        # in flight until the reply is about to be sent: once the client has it, it may send its
+        # next request before this thread runs on, so counting down after the write would see
+        # one request too many in flight on a busy machine
+        counted = True
         try:
             time.sleep(srv.delay)
+            with srv.lock:
+                srv.in_flight -= 1
+                counted = False
             if self.path != "/v1/chat/completions" or fail:
                 self.send_error(500 if fail else 404)
                 return
@@ -131,8 +138,9 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client timed out and left
         finally:
-            with srv.lock:
-                srv.in_flight -= 1
+            if counted:
+                with srv.lock:
+                    srv.in_flight -= 1
 
     def log_message(self, *args):
         pass
