@@ -28,7 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,7 +43,7 @@ from curate.progress import ProgressView, count_rows, stage_model
 from curate.recipe import Recipe
 from curate.records import CORE_SCHEMA, REJECT_COLUMNS
 from curate.review import clear_review
-from curate.stages.base import GlobalStage, Job, RunContext, Stage, check_columns, map_options, widen
+from curate.stages.base import GlobalStage, Job, RunContext, Stage, check_columns, footer_stats, map_options, widen
 
 log = logging.getLogger("curate")
 
@@ -191,24 +191,23 @@ def input_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.parquet"))
 
 
-def unchanged_files(folder: Path, schema: pa.Schema) -> tuple[list[Path], list[Path]]:
-    """(files a pass-through would write again row for row, the others): a file is unchanged
-    when it has rows, `schema`, and its footer's statistics count no rejected row (every
-    reject_reason null). Reads only the footers."""
+def unchanged_files(folder: Path, schema: pa.Schema,
+                    keeps: Callable[[Any], bool] = lambda footer: True) -> tuple[list[Path], list[Path]]:
+    """(files the stage would write again row for row, the other files with rows): a file is
+    unchanged when it has rows, `schema`, a footer whose statistics count no rejected row
+    (every reject_reason null), and `keeps(footer)` says the stage leaves its rows as they
+    are. Reads only the footers."""
     unchanged, others = [], []
     for path in input_files(folder):
-        meta = pq.ParquetFile(path)
-        # statistics are kept per leaf column: nested columns (media) come before it flattened
-        leaves = [meta.schema.column(i).path for i in range(len(meta.schema))]
-        col = leaves.index("reject_reason") if "reject_reason" in leaves else -1
-        groups = [meta.metadata.row_group(g) for g in range(meta.metadata.num_row_groups)]
-        stats = [g.column(col).statistics for g in groups] if col >= 0 else [None]
-        all_alive = all(s is not None and s.has_null_count and s.null_count == g.num_rows
-                        for s, g in zip(stats, groups))
-        if meta.metadata.num_rows and all_alive and meta.schema_arrow.equals(schema):
-            unchanged.append(path)
-        elif meta.metadata.num_rows:
-            others.append(path)
+        file = pq.ParquetFile(path)
+        footer = file.metadata
+        if not footer.num_rows:
+            continue
+        stats = footer_stats(footer, "reject_reason") or [None]
+        all_alive = all(s is not None and s.has_null_count and s.null_count == footer.row_group(g).num_rows
+                        for g, s in enumerate(stats))
+        same = all_alive and file.schema_arrow.equals(schema) and keeps(footer)
+        (unchanged if same else others).append(path)
     return unchanged, others
 
 
@@ -396,9 +395,12 @@ class Runner:
         model, device = stage_model(stage) if not skip else (None, None)
         self.view.stage_started(stage.name, self.expected_rows(stage, job, pieces), model=model, device=device,
                                 output=tmp)
-        # a skipped stage keeps the input files that already are its output (every row alive,
-        # the same columns) as they are; only the others go through Ray, to drop their rejects
-        unchanged, files = unchanged_files(job.input_dir, schema) if skip and job.input_dir else ([], None)
+        # input files that already are the stage's output (every row alive, the same columns,
+        # and the stage skipped or saying it keeps them: keeps_file) are hard-linked; only the
+        # others go through Ray, which drops their rejects
+        unchanged, files = [], None
+        if job.input_dir and (skip or not isinstance(stage, GlobalStage)):
+            unchanged, files = unchanged_files(job.input_dir, schema, (lambda footer: True) if skip else stage.keeps_file)
         info: dict[str, Any] = {}
         if files is None or files:
             ds = self.input_dataset(job, pieces, files)

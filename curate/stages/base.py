@@ -35,6 +35,26 @@ import pyarrow.compute as pc
 from curate.layout import RunLayout
 
 
+def footer_stats(footer: Any, column: str) -> list[Any] | None:
+    """Per row group, the statistics a Parquet footer keeps of a top-level column (None for a
+    group without them), or None when the file has no such column. Statistics are kept per
+    leaf column, and nested columns (media) are flattened before later ones: the index of a
+    column among the leaves is not its index in the Arrow schema."""
+    leaves = [footer.schema.column(i).path for i in range(footer.num_columns)]
+    if column not in leaves:
+        return None
+    i = leaves.index(column)
+    return [footer.row_group(g).column(i).statistics for g in range(footer.num_row_groups)]
+
+
+def footer_max(footer: Any, column: str) -> Any | None:
+    """The largest value of `column` in a Parquet file by its footer, None when not recorded."""
+    stats = footer_stats(footer, column)
+    if not stats or any(s is None or not s.has_min_max for s in stats):
+        return None
+    return max(s.max for s in stats)
+
+
 @dataclasses.dataclass(frozen=True)
 class Resources:
     """What one worker of a stage needs, how many workers and how big a batch.
@@ -193,6 +213,13 @@ class Stage:
         through as Arrow, never turned into Python objects: a text row in the media stage,
         a row without URLs in the download stage."""
         return None
+
+    def keeps_file(self, footer: Any) -> bool:
+        """True when process_batch would return every row of an input file as it is, judged
+        from the file's Parquet footer (pyarrow FileMetaData; see footer_max). The runner then
+        hard-links the file into the stage's output instead of reading it. Asked only of files
+        whose rows are all alive and whose columns already are the stage's output columns."""
+        return False
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         schema = self.output_schema(batch.schema)

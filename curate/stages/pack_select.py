@@ -1,7 +1,8 @@
 """Pack, step 1 (select): make over-budget samples fit a packed sequence (InternVL 2.5, sec. 4.2).
 
 Rows within both budgets (l_max tokens, t_max tiles) pass untouched and are never turned
-into Python objects. An over-budget row is split at turn boundaries or truncated
+into Python objects; a file whose rows all fit is hard-linked by the runner, not read
+(keeps_file). An over-budget row is split at turn boundaries or truncated
 (packing.select); its parts replace it, later parts counting as `synthesized:pack`. A row
 that cannot be made to fit is rejected `too_long` (reject stage `pack`), with its sizes.
 """
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from curate.stages.base import Job, Resources, Stage
+from curate.stages.base import Job, Resources, Stage, footer_max
 from packing.select import counts_from_meta, select_row
 
 
@@ -30,6 +31,13 @@ class PackSelectStage(Stage):
         c = self.config
         return {"stage": self.name, "max_tokens": c.max_tokens, "max_tiles": c.max_tiles, "split": c.split,
                 "truncate": c.truncate}
+
+    def keeps_file(self, footer: Any) -> bool:
+        """A file whose largest sample is within both budgets passes as it is (most files:
+        only over-budget rows are changed), so it is linked, not read and written again."""
+        tokens, tiles = footer_max(footer, "n_tokens"), footer_max(footer, "n_tiles")
+        return tokens is not None and tiles is not None and \
+            tokens <= self.config.max_tokens and tiles <= self.config.max_tiles
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         c = self.config

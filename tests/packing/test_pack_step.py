@@ -17,7 +17,7 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sft-stage3.yaml"
 
 
 def multi_round_manifest(folder: Path) -> Path:
-    """Long multi-round conversations (real prose) and two-round image chats."""
+    """Long multi-round conversations (real prose), two-round image chats and short chats."""
     from PIL import Image
 
     from curate.demo import prose_topics
@@ -35,14 +35,18 @@ def multi_round_manifest(folder: Path) -> Path:
         lines.append({"id": f"img-{k}", "image": "wide.png", "conversations": [
             {"from": "human", "value": "<image>\nWhat colour is this?"}, {"from": "gpt", "value": "Blue. " * 20},
             {"from": "human", "value": "Why?"}, {"from": "gpt", "value": " ".join(topics[k].split()[:150])}]})
+    for k in range(4):  # short ones, within any budget here, listed together
+        lines.append({"id": f"short-{k}", "conversations": [
+            {"from": "human", "value": f"Name topic {k}."}, {"from": "gpt", "value": " ".join(topics[k].split()[:12])}]})
     path = folder / "multi.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     return path
 
 
 @pytest.mark.parametrize("mode", ["partitioned", "stream"])
-def test_small_budgets_split_truncate_and_stay_within_budgets(ray_session, demo_small, tmp_path, mode):
+def test_small_budgets_split_truncate_and_stay_within_budgets(ray_session, demo_small, tmp_path, monkeypatch, mode):
     max_tokens, max_tiles = 700, 6
+    monkeypatch.setattr("curate.runner.ROWS_PER_FILE", 2)  # several files per stage: some fit, some do not
     manifest = multi_round_manifest(tmp_path)
     recipe = load_recipe(RECIPE, [f"stages.tokenize.tokenizer={demo_small}/tokenizer",
                                   f"stages.pack.max_tokens={max_tokens}", f"stages.pack.max_tiles={max_tiles}",
@@ -87,6 +91,14 @@ def test_small_budgets_split_truncate_and_stay_within_budgets(ray_session, demo_
     assert verify_shards(out / "shards") == []
     info = json.loads(next((out / "work").glob("*-pack_select/_DONE.json")).read_text())
     assert info["select"] == sel
+    # select hard-links a tokenize file whose rows all fit (and have no reject) and rewrites the others
+    tokenized = {f.stat().st_ino: pq.read_table(f) for f in next((out / "work").glob("*-tokenize")).glob("*.parquet")}
+    linked = {f.stat().st_ino for f in next((out / "work").glob("*-pack_select")).glob("*.parquet")} & tokenized.keys()
+    for ino, table in tokenized.items():
+        fit = len(table) > 0 and table.column("reject_reason").null_count == len(table) and \
+            max(table.column("n_tokens").to_pylist()) <= max_tokens and max(table.column("n_tiles").to_pylist()) <= max_tiles
+        assert (ino in linked) == fit
+    assert linked and len(linked) < len([t for t in tokenized.values() if len(t)])
 
 
 def test_shards_do_not_depend_on_how_the_writers_group_them(ray_session, demo_small, tmp_path, monkeypatch):
