@@ -413,6 +413,8 @@ class Runner:
         tmp.mkdir(parents=True, exist_ok=True)
         for path in unchanged:
             link_or_copy(path, tmp / path.name)
+        if unchanged:
+            info["linked_files"] = len(unchanged)
         pq.write_table(schema.empty_table(), tmp / "part-empty.parquet")  # keeps the schema when no row is left
         os.replace(tmp, job.output_dir)
         if not skip:

@@ -205,7 +205,8 @@ def run_pipeline(recipe: Path, out: Path, sizes: dict[str, object]) -> dict[str,
         m = json.loads(marker.read_text())
         end = marker.stat().st_mtime
         stages.append({"stage": m["stage"], "rows": m["rows"], "seconds": m["seconds"],
-                       "peak": sampler.peak(end - m["seconds"], end), "skipped": m.get("skipped")})
+                       "peak": sampler.peak(end - m["seconds"], end), "skipped": m.get("skipped"),
+                       "linked": m.get("linked_files", 0)})
     return {"wall": t1 - t0, "peak": sampler.peak(t0, t1), "base": base, "stages": stages,
             "load": load_avg(), **sizes}
 
@@ -224,7 +225,8 @@ def print_table(name: str, r: dict[str, object], cores: int) -> None:
         rates = ("skipped", "-") if s["skipped"] else \
             (f"{s['rows'] / sec / cores:.0f}", f"{s['rows'] * per_row / 1e6 / sec / cores:.2f}")
         peak = ("-", "-") if s["peak"] is None else (f"{s['peak'] / gib:.2f}", f"{(s['peak'] - r['base']) / gib:.2f}")
-        print(f"| {s['stage']} | {s['rows']} | {sec:.1f} | {rates[0]} | {rates[1]} | {peak[0]} | {peak[1]} |")
+        name = f"{s['stage']} ({s['linked']} files linked)" if s["linked"] and not s["skipped"] else s["stage"]
+        print(f"| {name} | {s['rows']} | {sec:.1f} | {rates[0]} | {rates[1]} | {peak[0]} | {peak[1]} |")
     print(f"| end to end | {r['rows']} | {r['wall']:.1f} | {r['rows'] / r['wall'] / cores:.0f} | "
           f"{r['text_bytes'] / 1e6 / r['wall'] / cores:.2f} | {r['peak'] / gib:.2f} | {(r['peak'] - r['base']) / gib:.2f} |",
           flush=True)
