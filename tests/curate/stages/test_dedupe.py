@@ -345,3 +345,25 @@ def test_batch_shingles_and_densified_signatures_match_plain_per_document_code()
                 row[j] = (int(src[m % k]) + (m - j) * 0x5BD1E995) & int(MAX_HASH)
     _densify(sig)
     assert np.array_equal(sig, want)
+
+
+def test_pairwise_jaccard_equals_python_sets():
+    """jaccard_pairs against set arithmetic: random shingle sets with shared parts, empty and
+    one-shingle documents, a document paired with itself, and chunks that split the pairs."""
+    from curate.stages.dedupe import jaccard_pairs
+
+    rng = np.random.default_rng(7)
+    base = rng.choice(2**32, 400, replace=False).astype(np.uint32)
+    docs = [np.unique(np.concatenate([base[rng.integers(0, 400, rng.integers(0, 60))],
+                                      rng.integers(0, 2**32, rng.integers(0, 20), dtype=np.uint32)]))
+            for _ in range(40)] + [np.zeros(0, np.uint32), np.array([5], np.uint32), np.array([5], np.uint32)]
+    offsets = np.concatenate(([0], np.cumsum([len(d) for d in docs]))).astype(np.int64)
+    flat = np.concatenate(docs)
+    u = rng.integers(0, len(docs), 300)
+    v = rng.integers(0, len(docs), 300)
+    u[:3], v[:3] = [40, 41, 7], [40, 42, 7]
+    got = jaccard_pairs(flat, offsets, u, v, chunk=64)
+    for a, b, j in zip(u.tolist(), v.tolist(), got.tolist()):
+        sa, sb = set(docs[a].tolist()), set(docs[b].tolist())
+        want = len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+        assert j == pytest.approx(want), (a, b)
