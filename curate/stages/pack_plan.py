@@ -108,28 +108,15 @@ def plan(meta: pa.Table, pack: Any, repeat: dict[str, float], targets: dict[str,
 
 
 def id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A 64-bit key per id (a polynomial hash of its UTF-8 bytes), computed on whole arrays.
+    """A 64-bit key per id: pandas' SipHash of the string (a fixed key, so the same in every
+    process), computed on whole arrays.
 
     The records' keys are sorted once by plan(), so a batch finds its ids by binary search.
     (pc.index_in built a hash set of every record's id once per batch: O(rows x batches),
     about 0.3 s a batch at 1M rows.)"""
-    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    ids = ids.cast(pa.large_string())
-    n = len(ids)
-    if not n:
-        return np.zeros(0, np.uint64)
-    offsets = np.frombuffer(ids.buffers()[1], np.int64)[ids.offset:ids.offset + n + 1]
-    data = np.frombuffer(ids.buffers()[2], np.uint8) if ids.buffers()[2] is not None else np.zeros(0, np.uint8)
-    lengths = np.diff(offsets)
-    data = data[offsets[0]:offsets[-1]].astype(np.uint64)
-    pos = np.arange(len(data)) - np.repeat(offsets[:-1] - offsets[0], lengths)
-    powers = np.cumprod(np.full(int(lengths.max()) + 1, 1099511628211, np.uint64))  # the FNV prime, wrapping
-    terms = (data + np.uint64(1)) * powers[pos]
-    keys = np.zeros(n, np.uint64)
-    nonempty = lengths > 0
-    if len(terms):
-        keys[nonempty] = np.add.reduceat(terms, (offsets[:-1] - offsets[0])[nonempty])
-    return keys ^ lengths.astype(np.uint64)
+    import pandas as pd
+
+    return pd.util.hash_array(np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object))
 
 
 def _lookup(records: pa.Table, ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
