@@ -192,21 +192,20 @@ def input_files(folder: Path) -> list[Path]:
 
 
 def unchanged_files(folder: Path, schema: pa.Schema,
-                    keeps: Callable[[Any], bool] = lambda footer: True) -> tuple[list[Path], list[Path]]:
+                    keeps: Callable[[Any], bool] | None = None) -> tuple[list[Path], list[Path]]:
     """(files the stage would write again row for row, the other files with rows): a file is
     unchanged when it has rows, `schema`, a footer whose statistics count no rejected row
     (every reject_reason null), and `keeps(footer)` says the stage leaves its rows as they
-    are. Reads only the footers."""
+    are (None: a skipped stage, which leaves every row). Reads only the footers."""
     unchanged, others = [], []
     for path in input_files(folder):
-        file = pq.ParquetFile(path)
-        footer = file.metadata
+        footer = pq.read_metadata(path)
         if not footer.num_rows:
             continue
         stats = footer_stats(footer, "reject_reason") or [None]
         all_alive = all(s is not None and s.has_null_count and s.null_count == footer.row_group(g).num_rows
                         for g, s in enumerate(stats))
-        same = all_alive and file.schema_arrow.equals(schema) and keeps(footer)
+        same = all_alive and footer.schema.to_arrow_schema().equals(schema) and (keeps is None or keeps(footer))
         (unchanged if same else others).append(path)
     return unchanged, others
 
@@ -400,7 +399,7 @@ class Runner:
         # others go through Ray, which drops their rejects
         unchanged, files = [], None
         if job.input_dir and (skip or not isinstance(stage, GlobalStage)):
-            unchanged, files = unchanged_files(job.input_dir, schema, (lambda footer: True) if skip else stage.keeps_file)
+            unchanged, files = unchanged_files(job.input_dir, schema, None if skip else stage.keeps_file)
         info: dict[str, Any] = {}
         if files is None or files:
             ds = self.input_dataset(job, pieces, files)
