@@ -1,9 +1,10 @@
 """Media: resolve every reference, validate the bytes, store them by content, probe them.
 
 Images: full decode, pixel cap, InternVL tile grid (per-source n_max, shared among the
-images of a multi-image sample); a file several rows share is decoded once per worker. Videos: ffprobe, then `video_frames` frames sampled
-evenly and resized to tile_size x tile_size (one tile each). Audio: decoded to 16 kHz
-mono FLAC with its duration. URLs must already have been fetched by the download stage.
+images of a multi-image sample); a file several rows share is decoded once per worker.
+Videos: ffprobe, then `video_frames` frames sampled evenly and resized to tile_size x
+tile_size (one tile each). Audio: decoded to 16 kHz mono FLAC with its duration. URLs
+must already have been fetched by the download stage.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ GROUP_BYTES of rows, and at least one group per CPU, so that every core writes. 
 through files, not the object store, brings each group's rows together: one task per input
 file writes the columns the shards need into one scratch Parquet file, a row group per
 group; then one task per group reads its row groups, sorts them and writes its shards one
-after the other (packing.shards: sorted members, fixed mtime, no pickle). So a writer holds one group, never the run, and at 1M rows the stage
-no longer spills a sort-based groupby of every row through the object store.
+after the other (packing.shards: sorted members, fixed mtime, no pickle). So a writer holds
+one group, never the run, and at 1M rows the stage no longer spills a sort-based groupby of
+every row through the object store.
 The shards are built in `shards.tmp/` and renamed into place with their index.json,
 contents.parquet (each distinct sample and its copy count) and sequences.parquet once all
 are written, so `shards/` never holds half a run.
