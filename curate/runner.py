@@ -18,6 +18,7 @@ The run folder's paths are in curate.layout.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -43,7 +44,7 @@ from curate.progress import ProgressView, count_rows, stage_model
 from curate.recipe import Recipe
 from curate.records import CORE_SCHEMA, REJECT_COLUMNS
 from curate.review import clear_review
-from curate.stages.base import GlobalStage, Job, RunContext, Stage, check_columns, footer_stats, map_options, widen
+from curate.stages.base import GlobalStage, Job, Resources, RunContext, Stage, check_columns, footer_stats, widen
 
 log = logging.getLogger("curate")
 
@@ -129,6 +130,98 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
 ROWS_PER_FILE = 8192
 
 
+def map_options(res: Resources, actor: bool, whole_blocks: bool = False) -> dict[str, Any]:
+    """Ray Data map_batches arguments for a stage's resources: the one place they are applied.
+
+    whole_blocks: no Ray batch size, for vectorised functions and for callers that slice
+    themselves. Ray fuses a read into the map that follows it only when the map has no batch
+    size; unfused, the read runs as separate tasks that hold CPUs the map then waits for.
+    """
+    import ray
+
+    opts: dict[str, Any] = {"batch_format": "pyarrow", "batch_size": None if whole_blocks else res.batch_size,
+                            "num_cpus": res.cpus}
+    if res.memory_gb:
+        opts["memory"] = res.memory_gb * 1024**3
+    gpus = res.gpus
+    if not gpus and res.gpu_if_available and ray.cluster_resources().get("GPU", 0) >= 1:
+        gpus, opts["num_cpus"] = 1, 0
+    if gpus:
+        opts["num_gpus"] = gpus
+    if actor:
+        size = res.actors
+        if size is None:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            per = res.cpus if res.cpus > 0 else 1
+            opts["compute"] = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus // per)))
+        else:
+            opts["compute"] = ray.data.ActorPoolStrategy(size=size)
+    elif res.actors is not None:
+        opts["compute"] = ray.data.TaskPoolStrategy(size=res.actors)
+    return opts
+
+
+@dataclass(frozen=True)
+class SharedRef:
+    """A value in Ray's object store that a task reads with `.value()` (curate.stages.base.Shared).
+
+    Arrow tables come back without a copy, so every batch of a map may read a large table."""
+
+    ref: Any
+
+    def value(self) -> Any:
+        import ray
+
+        return ray.get(self.ref)
+
+
+class RayExecutor:
+    """The engine a GlobalStage is handed (curate.stages.base.Executor): the stages' only way to Ray."""
+
+    def cpus(self) -> int:
+        import ray
+
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def map(self, ds: Any, fn: Callable[..., pa.Table], resources: Resources, **fn_kwargs: Any) -> Any:
+        return ds.map_batches(fn, **map_options(resources, actor=False, whole_blocks=True), fn_kwargs=fn_kwargs)
+
+    def remote(self, fn: Callable[..., Any], num_returns: int = 1, cpus: float = 1.0) -> Callable[..., Any]:
+        import ray
+
+        return ray.remote(num_returns=num_returns, num_cpus=cpus)(fn).remote
+
+    def get(self, futures: Any) -> Any:
+        import ray
+
+        return ray.get(futures)
+
+    def share(self, value: Any) -> SharedRef:
+        import ray
+
+        return SharedRef(value if isinstance(value, ray.ObjectRef) else ray.put(value))
+
+    def blocks(self, ds: Any) -> list[Any]:
+        return list(ds.materialize().to_arrow_refs())
+
+    def dataset(self, blocks: list[Any]) -> Any:
+        import ray
+
+        if blocks and all(isinstance(b, pa.Table) for b in blocks):
+            return ray.data.from_arrow(blocks)
+        return ray.data.from_arrow_refs(blocks)
+
+    def group_moments(self, ds: Any, key: str, column: str) -> dict[Any, dict[str, float]]:
+        from ray.data.aggregate import Count, Mean, Std
+
+        rows = ds.groupby(key).aggregate(
+            Count(column, ignore_nulls=True, alias_name="n"),
+            Mean(column, alias_name="mean"),
+            Std(column, ddof=0, alias_name="std"),
+        ).take_all()
+        return {r[key]: {"n": int(r["n"]), "mean": float(r["mean"]), "std": float(r["std"] or 0.0)} for r in rows}
+
+
 class _StageActor:
     """Actor wrapper: the stage's setup() runs once per actor, in its constructor."""
 
@@ -177,6 +270,8 @@ def apply_stage(stage: Stage, ds: Any, job: Job, skip: str | None = None) -> tup
     if skip:
         return ds, {}  # nothing to do: rows pass through, no worker starts
     if isinstance(stage, GlobalStage):
+        if job.executor is None:
+            job = dataclasses.replace(job, executor=RayExecutor())
         return stage.transform(ds, job)
     if stage.needs_actor():
         return ds.map_batches(_StageActor, fn_constructor_args=(stage,), **map_options(job.resources, actor=True)), {}
@@ -348,8 +443,8 @@ class Runner:
                     if skip:
                         log.info("stage %s: skipped for this input: %s", stage.name, skip)
                         self.summary["skipped"][stage.name] = skip
-                self.run_stage(stage, Job(prev_dir, stage_dir, stage.resolved_resources()), schema, upstream,
-                               manifests, skip)
+                job = Job(prev_dir, stage_dir, stage.resolved_resources(), RayExecutor())
+                self.run_stage(stage, job, schema, upstream, manifests, skip)
             prev_dir = stage_dir
         from curate.stats import compute_stats
 

@@ -24,17 +24,10 @@ def _alive_losses(batch: pa.Table) -> pa.Table:
     return batch.filter(keep).select(["source", "sample_loss"])
 
 
-def source_loss_stats(ds: Any) -> dict[str, dict[str, float]]:
+def source_loss_stats(ds: Any, executor: Any) -> dict[str, dict[str, float]]:
     """source -> {n, mean, std} over the samples still in the pipeline that have a loss."""
-    from ray.data.aggregate import Count, Mean, Std
-
     losses = ds.map_batches(_alive_losses, batch_format="pyarrow")
-    rows = losses.groupby("source").aggregate(
-        Count("sample_loss", ignore_nulls=True, alias_name="n"),
-        Mean("sample_loss", alias_name="mean"),
-        Std("sample_loss", ddof=0, alias_name="std"),
-    ).take_all()
-    return {r["source"]: {"n": int(r["n"]), "mean": float(r["mean"]), "std": float(r["std"] or 0.0)} for r in rows}
+    return executor.group_moments(losses, "source", "sample_loss")
 
 
 def outlier_detail(loss: float, stats: dict[str, float], k: float) -> str | None:

@@ -19,14 +19,15 @@ the runner writes them to `<out>/rejects/`. A stage may add rows (synthesized sa
 their Arrow type, so every block of the dataset has the same schema.
 
 A `GlobalStage` needs the whole dataset (dedupe, the packing plan, the shard write) and
-implements `transform(ds, job)` with Ray's groupby/shuffle instead of a per-batch call.
+implements `transform(ds, job)` instead of a per-batch call, through the runner's executor
+(`job.executor`: map, remote, get, share); no stage imports Ray.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -117,6 +118,45 @@ class Job:
     input_dir: Path | None  # the previous stage's output (None for the first stage)
     output_dir: Path  # where the runner writes this stage's rows
     resources: Resources
+    executor: Executor | None = None  # the runner's engine: a GlobalStage's only way to Ray
+
+
+class Executor(Protocol):
+    """What a `GlobalStage` may ask of the engine; the runner's RayExecutor implements it.
+
+    Stages never import Ray: they build their plan from these calls and the dataset they are
+    handed. Futures (what `remote` functions return) are opaque: pass them to other remote
+    functions as top-level arguments (the engine resolves them first), to `get`, or to `share`.
+    """
+
+    def cpus(self) -> int:
+        """CPUs in the cluster (how many parts to split global work into)."""
+
+    def map(self, ds: Any, fn: Callable[..., pa.Table], resources: Resources, **fn_kwargs: Any) -> Any:
+        """`fn(block, **fn_kwargs)` over whole Arrow blocks as stateless tasks with `resources`."""
+
+    def remote(self, fn: Callable[..., Any], num_returns: int = 1, cpus: float = 1.0) -> Callable[..., Any]:
+        """`fn` as a remote function: calling it submits a task and returns its future(s)."""
+
+    def get(self, futures: Any) -> Any:
+        """The value(s) of a future or a list of futures."""
+
+    def share(self, value: Any) -> "Shared":
+        """A handle to a value (or a future) that map and remote functions read with `.value()`."""
+
+    def blocks(self, ds: Any) -> list[Any]:
+        """The dataset computed, as futures of its Arrow blocks."""
+
+    def dataset(self, blocks: list[Any]) -> Any:
+        """A dataset of Arrow tables or futures of them."""
+
+    def group_moments(self, ds: Any, key: str, column: str) -> dict[Any, dict[str, float]]:
+        """key -> {n, mean, std (ddof 0)} of `column`'s non-null values, over the whole dataset."""
+
+
+class Shared(Protocol):
+    def value(self) -> Any:
+        """The shared value, in whatever process asks."""
 
 
 class Stage:
@@ -257,9 +297,9 @@ class Stage:
 class GlobalStage(Stage):
     """A stage that needs the whole dataset at once (dedupe, the packing plan, the shard write).
 
-    Instead of a per-batch `__call__`, it implements `transform(ds, job) -> (ds, info)` over a
-    Ray Dataset, using Ray's groupby/shuffle for the global part (never a driver loop over
-    rows); `info` goes into its marker. It returns every input row, with `reject_reason` set on
+    Instead of a per-batch `__call__`, it implements `transform(ds, job) -> (ds, info)` over the
+    dataset it is handed, with the executor `job.executor` for the global part (tasks over
+    blocks, never a driver loop over rows); `info` goes into its marker. It returns every input row, with `reject_reason` set on
     those that leave.
     """
 
@@ -287,34 +327,3 @@ def check_columns(stage: Stage, schema: pa.Schema) -> None:
             f"stage '{stage.name}' needs columns {missing} that no earlier stage produces; "
             f"available: {schema.names}. Enable the stage that adds them or reorder the recipe."
         )
-
-
-def map_options(res: Resources, actor: bool, whole_blocks: bool = False) -> dict[str, Any]:
-    """Ray Data map_batches arguments for a stage's resources: the one place they are applied.
-
-    whole_blocks: no Ray batch size, for vectorised functions and for callers that slice
-    themselves. Ray fuses a read into the map that follows it only when the map has no batch
-    size; unfused, the read runs as separate tasks that hold CPUs the map then waits for.
-    """
-    import ray
-
-    opts: dict[str, Any] = {"batch_format": "pyarrow", "batch_size": None if whole_blocks else res.batch_size,
-                            "num_cpus": res.cpus}
-    if res.memory_gb:
-        opts["memory"] = res.memory_gb * 1024**3
-    gpus = res.gpus
-    if not gpus and res.gpu_if_available and ray.cluster_resources().get("GPU", 0) >= 1:
-        gpus, opts["num_cpus"] = 1, 0
-    if gpus:
-        opts["num_gpus"] = gpus
-    if actor:
-        size = res.actors
-        if size is None:
-            cpus = int(ray.cluster_resources().get("CPU", 1))
-            per = res.cpus if res.cpus > 0 else 1
-            opts["compute"] = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus // per)))
-        else:
-            opts["compute"] = ray.data.ActorPoolStrategy(size=size)
-    elif res.actors is not None:
-        opts["compute"] = ray.data.TaskPoolStrategy(size=res.actors)
-    return opts

@@ -59,7 +59,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.records import reject
-from curate.stages.base import GlobalStage, Job, Resources, map_options
+from curate.stages.base import GlobalStage, Job, Resources
 from curate.text_units import is_cjk, units
 
 MAX_HASH = np.uint64((1 << 32) - 1)
@@ -590,17 +590,16 @@ def _features(batch: pa.Table, cfg: dict[str, Any], source_order: dict[str, int]
                      "media": media_out, "question": questions}, schema=FEATURES)
 
 
-def _plan(key_blocks: list[Any], partitions: int) -> tuple[pa.Table, pa.Table, pa.Table, int]:
+def _plan(partitions: int, *key_blocks: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table, int]:
     """One task on compact arrays (ids, ranks, bucket keys; no row payload): candidate pairs.
 
     Returns (route: id -> node and the partitions that need its features; pairs: member,
     anchor, kind, partition; nodes: node -> id, rank; the number of pairs), nodes numbered
     0..n-1 over the samples that are in at least one candidate pair.
     """
-    import ray
     import pyarrow.compute as pc
 
-    tables = [t for t in ray.get(list(key_blocks)) if len(t)]
+    tables = [t for t in key_blocks if len(t)]
     table = pa.concat_tables(tables).combine_chunks() if tables else KEYS.empty_table()
     n = len(table)
     by_rank = pc.sort_indices(table, sort_keys=[("order", "ascending"), ("id", "ascending")]).to_numpy()
@@ -677,11 +676,9 @@ def _verify_task(pairs: pa.Table, cfg: dict[str, Any], part: int, *pieces: pa.Ta
                      "kind": kind[ok], "sim": np.round(sim[ok], 4)}, schema=EDGES)
 
 
-def _decide(edge_blocks: list[Any], nodes: pa.Table) -> pa.Table:
+def _decide(nodes: pa.Table, *edge_blocks: pa.Table) -> pa.Table:
     """Connected components over the verified edges (compact int ids); the rows that leave."""
-    import ray
-
-    tables = [t for t in ray.get(list(edge_blocks)) if len(t)]
+    tables = [t for t in edge_blocks if len(t)]
     edges = pa.concat_tables(tables) if tables else EDGES.empty_table()
     rank = nodes.column("rank").to_numpy()
     out = components(len(nodes), edges.column("u").to_numpy(), edges.column("v").to_numpy(),
@@ -695,18 +692,11 @@ def _decide(edge_blocks: list[Any], nodes: pa.Table) -> pa.Table:
                      "detail": pa.array(detail, pa.string())})
 
 
-def _decide_task(edge_blocks: list[Any], nodes_ref: list[Any]) -> pa.Table:
-    import ray
-
-    return _decide(edge_blocks, ray.get(nodes_ref[0]))
-
-
-def _mark(batch: pa.Table, decisions_ref: list[Any]) -> pa.Table:
-    """Reject the rows named in the decisions (vectorised lookup by id)."""
-    import ray
+def _mark(batch: pa.Table, decisions: Any) -> pa.Table:
+    """Reject the rows named in the decisions (a Shared table; vectorised lookup by id)."""
     import pyarrow.compute as pc
 
-    decisions = ray.get(decisions_ref[0])
+    decisions = decisions.value()
     if not len(decisions) or not len(batch):
         return batch
     pos = pc.index_in(batch.column("id"), value_set=decisions.column("id"))
@@ -753,28 +743,25 @@ class DedupeStage(GlobalStage):
         return super().fingerprint() | {"source_order": list(self.ctx.sources)}
 
     def transform(self, ds: Any, job: Job) -> tuple[Any, dict[str, Any]]:
-        import ray
-
+        ex = job.executor
         cfg = self.settings()
         order = {name: i for i, name in enumerate(self.ctx.sources)}
-        opts = map_options(job.resources, actor=False, whole_blocks=True)
-        feats = ds.map_batches(_features, **opts, fn_kwargs={"cfg": cfg, "source_order": order}).materialize()
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+        feats = ex.dataset(ex.blocks(ex.map(ds, _features, job.resources, cfg=cfg, source_order=order)))
         # partitions of the verification: a few per CPU, more when the corpus is large
-        partitions = max(2 * cpus, feats.count() // 200_000)
-        key_refs = feats.select_columns(["id", "order", "keys"]).to_arrow_refs()
-        route, pairs, nodes, n_pairs = ray.remote(num_returns=4)(_plan).remote(key_refs, partitions)
-        if ray.get(n_pairs):
+        partitions = max(2 * ex.cpus(), feats.count() // 200_000)
+        key_blocks = ex.blocks(feats.select_columns(["id", "order", "keys"]))
+        route, pairs, nodes, n_pairs = ex.remote(_plan, num_returns=4)(partitions, *key_blocks)
+        n_pairs = int(ex.get(n_pairs))
+        if n_pairs:
             # a direct shuffle: each features block splits into its partitions (one task per
             # block), then one task per partition verifies its pairs; Ray Data's groupby
             # would sort the routed rows first and sample them for its boundaries
-            split = ray.remote(num_returns=partitions)(_route)
-            pieces = [split.remote(ref, route, partitions) for ref in feats.to_arrow_refs()]
-            verify = ray.remote(_verify_task)
-            edges = [verify.remote(pairs, cfg, p, *[block[p] for block in pieces]) for p in range(partitions)]
-            decisions = ray.remote(_decide_task).remote(edges, [nodes])
+            split = ex.remote(_route, num_returns=partitions)
+            pieces = [split(block, route, partitions) for block in ex.blocks(feats)]
+            verify = ex.remote(_verify_task)
+            edges = [verify(pairs, cfg, p, *[block[p] for block in pieces]) for p in range(partitions)]
+            decisions = ex.share(ex.remote(_decide)(nodes, *edges))
         else:
-            decisions = ray.put(pa.table({"id": pa.array([], pa.string()), "reason": pa.array([], pa.string()),
-                                          "detail": pa.array([], pa.string())}))
-        info = {"candidate_pairs": int(ray.get(n_pairs))}
-        return ds.map_batches(_mark, **opts, fn_kwargs={"decisions_ref": [decisions]}), info
+            decisions = ex.share(pa.table({"id": pa.array([], pa.string()), "reason": pa.array([], pa.string()),
+                                           "detail": pa.array([], pa.string())}))
+        return ex.map(ds, _mark, job.resources, decisions=decisions), {"candidate_pairs": n_pairs}

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from curate.stages.base import GlobalStage, Job, Resources, map_options
+from curate.stages.base import GlobalStage, Job, Resources
 
 PLAN_COLUMNS = ["id", "source", "origin", "modality", "manifest", "line", "n_tokens", "n_tiles"]
 NOT_DRAWN = "down-sampled by the mixture (repeat < 1 or a modality target)"
@@ -46,25 +46,22 @@ class PackPlanStage(GlobalStage):
             "partitions": c.partitions}}
 
     def transform(self, ds: Any, job: Job) -> tuple[Any, dict[str, Any]]:
-        import ray
-
+        ex = job.executor
         alive = pc.field("reject_reason").is_null()
         meta = pads.dataset(str(job.input_dir), format="parquet").to_table(columns=PLAN_COLUMNS, filter=alive)
         p = plan(meta, self.config, {n: s.repeat for n, s in self.ctx.sources.items()},
-                 self.ctx.modality_targets, self.ctx.seed)
-        # Arrow tables travel through the object store without a copy: every batch looks its
-        # rows up in them (a dict here was unpickled once per batch: 168 s of 100k rows)
-        refs = [ray.put(p["rows"]), ray.put(p["copies"])]
-        out = ds.map_batches(_place, **map_options(job.resources, actor=False, whole_blocks=True),
-                             fn_kwargs={"refs": refs, "max_tokens": self.config.max_tokens,
-                                        "max_tiles": self.config.max_tiles, "stage": "pack"})
+                 self.ctx.modality_targets, self.ctx.seed, ex)
+        # Arrow tables are shared without a copy: every batch looks its rows up in them (a
+        # dict here was unpickled once per batch: 168 s of 100k rows)
+        out = ex.map(ds, _place, job.resources, records=ex.share(p["rows"]), copies=ex.share(p["copies"]),
+                     max_tokens=self.config.max_tokens, max_tiles=self.config.max_tiles, stage="pack")
         info = {"packing": p["packing"], "sequences": len(p["bins"]),
                 "budgets": {"max_tokens": self.config.max_tokens, "max_tiles": self.config.max_tiles}}
         return out, info
 
 
 def plan(meta: pa.Table, pack: Any, repeat: dict[str, float], targets: dict[str, float],
-         seed: int) -> dict[str, Any]:
+         seed: int, executor: Any = None) -> dict[str, Any]:
     """Decide, for every record, how many copies go where (no I/O; Ray only in partitioned mode)."""
     from packing.mixture import draw_counts, mixture_report
 
@@ -86,7 +83,7 @@ def plan(meta: pa.Table, pack: Any, repeat: dict[str, float], targets: dict[str,
     tiles = meta.column("n_tiles").to_numpy()
     rows = np.repeat(np.arange(len(meta)), counts)
     items = np.stack([tokens[rows], tiles[rows]], axis=1).astype(np.int64) if len(rows) else np.zeros((0, 2), np.int64)
-    bins, packing = pack_items(items, pack, seed)
+    bins, packing = pack_items(items, pack, seed, executor)
     packing["mixture"] = mixture_report(meta.column("modality").to_pylist(), counts, targets)
     # every copy's (sequence, position), grouped by the record it copies, in sequence order
     item_seq = np.zeros(len(items), np.int64)
@@ -144,8 +141,10 @@ def _pack_partition(items: np.ndarray, max_tokens: int, max_tiles: int) -> list[
     return pack_2d(items, max_tokens, max_tiles)
 
 
-def pack_items(items: np.ndarray, pack: Any, seed: int) -> tuple[list[list[int]], dict[str, Any]]:
-    """Bins of item indices by the recipe's packing mode, and how good they are."""
+def pack_items(items: np.ndarray, pack: Any, seed: int,
+               executor: Any = None) -> tuple[list[list[int]], dict[str, Any]]:
+    """Bins of item indices by the recipe's packing mode, and how good they are (partitioned
+    mode packs its partitions as tasks of `executor`)."""
     from packing.pack2d import lower_bound, pack_2d, pack_2d_stream
 
     info: dict[str, Any] = {"mode": pack.mode, "items": len(items),
@@ -153,13 +152,13 @@ def pack_items(items: np.ndarray, pack: Any, seed: int) -> tuple[list[list[int]]
     if pack.mode == "stream":
         bins = list(pack_2d_stream(iter(items.tolist()), pack.max_tokens, pack.max_tiles, window=pack.window))
     elif pack.mode == "partitioned" and len(items) > pack.partitions:
-        import ray
-
         # a seeded shuffle dealt round-robin: every partition gets the same source/modality mix
         perm = np.random.default_rng(seed).permutation(len(items))
         parts = [np.sort(perm[k::pack.partitions]) for k in range(pack.partitions)]
-        task = ray.remote(_pack_partition)
-        results = ray.get([task.remote(items[idx], pack.max_tokens, pack.max_tiles) for idx in parts])
+        if executor is None:
+            raise ValueError("stages.pack.mode=partitioned packs its partitions as tasks: pass an executor")
+        task = executor.remote(_pack_partition)
+        results = executor.get([task(items[idx], pack.max_tokens, pack.max_tiles) for idx in parts])
         bins = sorted(([int(idx[i]) for i in b] for idx, res in zip(parts, results) for b in res), key=lambda b: b[0])
         global_bins = len(pack_2d(items, pack.max_tokens, pack.max_tiles))
         info.update(partitions=pack.partitions, global_sequences=global_bins,
@@ -178,15 +177,13 @@ def _same(a: pa.ChunkedArray | pa.Array, b: pa.ChunkedArray | pa.Array) -> np.nd
     return pc.or_(eq, both_null).to_numpy(zero_copy_only=False)
 
 
-def _place(batch: pa.Table, refs: list[Any], max_tokens: int, max_tiles: int, stage: str) -> pa.Table:
+def _place(batch: pa.Table, records: Any, copies: Any, max_tokens: int, max_tiles: int, stage: str) -> pa.Table:
     """One output row per copy (a record repeated r times appears r times), or the row rejected.
 
     Works on columns: the batch's ids are looked up in the plan's record table (binary search
     on their keys), and only the rejected rows' details become Python strings.
     """
-    import ray
-
-    records, copies = ray.get(refs[0]), ray.get(refs[1])
+    records, copies = records.value(), copies.value()
     tok = batch.column("n_tokens").to_numpy(zero_copy_only=False)
     til = batch.column("n_tiles").to_numpy(zero_copy_only=False)
     too_long = (tok > max_tokens) | (til > max_tiles)

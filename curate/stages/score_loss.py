@@ -13,7 +13,7 @@ import logging
 from typing import Any, ClassVar
 
 from curate.scoring import loss as loss_pass
-from curate.stages.base import GlobalStage, Job, map_options
+from curate.stages.base import GlobalStage, Job
 from curate.stages.score import ScoreStage
 
 log = logging.getLogger("curate.score")
@@ -36,9 +36,8 @@ class LossCleanStage(GlobalStage):
 
     def transform(self, ds: Any, job: Job) -> tuple[Any, dict[str, Any]]:
         c = self.config
-        stats = loss_pass.source_loss_stats(ds)
+        stats = loss_pass.source_loss_stats(ds, job.executor)
         log.info("score: per-source loss statistics %s", stats)
-        out = ds.map_batches(loss_pass.reject_outliers, **map_options(job.resources, actor=False, whole_blocks=True),
-                             fn_kwargs={"stats": stats, "k": c.loss_k, "min_samples": c.loss_min_samples,
-                                        "stage": ScoreStage.name})
+        out = job.executor.map(ds, loss_pass.reject_outliers, job.resources, stats=stats, k=c.loss_k,
+                               min_samples=c.loss_min_samples, stage=ScoreStage.name)
         return out, {"loss_stats": stats}

@@ -29,7 +29,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from curate.layout import read_marker, write_parquet_atomic
-from curate.stages.base import GlobalStage, Job, Resources, map_options
+from curate.stages.base import GlobalStage, Job, Resources
 from packing.energon_meta import write_energon_meta
 from packing.shards import SHARD_PATTERN, pack_sequence, write_index, write_shard
 
@@ -57,36 +57,36 @@ class ShardStage(GlobalStage):
         return pa.schema([("entry", pa.string()), ("reject_reason", pa.string())])
 
     def transform(self, ds: Any, job: Job) -> tuple[Any, dict[str, Any]]:
-        import ray
-
+        ex = job.executor
         tmp = self.ctx.layout.tmp(self.ctx.layout.shards)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         n_sequences = int((read_marker(job.input_dir) or {}).get("sequences", 0))
         if not n_sequences:
-            return ray.data.from_arrow(pa.table({"entry": pa.array([], pa.string())})), {}
+            return ex.dataset([pa.table({"entry": pa.array([], pa.string())})]), {}
         per_shard = self.config.max_sequences
         n_shards = (n_sequences - 1) // per_shard + 1
         augment = [name for name, s in self.ctx.sources.items() if s.augment]
         files = sorted(job.input_dir.glob("*.parquet"))
         # groups of about GROUP_BYTES, and at least one per CPU while there are shards to share
         by_bytes = int(GROUP_BYTES * n_shards // max(1, _arrow_bytes(files)))
-        by_cpus = -(-n_shards // max(1, int(ray.cluster_resources().get("CPU", 1))))
+        by_cpus = -(-n_shards // ex.cpus())
         shards_per_group = max(1, min(by_bytes, by_cpus))
         parts = scratch_dir(job)
         shutil.rmtree(parts, ignore_errors=True)
         parts.mkdir(parents=True)
-        split = ds.map_batches(_split_by_group, **map_options(job.resources, actor=False, whole_blocks=True),
-                               fn_kwargs={"per_group": per_shard * shards_per_group, "parts_dir": str(parts)})
-        tables = [t for t in ray.get(split.materialize().to_arrow_refs()) if len(t)]
+        split = ex.map(ds, _split_by_group, job.resources, per_group=per_shard * shards_per_group,
+                       parts_dir=str(parts))
+        tables = [t for t in ex.get(ex.blocks(split)) if len(t)]
         pieces = pa.concat_tables(tables).sort_by("group") if tables else PIECES.empty_table()
         paths, row_groups = pieces.column("path").to_pylist(), pieces.column("row_group").to_pylist()
         starts, ends = _runs(pieces.column("group").to_numpy())
-        write = ray.remote(num_cpus=job.resources.cpus)(_write_group)
-        entries = [write.remote(paths[a:b], row_groups[a:b], per_shard, str(tmp), augment)
+        write = ex.remote(_write_group, cpus=job.resources.cpus)
+        entries = [write(paths[a:b], row_groups[a:b], per_shard, str(tmp), augment)
                    for a, b in zip(starts.tolist(), ends.tolist())]
-        return ray.data.from_arrow_refs(entries) if entries else ray.data.from_arrow(
-            pa.table({"entry": pa.array([], pa.string())})), {"shard_groups": len(entries)}
+        if not entries:
+            return ex.dataset([pa.table({"entry": pa.array([], pa.string())})]), {"shard_groups": 0}
+        return ex.dataset(entries), {"shard_groups": len(entries)}
 
     def finish(self, job: Job) -> dict[str, Any]:
         """Index, contents and sequences tables beside the shards, then the shards go into place."""

@@ -11,8 +11,8 @@ import pytest
 
 from curate.layout import RunLayout, read_marker, write_json_atomic
 from curate.recipe import load_recipe
-from curate.runner import STAGES, build_stages, stage_hash
-from curate.stages.base import GlobalStage, Resources, Stage, map_options
+from curate.runner import STAGES, build_stages, map_options, stage_hash
+from curate.stages.base import GlobalStage, Resources, Stage
 from tests.builders import apply_on_ray, make_ctx, make_row
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sft-stage3.yaml"
