@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: default setup run test bench bench-load stats clean demo ray-head ray-worker submit ray-stop
+.PHONY: default setup run test test-fast lint bench bench-load stats clean demo ray-head ray-worker submit ray-stop
 
 # A Ray cluster over a shared file system (README "Running on a Ray cluster").
 RAY_PORT ?= 6379
@@ -34,7 +34,7 @@ default:
 ifeq ($(origin recipe),command line)
 	@$(MAKE) --no-print-directory run recipe=$(recipe) out=$(out) input=$(input)
 else
-	@echo "usage: make setup | make test | make recipe=sft-stage3 [out=DIR] [input=MANIFEST] | make bench | make stats out=DIR"
+	@echo "usage: make setup | make test | make test-fast | make lint | make recipe=sft-stage3 [out=DIR] [input=MANIFEST] | make bench | make stats out=DIR"
 endif
 
 setup: .setup-stamp
@@ -68,6 +68,14 @@ run: .setup-stamp $(demo)/.stamp
 
 test: .setup-stamp
 	$(PY) -m pytest -q tests
+
+# The unit tests: no whole-pipeline run, no cluster (tests marked `pipeline` or `slow` are left out).
+test-fast: .setup-stamp
+	$(PY) -m pytest -q -m "not pipeline and not slow" tests
+
+# ruff: pycodestyle, pyflakes and import order (pyproject.toml [tool.ruff]).
+lint: .setup-stamp
+	$(VENV)/bin/ruff check .
 
 bench: .setup-stamp
 	$(PY) -m tests.bench
