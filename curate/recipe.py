@@ -8,13 +8,13 @@ naming the file, the key path and what was expected. `--set a.b=c` overrides any
 from __future__ import annotations
 
 import glob
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from filters.heuristics import DEFAULT as HEURISTICS
 
 
 class RecipeError(ValueError):
@@ -156,7 +156,8 @@ class MediaConfig(StageConfig):
 
 
 class FilterConfig(StageConfig):
-    """Per-sample filters (filters/, curate.stages.filter). Thresholds live here, not in code."""
+    """Per-sample filters (filters/, curate.stages.filter). The rules' defaults are
+    filters.heuristics.HeuristicThresholds', so the library and the recipe cannot disagree."""
 
     repetition: bool = True
     """reject answers that repeat themselves (filters.repetition: periodic, tail-loop, n-gram, line signals)"""
@@ -164,17 +165,17 @@ class FilterConfig(StageConfig):
     """repetition score at or above which a sample is rejected (0.5: one signal at its threshold)"""
     heuristics: bool = True
     """InternVL rules (filters.heuristics): empty/trivial answer, answer = question, zero/char runs, duplicate lines, long sentences, placeholders"""
-    min_answer_chars: int = Field(1, ge=0)
+    min_answer_chars: int = Field(HEURISTICS.min_answer_chars, ge=0)
     """empty_answer: answers with fewer characters are rejected"""
-    max_sentence_words: int = Field(300, ge=1)
+    max_sentence_words: int = Field(HEURISTICS.max_sentence_words, ge=1)
     """abnormal_sentence_length: a sentence with more words is rejected (English and other spaced scripts)"""
-    max_sentence_chars_cjk: int = Field(450, ge=1)
+    max_sentence_chars_cjk: int = Field(HEURISTICS.max_sentence_chars_cjk, ge=1)
     """abnormal_sentence_length for mostly Chinese/Japanese sentences (ending at 。！？；… too): more characters are rejected (a Latin word counts one; about the English 300 words, as a Chinese word averages 1.5 characters)"""
-    max_zero_run: int = Field(32, ge=2)
+    max_zero_run: int = Field(HEURISTICS.max_zero_run, ge=2)
     """zero_run: this many zeros in a row are rejected"""
-    max_char_run: int = Field(80, ge=2)
+    max_char_run: int = Field(HEURISTICS.max_char_run, ge=2)
     """char_run: one non-space character this many times in a row is rejected"""
-    max_duplicate_line_ratio: float = Field(0.5, ge=0, le=1)
+    max_duplicate_line_ratio: float = Field(HEURISTICS.max_duplicate_line_ratio, ge=0, le=1)
     """duplicate_lines: answers with a larger share of repeated lines (of 4 or more) are rejected"""
     language: bool = False
     """keep only samples whose answers are in `languages` (fastText LID); sources[].languages applies even if false"""
@@ -565,60 +566,3 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
 def _source_name(manifest: str, index: int) -> str:
     stem = Path(manifest).name.split(".")[0] or f"input{index}"
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)
-
-
-# ---------------------------------------------------------------------------- documentation
-def iter_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, Any, str, Any]]:
-    """(dotted key, type, default, description, example) for every recipe key, for the README."""
-    rows = []
-    for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
-        ann = field.annotation
-        sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-        if sub is None and getattr(ann, "__origin__", None) is list:
-            (inner,) = ann.__args__
-            if isinstance(inner, type) and issubclass(inner, BaseModel):
-                rows.append((key, "list", None, field.description or "", None))
-                rows += iter_keys(inner, f"{key}[].")
-                continue
-        if sub is not None:
-            rows += iter_keys(sub, f"{key}.")
-            continue
-        default = None if field.is_required() else field.get_default(call_default_factory=True)
-        example = field.examples[0] if field.examples else default
-        if getattr(ann, "__origin__", None) is Literal:
-            type_name = "one of " + ", ".join(map(str, ann.__args__))
-        else:
-            type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-        rows.append((key, type_name, default, field.description or "", example))
-    return rows
-
-
-def keys_markdown() -> str:
-    lines = ["| key | type | default | example | what |", "| --- | --- | --- | --- | --- |"]
-    for key, type_name, default, desc, example in iter_keys():
-        if type_name == "list" and example is None and default is None:
-            lines.append(f"| `{key}` | list | | see below | {desc} |")
-            continue
-        ex = "" if example is None else f"`{key.replace('[]', '.NAME')}={json.dumps(example)}`"
-        lines.append(f"| `{key}` | {type_name.replace('|', 'or').replace('NoneType', 'null')} | `{json.dumps(default)}` | {ex} | {desc} |")
-    return "\n".join(lines)
-
-
-def update_readme(path: str | Path = "README.md") -> bool:
-    """Rewrite the recipe-key table between the RECIPE_KEYS markers; True if it changed."""
-    path = Path(path)
-    text = path.read_text()
-    begin, end = "RECIPE_KEYS_BEGIN", "RECIPE_KEYS_END"
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    new = f"{head}{begin}\n{keys_markdown()}\n{end}{tail}"
-    path.write_text(new)
-    return new != text
-
-
-if __name__ == "__main__":
-    import sys
-
-    if "--update-readme" in sys.argv:
-        print("README.md updated" if update_readme() else "README.md already up to date")

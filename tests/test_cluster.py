@@ -1,4 +1,4 @@
-"""The README's cluster section, word for word: a head and a worker node on loopback, a job
+"""The cluster section of docs/cluster.md, word for word: a head and a worker node on loopback, a job
 submitted with `make submit`, and shards identical to a local run of the same recipe."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def stop_nodes_on_port(port: str) -> None:
 
 
 def readme_cluster_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "cluster.md").read_text()
     block = text.split("<!-- CLUSTER_BEGIN -->", 1)[1].split("<!-- CLUSTER_END -->", 1)[0]
     lines = [ln.split("#", 1)[0].strip() for ln in block.splitlines()]
     return [ln for ln in lines if ln and not ln.startswith("```")]

@@ -108,9 +108,8 @@ def id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A 64-bit key per id: pandas' SipHash of the string (a fixed key, so the same in every
     process), computed on whole arrays.
 
-    The records' keys are sorted once by plan(), so a batch finds its ids by binary search.
-    (pc.index_in built a hash set of every record's id once per batch: O(rows x batches),
-    about 0.3 s a batch at 1M rows.)"""
+    The records' keys are sorted once by plan(), so a batch finds its ids by binary search
+    instead of building a hash set of every id once per batch (docs/benchmarks.md)."""
     import pandas as pd
 
     return pd.util.hash_array(np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object))

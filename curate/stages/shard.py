@@ -37,9 +37,7 @@ CONTENTS_COLUMNS = ["id", "orig_id", "source", "origin", "modality", "n_tokens",
 #: what packing.shards.pack_sequence reads of a row, and where it goes
 SHARD_COLUMNS = ["id", "orig_id", "source", "modality", "n_tiles", "n_response_tokens", "media", "input_ids",
                  "labels", "sequence", "position"]
-#: Arrow bytes of rows one shard-writing task reads, about: its group of consecutive shards
-#: (it holds about three times that at its peak: the rows, their sorted copy, the members;
-#: with 256 MB groups a 1.05M-row run peaked here at 7.4 GiB in use on a 2-core machine)
+#: Arrow bytes of a writer task's group of consecutive shards; it peaks at ~3x (docs/benchmarks.md)
 GROUP_BYTES = 128 * 1024**2
 ROW_BYTES = 512  # a row's columns besides its tokens (ids, media, sequence), about
 PIECES = pa.schema([("group", pa.int64()), ("path", pa.string()), ("row_group", pa.int32())])

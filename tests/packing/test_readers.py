@@ -179,8 +179,8 @@ def test_plain_webdataset_reads_the_media_member(shard_dir, expected):
 
 
 def readme_snippets() -> list[str]:
-    """The Python blocks of the README's "Reading the shards" section."""
-    text = (ROOT / "README.md").read_text()
+    """The Python blocks of the "Reading the shards" section of docs/shard-format.md."""
+    text = (ROOT / "docs" / "shard-format.md").read_text()
     section = text.split("## Reading the shards\n", 1)[1].split("\n## ", 1)[0]
     return [block.split("\n", 1)[1] for block in section.split("```python")[1:]
             for block in [block.split("```", 1)[0]]]
