@@ -318,6 +318,7 @@ def test_video_soundtrack_is_attached_and_transcribed(ctx, speech, tmp_path):
 
 
 # ---------------------------------------------------------------------------- end to end on Ray
+@pytest.mark.pipeline
 def test_runner_transcribes_and_synthesizes_audio_qa_keeping_the_invariant(ray_session, demo_small, tmp_path):
     sets = demo_overrides(demo_small, "stages.transcribe.enabled=true", "stages.audio_qa.enabled=true",
                           "stages.audio_qa.fraction=0.2", "stages.audio_qa.voices=[piper:joe, espeak:de]")

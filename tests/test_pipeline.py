@@ -13,6 +13,8 @@ from curate.recipe import load_recipe
 from curate.runner import Runner
 from tests.conftest import demo_overrides
 
+pytestmark = pytest.mark.pipeline
+
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sft-stage3.yaml"
 EXTRA = ("stages.shard.max_sequences=2",)
 

@@ -132,6 +132,7 @@ def test_language_per_source_and_recipe_list(tmp_path):
     assert out["fr"]["reject_reason"] == "wrong_language" and out["en-en"]["reject_reason"] is None
 
 
+@pytest.mark.slow
 def test_clip_actor_path_on_ray(ray_session, tmp_path):
     folder, _ = save_tiny_clip(tmp_path / "clip")
     img = tmp_path / "red.png"

@@ -43,6 +43,7 @@ def multi_round_manifest(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.pipeline
 @pytest.mark.parametrize("mode", ["partitioned", "stream"])
 def test_small_budgets_split_truncate_and_stay_within_budgets(ray_session, demo_small, tmp_path, monkeypatch, mode):
     max_tokens, max_tiles = 700, 6
@@ -101,6 +102,7 @@ def test_small_budgets_split_truncate_and_stay_within_budgets(ray_session, demo_
     assert linked and len(linked) < len([t for t in tokenized.values() if len(t)])
 
 
+@pytest.mark.pipeline
 def test_shards_do_not_depend_on_how_the_writers_group_them(ray_session, demo_small, tmp_path, monkeypatch):
     """The shard step's shuffle goes through scratch files in groups of consecutive shards:
     one shard per group and groups as large as the CPUs allow (one per CPU: GROUP_BYTES is

@@ -67,6 +67,7 @@ def _train_until(rec, run, stop_after, log):
     return rows
 
 
+@pytest.mark.slow
 def test_two_cpu_ranks_on_gloo_read_each_sequence_once(tiny_assets, tiny_run, tmp_path):
     sets = [x for o in train_overrides(tiny_assets, f"train.checkpoint_dir={tmp_path}/ckpt") for x in ("--set", o)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")

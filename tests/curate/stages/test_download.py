@@ -96,6 +96,7 @@ def test_resize_only_when_larger():
     assert resize_image(jpeg_bytes(1, (300, 200)), 512, 90) is None  # nothing changes: bytes kept
 
 
+@pytest.mark.pipeline
 def test_run_fetches_stores_rejects_and_resumes(ray_session, demo_small, server, tmp_path):
     routes = ["/img/0.jpg", "/img/1.jpg", "/img/2.jpg", "/wrongtype.jpg", "/404", "/loop", "/tofile", "/notmedia",
               "/big", f"http://127.0.0.1:{closed_port()}/gone.jpg"]

@@ -299,6 +299,7 @@ def first_question(row) -> str:
     return row["conversations"][0]["value"]
 
 
+@pytest.mark.pipeline
 def test_http_backend_through_the_runner_and_cache_on_rerun(ray_session, demo_small, fake_llm, tmp_path):
     sets = ("stages.score.backend=http", f"stages.score.endpoint={fake_llm.url}", "stages.score.model=served-tiny",
             "stages.score.thresholds={mathematics: 4}", "stages.score.options={concurrency: 4}")
@@ -351,6 +352,7 @@ def tiny_qwen(demo_small, tmp_path_factory):
     return path
 
 
+@pytest.mark.pipeline
 def test_tiny_transformers_model_scores_every_row_and_loss_cleaning(ray_session, demo_small, tiny_qwen, tmp_path):
     recipe = text_recipe(demo_small, f"stages.score.model={tiny_qwen}", "stages.score.threshold=0",
                          "stages.score.repetition_reject=false", "stages.score.loss_clean=true",
@@ -370,6 +372,7 @@ def test_tiny_transformers_model_scores_every_row_and_loss_cleaning(ray_session,
     assert stats["rejected"]["loss_outlier"] == len(outside) < len(rows)
 
 
+@pytest.mark.pipeline
 def test_no_model_skips_with_the_key_to_set(ray_session, demo_small, tmp_path):
     stats = Runner(text_recipe(demo_small), tmp_path).run()
     assert "stages.score.model" in stats["skipped_stages"]["score"]
