@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from packing.shards import FORMAT, MEMBERS, file_sha256
+from packing.format import FORMAT, MEMBERS
+from packing.shards import file_sha256
 
 log = logging.getLogger("curate")
 META_DIR = ".nv-meta"

@@ -30,7 +30,6 @@ from typing import Any
 log = logging.getLogger("curate.score")
 
 DEFAULT_MAX_NEW_TOKENS = 16  # enough for "Score: 7/10" or a domain word
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +55,8 @@ class Scorer:
 
 def chatml(messages: list[dict[str, str]]) -> str:
     """A ChatML prompt for tokenizers that ship no chat template (e.g. base models)."""
+    from packing.format import IM_END, IM_START  # the turn markers the shards use (packing imports numba)
+
     body = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
     return body + f"{IM_START}assistant\n"
 
