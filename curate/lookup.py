@@ -23,8 +23,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.layout import RunLayout
-from packing.format import (AUDIO_CONTEXT, IDS_MEMBER, IGNORE, IM_END, IM_START, IMG_CONTEXT, JSON_MEMBER,
-                            LABELS_MEMBER, MEDIA_MEMBER, media_files, read_members, scan_shard)
+from packing.format import (
+    AUDIO_CONTEXT,
+    IDS_MEMBER,
+    IGNORE,
+    IM_END,
+    IM_START,
+    IMG_CONTEXT,
+    JSON_MEMBER,
+    LABELS_MEMBER,
+    MEDIA_MEMBER,
+    media_files,
+    read_members,
+    scan_shard,
+)
 
 TRAINED_OPEN, TRAINED_CLOSE = "«", "»"  # around text the loss is computed on
 

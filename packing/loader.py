@@ -26,8 +26,17 @@ from typing import Any, Iterator
 import numpy as np
 import torch.utils.data
 
-from packing.format import (IDS_MEMBER, JSON_MEMBER, LABELS_MEMBER, MEDIA_MEMBER, consumer_range,
-                            count_sequences, loss_weights, media_files, shard_paths)
+from packing.format import (
+    IDS_MEMBER,
+    JSON_MEMBER,
+    LABELS_MEMBER,
+    MEDIA_MEMBER,
+    consumer_range,
+    count_sequences,
+    loss_weights,
+    media_files,
+    shard_paths,
+)
 
 __all__ = ["sample_boundaries", "loss_weights", "jpeg_recompress", "decode_media", "decode_flac", "as_array",
            "to_tensors", "iter_packed", "shard_paths", "count_sequences", "PackedDataset", "shuffled"]

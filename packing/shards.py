@@ -27,8 +27,17 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from packing.format import (FORMAT, IDS_MEMBER, INDEX_NAME, JSON_MEMBER, LABELS_MEMBER, MEDIA_MEMBER, MEMBERS,
-                            SHARD_PATTERN, media_files)
+from packing.format import (
+    FORMAT,
+    IDS_MEMBER,
+    INDEX_NAME,
+    JSON_MEMBER,
+    LABELS_MEMBER,
+    MEDIA_MEMBER,
+    MEMBERS,
+    SHARD_PATTERN,
+    media_files,
+)
 
 __all__ = ["FORMAT", "MEDIA_MEMBER", "MEMBERS", "SHARD_PATTERN", "media_files",  # packing.format's
            "media_bytes", "npy_bytes", "pack_sequence", "write_shard", "file_sha256", "write_index",

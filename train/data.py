@@ -19,8 +19,15 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from packing.format import (SequenceEntry, consumer_range, index_shard, read_raw, read_sequence,
-                            sequence_index, shard_paths)
+from packing.format import (
+    SequenceEntry,
+    consumer_range,
+    index_shard,
+    read_raw,
+    read_sequence,
+    sequence_index,
+    shard_paths,
+)
 
 # the shard reader lives in packing.format; its names stay importable from here
 __all__ = ["SequenceEntry", "index_shard", "read_raw", "read_sequence", "sequence_index", "shard_paths",

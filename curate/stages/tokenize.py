@@ -22,8 +22,18 @@ import pyarrow as pa
 
 from curate.records import PLACEHOLDER_SPLIT_RE
 from curate.stages.base import Resources, Stage
-from packing.format import (AUDIO_CONTEXT, AUDIO_END, AUDIO_START, IGNORE, IM_END, IM_START, IMG_CONTEXT,
-                            IMG_END, IMG_START, SPECIAL_TOKENS)
+from packing.format import (
+    AUDIO_CONTEXT,
+    AUDIO_END,
+    AUDIO_START,
+    IGNORE,
+    IM_END,
+    IM_START,
+    IMG_CONTEXT,
+    IMG_END,
+    IMG_START,
+    SPECIAL_TOKENS,
+)
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
