@@ -27,6 +27,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from packing.format import IM_END, IM_START  # ChatML's turn markers, the same the shards use
+
 log = logging.getLogger("curate.score")
 
 DEFAULT_MAX_NEW_TOKENS = 16  # enough for "Score: 7/10" or a domain word
@@ -55,8 +57,6 @@ class Scorer:
 
 def chatml(messages: list[dict[str, str]]) -> str:
     """A ChatML prompt for tokenizers that ship no chat template (e.g. base models)."""
-    from packing.format import IM_END, IM_START  # the turn markers the shards use (packing imports numba)
-
     body = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
     return body + f"{IM_START}assistant\n"
 
