@@ -6,14 +6,13 @@ its synthesized children (`<orig_id>#audio_qa`, split parts `<orig_id>#k`).
 
 `describe_sequence`: one packed sequence as turns with their roles and text, runs of media
 tokens collapsed (`<IMG_CONTEXT> x 256 (tile 3/7)`), trained (label) spans marked, and the
-media members with their sizes.
+media members with their sizes. Both read the shards with packing.format's tar reader.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import tarfile
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.layout import RunLayout
-from curate.records import IGNORE
+from packing.format import (
+    AUDIO_CONTEXT,
+    IDS_MEMBER,
+    IGNORE,
+    IM_END,
+    IM_START,
+    IMG_CONTEXT,
+    JSON_MEMBER,
+    LABELS_MEMBER,
+    MEDIA_MEMBER,
+    media_files,
+    read_members,
+    scan_shard,
+)
 
 TRAINED_OPEN, TRAINED_CLOSE = "«", "»"  # around text the loss is computed on
 
@@ -44,14 +56,9 @@ def _matches(table: pa.Table, query: str) -> pa.Table:
 def iter_shard_samples(shard_dir: Path) -> Iterator[tuple[str, str, dict[str, Any], dict[str, Any]]]:
     """(shard name, sequence key, sequence JSON, sample entry) for every packed sample copy."""
     for tar_path in sorted(shard_dir.glob("*.tar")):
-        with tarfile.open(tar_path, "r:") as tar:
-            for member in tar:
-                if not member.name.endswith(".json"):
-                    continue
-                seq = json.loads(tar.extractfile(member).read())
-                key = member.name[: -len(".json")]
-                for s in seq["samples"]:
-                    yield tar_path.name, key, seq, s
+        for key, _, seq in scan_shard(tar_path):
+            for s in seq["samples"]:
+                yield tar_path.name, key, seq, s
 
 
 def find_sample(run_dir: str | Path, query: str) -> dict[str, Any]:
@@ -93,28 +100,17 @@ def format_found(found: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- inspect
 def read_sequences(shard: str | Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
     """Packed sequences of one shard: key, JSON, input_ids, labels and member sizes (no decoding)."""
-    current: dict[str, Any] | None = None
-    with tarfile.open(shard, "r:") as tar:
-        for member in tar:
-            key, _, ext = member.name.partition(".")
-            if current is None or current["key"] != key:
-                if current is not None:
-                    yield current
-                    limit = None if limit is None else limit - 1
-                    if limit == 0:
-                        return
-                current = {"key": key, "members": {}}
-            current["members"][ext] = member.size
-            if ext == "media.mp":  # layout v2: the sequence's files inside one msgpack member
-                from packing.shards import media_files
-
-                for name, data in media_files(tar.extractfile(member).read()).items():
-                    current["members"][name] = len(data)
-            elif ext == "json":
-                current["meta"] = json.loads(tar.extractfile(member).read())
-            elif ext in ("input_ids.npy", "labels.npy"):
-                current[ext.split(".")[0]] = np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
-    if current is not None and limit != 0:
+    for key, members, meta in itertools.islice(scan_shard(shard), limit):
+        current: dict[str, Any] = {"key": key, "members": {}}
+        for ext, data in read_members(shard, members).items():
+            current["members"][ext] = len(data)
+            if ext == MEDIA_MEMBER:  # the sequence's files inside one msgpack member
+                for name, file in media_files(data).items():
+                    current["members"][name] = len(file)
+            elif ext == JSON_MEMBER:
+                current["meta"] = meta
+            elif ext in (IDS_MEMBER, LABELS_MEMBER):
+                current[ext.split(".")[0]] = np.load(io.BytesIO(data), allow_pickle=False)
         yield current
 
 
@@ -148,8 +144,6 @@ def describe_sample(sample: dict[str, Any], ids: np.ndarray, labels: np.ndarray,
     if tok is None:
         out["turns"] = []
         return out
-    from curate.stages.tokenize import AUDIO_CONTEXT, IM_END, IM_START, IMG_CONTEXT
-
     special = {tok.convert_tokens_to_ids(t): t for t in (IMG_CONTEXT, AUDIO_CONTEXT)}
     im_start, im_end = tok.convert_tokens_to_ids(IM_START), tok.convert_tokens_to_ids(IM_END)
     # tiles of each image / frame in order, to number the collapsed IMG_CONTEXT runs

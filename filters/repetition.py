@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from curate.text_units import CJK_RANGES, UNIT_RE
+from filters.text_units import CJK_RANGES, UNIT_RE
 
 WORD = re.compile(r"\w+")
 # words, single CJK characters (curate.text_units) and runs of punctuation / operators

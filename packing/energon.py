@@ -26,8 +26,8 @@ import torch
 from megatron.energon import Cooker, DefaultTaskEncoder, Sample, basic_sample_keys, stateless
 
 from packing.energon_meta import write_energon_meta  # noqa: F401  (the writer, re-exported)
+from packing.format import FORMAT
 from packing.loader import to_tensors
-from packing.shards import FORMAT
 
 
 @dataclass

@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from packing.shards import FORMAT, MEMBERS, file_sha256
+from packing.format import FORMAT, INDEX_NAME, MEMBERS
+from packing.shards import file_sha256
 
 log = logging.getLogger("curate")
 META_DIR = ".nv-meta"
@@ -78,7 +79,7 @@ def write_energon_meta(shard_dir: str | Path, val_shards: int = 0) -> Path | Non
         WebdatasetPreparator.prepare_dataset(shard_dir, names, split_parts_patterns=patterns,
                                              split_config="split.yaml", shuffle_seed=None, workers=1)
     meta = shard_dir / META_DIR
-    index = shard_dir / "index.json"
+    index = shard_dir / INDEX_NAME
     known = ({e["shard"]: e["sha256"] for e in json.loads(index.read_text())["shards"]}
              if index.exists() else {})
     digest = hashlib.sha256("".join(known.get(n) or file_sha256(shard_dir / n) for n in names).encode())

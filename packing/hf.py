@@ -1,7 +1,7 @@
 """Read the shards with Hugging Face `datasets`, no loading script: its "webdataset" builder.
 
 The builder turns every tar member name into a column and infers the column types from the
-first five sequences. Our sequences all have the same four members (see packing.shards), but
+first five sequences. Our sequences all have the same four members (packing.format.MEMBERS), but
 types inferred from five sequences can miss what later ones hold (a video's frame list, audio
 when the first five have none), so `packed_features()` declares them: the media member becomes
 lists of `Image()` and `Audio()` (PIL images and torchcodec decoders when read), the JSON a struct.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from packing.shards import MEDIA_MEMBER
+from packing.format import IDS_MEMBER, JSON_MEMBER, LABELS_MEMBER, MEDIA_MEMBER
 
 
 def packed_features(decode: bool = True):
@@ -36,10 +36,10 @@ def packed_features(decode: bool = True):
     return Features({
         "__key__": Value("string"),
         "__url__": Value("string"),
-        "input_ids.npy": List(Value("int32")),
-        "json": {"sequence": Value("int64"), "n_tokens": Value("int64"), "n_tiles": Value("int64"),
+        IDS_MEMBER: List(Value("int32")),
+        JSON_MEMBER: {"sequence": Value("int64"), "n_tokens": Value("int64"), "n_tiles": Value("int64"),
                  "samples": List(sample)},
-        "labels.npy": List(Value("int32")),
+        LABELS_MEMBER: List(Value("int32")),
         MEDIA_MEMBER: {"audio": List(Audio(decode=decode)), "images": List(Image(decode=decode))},
     })
 
@@ -61,6 +61,6 @@ def hf_to_tensors(row: dict[str, Any], decode: bool = True, tile_size: int = 448
     if any(not isinstance(m, dict) for kind in ("images", "audio") for m in media[kind]):
         raise ValueError("hf_to_tensors needs the media as bytes: "
                          "load with features=packed_features(decode=False)")
-    raw = {"__key__": row["__key__"], "json": drop_nulls(row["json"]), "input_ids.npy": row["input_ids.npy"],
-           "labels.npy": row["labels.npy"], MEDIA_MEMBER: media}
+    raw = {"__key__": row["__key__"], JSON_MEMBER: drop_nulls(row[JSON_MEMBER]), IDS_MEMBER: row[IDS_MEMBER],
+           LABELS_MEMBER: row[LABELS_MEMBER], MEDIA_MEMBER: media}
     return to_tensors(raw, decode=decode, tile_size=tile_size)

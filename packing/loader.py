@@ -4,6 +4,8 @@ Each packed sequence becomes a dict with
   input_ids, labels      (L,) int64
   position_ids           (L,) restarting at 0 for every sample
   cu_seqlens             (n_samples + 1,) int32 boundaries for varlen attention
+  loss_weight            (L,) float32 InternVL 2.5 square averaging over each sample's trained
+                         tokens (packing.format.loss_weights): the weights `curate train` uses
   pixel_values           (n_tiles, 3, S, S) float32 in [0, 1] (images cut into their InternVL
                          grid + thumbnail, video frames one tile each), when decode_media
   audio                  list of 16 kHz mono float32 arrays, when decode_media
@@ -24,6 +26,21 @@ from typing import Any, Iterator
 import numpy as np
 import torch.utils.data
 
+from packing.format import (
+    IDS_MEMBER,
+    JSON_MEMBER,
+    LABELS_MEMBER,
+    MEDIA_MEMBER,
+    consumer_range,
+    count_sequences,
+    loss_weights,
+    media_files,
+    shard_paths,
+)
+
+__all__ = ["sample_boundaries", "loss_weights", "jpeg_recompress", "decode_media", "decode_flac", "as_array",
+           "to_tensors", "iter_packed", "shard_paths", "count_sequences", "PackedDataset", "shuffled"]
+
 
 def sample_boundaries(samples: list[dict[str, Any]], total: int) -> tuple[np.ndarray, np.ndarray]:
     """cu_seqlens and position ids for a packed sequence from its sample descriptions."""
@@ -36,17 +53,6 @@ def sample_boundaries(samples: list[dict[str, Any]], total: int) -> tuple[np.nda
     if cu[-1] != total:
         raise ValueError(f"samples cover {cu[-1]} tokens but the sequence has {total}")
     return cu, pos
-
-
-def loss_weights(samples: list[dict[str, Any]], labels: np.ndarray, power: float = 0.5) -> np.ndarray:
-    """InternVL 2.5 square averaging: weight 1 / x**power per trained token, x = the sample's response tokens."""
-    w = np.zeros(len(labels), dtype=np.float32)
-    for s in samples:
-        sl = slice(s["token_offset"], s["token_offset"] + s["n_tokens"])
-        trained = labels[sl] != -100
-        x = max(int(trained.sum()), 1)
-        w[sl][trained] = 1.0 / x**power
-    return w
 
 
 def jpeg_recompress(img, rng: np.random.Generator, low: int = 75, high: int = 100):
@@ -65,8 +71,6 @@ def decode_media(raw: dict[str, Any], samples: list[dict[str, Any]], tile_size: 
     from PIL import Image
 
     from packing.tiles import split_into_tiles
-
-    from packing.shards import MEDIA_MEMBER, media_files
 
     if MEDIA_MEMBER in raw:
         raw = media_files(raw[MEDIA_MEMBER])
@@ -113,8 +117,8 @@ def to_tensors(raw: dict[str, Any], decode: bool = True, tile_size: int = 448,
     """One packed sequence (raw or decoded WebDataset members) as the tensors described above."""
     import torch
 
-    meta = json.loads(raw["json"]) if isinstance(raw["json"], (bytes, str)) else raw["json"]
-    ids, labels = as_array(raw["input_ids.npy"]), as_array(raw["labels.npy"])
+    meta = json.loads(raw[JSON_MEMBER]) if isinstance(raw[JSON_MEMBER], (bytes, str)) else raw[JSON_MEMBER]
+    ids, labels = as_array(raw[IDS_MEMBER]), as_array(raw[LABELS_MEMBER])
     cu, pos = sample_boundaries(meta["samples"], len(ids))
     out = {
         "key": raw["__key__"],
@@ -141,40 +145,6 @@ def iter_packed(shards: str | Path | list[str], decode: bool = True, tile_size: 
     rng = np.random.default_rng(augment_seed) if augment_seed is not None else None
     for raw in dataset:
         yield to_tensors(raw, decode=decode, tile_size=tile_size, rng=rng)
-
-
-def shard_paths(shards: str | Path | list[str]) -> list[str]:
-    """Tar paths from a shard folder, a brace pattern ("shard-{000000..000003}.tar") or a list."""
-    if isinstance(shards, (str, Path)) and Path(shards).is_dir():
-        found = sorted(str(p) for p in Path(shards).glob("*.tar"))
-        if not found:
-            raise FileNotFoundError(f"{shards}: no .tar shards in this folder (is it a run's shards/?)")
-        return found
-    if isinstance(shards, (str, Path)):
-        import braceexpand
-
-        return list(braceexpand.braceexpand(str(shards)))
-    return [str(s) for s in shards]
-
-
-def count_sequences(paths: list[str]) -> list[int]:
-    """Sequences per shard: from the folder's index.json when it lists the shard, else from tar headers."""
-    import tarfile
-
-    counts = []
-    indexes: dict[Path, dict[str, int]] = {}
-    for p in paths:
-        folder = Path(p).parent
-        if folder not in indexes:
-            index = folder / "index.json"
-            indexes[folder] = ({e["shard"]: e["sequences"] for e in json.loads(index.read_text())["shards"]}
-                               if index.exists() else {})
-        n = indexes[folder].get(Path(p).name)
-        if n is None:
-            with tarfile.open(p) as tf:
-                n = len({m.name.split(".", 1)[0] for m in tf.getmembers() if m.isfile()})
-        counts.append(n)
-    return counts
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -224,8 +194,8 @@ class PackedDataset(torch.utils.data.IterableDataset):
 
     def __len__(self) -> int:
         """Sequences this rank reads per epoch (all its workers together)."""
-        total = sum(self.counts)
-        return (self.rank + 1) * total // self.world_size - self.rank * total // self.world_size
+        lo, hi = consumer_range(sum(self.counts), self.rank, self.world_size)
+        return hi - lo
 
     def consumer(self) -> tuple[int, int]:
         info = torch.utils.data.get_worker_info()
@@ -237,8 +207,7 @@ class PackedDataset(torch.utils.data.IterableDataset):
         order = list(range(len(self.paths)))
         if self.shuffle_buffer:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(len(order)).tolist()
-        total = sum(self.counts)
-        lo, hi = consumer * total // consumers, (consumer + 1) * total // consumers
+        lo, hi = consumer_range(sum(self.counts), consumer, consumers)
         out, start = [], 0
         for i in order:
             end = start + self.counts[i]

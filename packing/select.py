@@ -11,10 +11,11 @@ by the tokenize stage. A record over either budget (l_max tokens, t_max tiles) i
 2. truncated (when `truncate`): a round that alone is over budget is cut at the last token
    that fits, moved back to the start of a media span if the cut would fall inside one,
    and before the first media item that would break the tile budget.
-3. otherwise rejected as `too_long`, with the sizes in the detail.
+3. otherwise unfit: select_row raises Unfit (reason `too_long`, the sizes in its message),
+   which the pack_select stage turns into a reject.
 
 A part with no trainable (label) token is useless and is dropped; if none is left the
-record is rejected. The first part keeps the record's id; later parts get `<id>#<k>` and
+record is unfit. The first part keeps the record's id; later parts get `<id>#<k>` and
 origin `synthesized:pack`, so the run's counts still add up (samples in + synthesized = out + rejected).
 """
 
@@ -25,7 +26,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from curate.records import IGNORE, reject
+from packing.format import IGNORE
 
 
 @dataclass
@@ -57,16 +58,17 @@ def fits(row: dict[str, Any], max_tokens: int, max_tiles: int) -> bool:
 
 def select_row(row: dict[str, Any], max_tokens: int, max_tiles: int, *, split: bool = True,
                truncate: bool = False, counts: SelectCounts | None = None) -> list[dict[str, Any]]:
-    """Rows that fit both budgets (one or more parts), or the row itself marked rejected."""
+    """Rows that fit both budgets (one or more parts); raises Unfit (counted as rejected) when
+    no split or cut makes the row fit."""
     counts = counts if counts is not None else SelectCounts()
     if fits(row, max_tokens, max_tiles):
         return [row]
     counts.over_budget += 1
     try:
         parts, truncated = _make_parts(row, max_tokens, max_tiles, split, truncate)
-    except _Unfit as e:
+    except Unfit:
         counts.rejected += 1
-        return [_rejected(row, str(e))]
+        raise
     counts.split += len(parts) > 1
     counts.parts_added += len(parts) - 1
     counts.truncated += truncated
@@ -91,12 +93,10 @@ def counts_from_meta(metas: list[str | None]) -> SelectCounts:
     return counts
 
 
-class _Unfit(Exception):
-    pass
+class Unfit(Exception):
+    """A row that cannot be made to fit: `reason` is its reject reason, the message the detail."""
 
-
-def _rejected(row: dict[str, Any], detail: str) -> dict[str, Any]:
-    return reject(dict(row), "pack", "too_long", detail)
+    reason = "too_long"
 
 
 def _make_parts(row: dict[str, Any], max_tokens: int, max_tiles: int, split: bool,
@@ -110,13 +110,13 @@ def _make_parts(row: dict[str, Any], max_tokens: int, max_tiles: int, split: boo
     starts = list(row.get("turn_starts") or [])
     size = f"{n} tokens / {row['n_tiles']} tiles over the budgets {max_tokens} / {max_tiles}"
     if len(spans) != len(media) or len(starts) != len(turns):
-        raise _Unfit(f"{size}; the record lacks turn/media offsets (re-run tokenize)")
+        raise Unfit(f"{size}; the record lacks turn/media offsets (re-run tokenize)")
     humans = [j for j, t in enumerate(turns) if t["from"] == "human"]
     if not humans:
-        raise _Unfit(f"{size}; no human turn to split at")
+        raise Unfit(f"{size}; no human turn to split at")
     prefix_end = starts[humans[0]]
     if any(s < prefix_end for s, _ in spans):
-        raise _Unfit(f"{size}; media in the system prefix cannot be repeated in parts")
+        raise Unfit(f"{size}; media in the system prefix cannot be repeated in parts")
     # rounds: [token start, token end, first turn, end turn)
     bounds = [starts[j] for j in humans] + [n]
     rounds = [(bounds[r], bounds[r + 1], humans[r], humans[r + 1] if r + 1 < len(humans) else len(turns))
@@ -149,7 +149,7 @@ def _make_parts(row: dict[str, Any], max_tokens: int, max_tiles: int, split: boo
         tiles = sum(media_tiles(m) for m, _, _ in seg_media)
         if len(part_ids) > max_tokens or tiles > max_tiles:
             if not truncate:
-                raise _Unfit(f"{size}; round(s) {g[0] + 1}..{g[-1] + 1} alone hold {len(part_ids)} tokens / "
+                raise Unfit(f"{size}; round(s) {g[0] + 1}..{g[-1] + 1} alone hold {len(part_ids)} tokens / "
                              f"{tiles} tiles (set stages.pack.truncate=true to cut them)")
             cut = max_tokens
             til = 0
@@ -170,7 +170,7 @@ def _make_parts(row: dict[str, Any], max_tokens: int, max_tiles: int, split: boo
         parts.append(_part_row(row, len(parts), part_ids, part_labels, seg_media,
                                [part_turns[j] for j in kept], [part_starts[j] for j in kept]))
     if not parts:
-        raise _Unfit(f"{size}; no part with a trainable answer fits")
+        raise Unfit(f"{size}; no part with a trainable answer fits")
     return parts, min(truncated, 1)
 
 

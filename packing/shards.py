@@ -3,7 +3,7 @@
 One WebDataset sample = one packed sequence, always the same four members:
   <key>.input_ids.npy  int32 token ids of all samples, concatenated
   <key>.json           {"sequence", "n_tokens", "n_tiles", "samples": [...]} (see pack_sequence)
-  <key>.labels.npy     int32 labels (-100 = no loss)
+  <key>.labels.npy     int32 labels (IGNORE = -100: no loss)
   <key>.media.mp       msgpack {"audio": [{"path", "bytes"}], "images": [{"path", "bytes"}]}: the media
                        files as stored (images, video frames as JPEG, audio as FLAC), named m000.jpg ...
                        in the order the samples use them; the JSON refers to them by that name
@@ -13,6 +13,7 @@ whose columns are the member names, so every sequence needs the same names; a li
 lists of images and audio. Plain `webdataset` and Megatron-Energon decode .mp with msgpack too.
 No pickle members, ever. A shard is written to a temporary name and renamed when complete,
 members are sorted and carry a fixed mtime, so the same input gives byte-identical shards.
+The member names, the index name and the readers are in packing.format.
 """
 
 from __future__ import annotations
@@ -26,11 +27,23 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from packing.format import (
+    FORMAT,
+    IDS_MEMBER,
+    INDEX_NAME,
+    JSON_MEMBER,
+    LABELS_MEMBER,
+    MEDIA_MEMBER,
+    MEMBERS,
+    SHARD_PATTERN,
+    media_files,
+)
+
+__all__ = ["FORMAT", "MEDIA_MEMBER", "MEMBERS", "SHARD_PATTERN", "media_files",  # packing.format's
+           "media_bytes", "npy_bytes", "pack_sequence", "write_shard", "file_sha256", "write_index",
+           "verify_shards"]
+
 FIXED_MTIME = 1_700_000_000.0  # reproducible tars
-SHARD_PATTERN = "shard-{:06d}.tar"
-FORMAT = "omnicurate-packed-v2"
-MEDIA_MEMBER = "media.mp"
-MEMBERS = ("input_ids.npy", "json", "labels.npy", MEDIA_MEMBER)  # sorted, as written
 
 
 def media_bytes(images: dict[str, bytes], audio: dict[str, bytes]) -> bytes:
@@ -39,14 +52,6 @@ def media_bytes(images: dict[str, bytes], audio: dict[str, bytes]) -> bytes:
 
     return msgpack.packb({"audio": [{"path": k, "bytes": v} for k, v in audio.items()],
                           "images": [{"path": k, "bytes": v} for k, v in images.items()]}, use_bin_type=True)
-
-
-def media_files(data: bytes | dict[str, Any]) -> dict[str, bytes]:
-    """Member name -> bytes from a media member (raw bytes, or already decoded by a webdataset reader)."""
-    import msgpack
-
-    media = msgpack.unpackb(data, raw=False) if isinstance(data, (bytes, bytearray)) else data
-    return {m["path"]: m["bytes"] for kind in ("images", "audio") for m in media[kind]}
 
 
 def npy_bytes(values: Iterable[int] | np.ndarray) -> bytes:
@@ -106,10 +111,11 @@ def pack_sequence(key: str, sequence_index: int, samples: list[dict[str, Any]],
         labels.append(np.asarray(s["labels"], np.int32))
         n_tokens += len(s["input_ids"])
         tile_offset += int(s["n_tiles"])
-    members["json"] = json.dumps({"sequence": sequence_index, "n_tokens": n_tokens, "n_tiles": tile_offset,
-                                  "samples": described}, ensure_ascii=False, sort_keys=True)
-    members["input_ids.npy"] = npy_bytes(np.concatenate(ids) if ids else np.zeros(0, np.int32))
-    members["labels.npy"] = npy_bytes(np.concatenate(labels) if labels else np.zeros(0, np.int32))
+    members[JSON_MEMBER] = json.dumps({"sequence": sequence_index, "n_tokens": n_tokens,
+                                       "n_tiles": tile_offset, "samples": described},
+                                      ensure_ascii=False, sort_keys=True)
+    members[IDS_MEMBER] = npy_bytes(np.concatenate(ids) if ids else np.zeros(0, np.int32))
+    members[LABELS_MEMBER] = npy_bytes(np.concatenate(labels) if labels else np.zeros(0, np.int32))
     members[MEDIA_MEMBER] = media_bytes(images, audio)
     return members
 
@@ -128,7 +134,7 @@ def write_shard(path: str | Path, sequences: list[dict[str, bytes | str]]) -> di
                          | {"__key__": seq["__key__"]})
         writer.close()
     os.replace(tmp, path)
-    metas = [json.loads(s["json"]) for s in sequences]
+    metas = [json.loads(s[JSON_MEMBER]) for s in sequences]
     return {
         "shard": path.name,
         "sequences": len(sequences),
@@ -152,7 +158,7 @@ def write_index(shard_dir: str | Path, entries: list[dict[str, Any]], budgets: d
     entries = sorted(entries, key=lambda e: e["shard"])
     index = {"format": FORMAT, "budgets": budgets, "shards": entries,
              "totals": {k: sum(e[k] for e in entries) for k in ("sequences", "samples", "tokens", "tiles", "bytes")}}
-    path = Path(shard_dir) / "index.json"
+    path = Path(shard_dir) / INDEX_NAME
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(index, indent=2))
     os.replace(tmp, path)
@@ -162,7 +168,7 @@ def write_index(shard_dir: str | Path, entries: list[dict[str, Any]], budgets: d
 def verify_shards(shard_dir: str | Path) -> list[str]:
     """Check every shard against index.json (presence, size, sha256); returns the problems found."""
     shard_dir = Path(shard_dir)
-    index_path = shard_dir / "index.json"
+    index_path = shard_dir / INDEX_NAME
     if not index_path.exists():
         return [f"{index_path}: missing"]
     index = json.loads(index_path.read_text())

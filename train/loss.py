@@ -1,9 +1,10 @@
 """Loss of packed sequences: InternVL 2.5 loss weighting, per-modality losses, M2-omni balance.
 
-Weighting (InternVL 2.5, sec. 3.4): a trained token of a sample with x response tokens has
+Weighting (InternVL 2.5, sec. 3.4): a trained token of a sample with x trained tokens has
 weight 1 / x^p; p = 0 is token averaging (long answers dominate), p = 1 sample averaging
 (short answers dominate), p = 0.5 "square averaging", the paper's compromise. The loss is the
-weighted sum over the step's tokens divided by the sum of the weights.
+weighted sum over the step's tokens divided by the sum of the weights. The weights are
+packing.format.loss_weights, the same that PackedDataset hands out as `loss_weight`.
 
 Balance (M2-omni):
 - step (pre-training): w_i = alpha * (1 / L_i*) / sum_j (1 / L_j*), L_i* the loss modality i
@@ -23,28 +24,24 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from packing.format import IGNORE, loss_weights
+
 POWERS = {"token": 0.0, "square": 0.5, "sample": 1.0}
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each token as predicted from the previous one of the same sample (0 where untrained)."""
     target = labels.clone()
-    target[cu_seqlens[:-1].long()] = -100  # a sample's first token is never predicted from the previous sample
-    ce = F.cross_entropy(logits[:-1].float(), target[1:], ignore_index=-100, reduction="none")
+    # a sample's first token is never predicted from the previous sample
+    target[cu_seqlens[:-1].long()] = IGNORE
+    ce = F.cross_entropy(logits[:-1].float(), target[1:], ignore_index=IGNORE, reduction="none")
     return torch.cat([ce.new_zeros(1), ce])  # aligned with labels: entry t is the loss of token t
 
 
 def token_weights(samples: list[dict[str, Any]], labels: torch.Tensor, averaging: str) -> torch.Tensor:
-    """1 / x^p per trained token (x = the sample's trained tokens), 0 elsewhere; first token of a sample excluded."""
-    p = POWERS[averaging]
-    w = torch.zeros(len(labels), dtype=torch.float32)
-    for s in samples:
-        a, b = s["token_offset"], s["token_offset"] + s["n_tokens"]
-        trained = labels[a:b] != -100
-        trained[0] = False
-        x = max(int(trained.sum()), 1)
-        w[a:b][trained] = 1.0 / x**p
-    return w
+    """1 / x^p per trained token (x = the sample's trained tokens), 0 elsewhere; a sample's first token
+    is never trained (packing.format.loss_weights with the p of `averaging`)."""
+    return torch.from_numpy(loss_weights(samples, labels.detach().cpu().numpy(), POWERS[averaging]))
 
 
 def modality_of_tokens(samples: list[dict[str, Any]], length: int, modalities: list[str]) -> torch.Tensor:

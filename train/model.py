@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-IMG_CONTEXT, AUDIO_CONTEXT = "<IMG_CONTEXT>", "<AUDIO_CONTEXT>"
+from packing.format import AUDIO_CONTEXT, IMG_CONTEXT
 
 
 class ModelError(ValueError):

@@ -51,11 +51,12 @@ def multi_sample_sequences(shards: str, n: int, tile_size: int = 448) -> list[di
     """Decoded tensors of the first n packed sequences holding two or more samples."""
     import json
 
-    from train.data import decode, read_raw, shard_paths
+    from packing.format import JSON_MEMBER, read_raw, shard_paths
+    from train.data import decode
 
     out = []
     for raw in read_raw(shard_paths(shards)):
-        if len(json.loads(raw["json"])["samples"]) >= 2:
+        if len(json.loads(raw[JSON_MEMBER])["samples"]) >= 2:
             out.append(decode(raw, tile_size))
             if len(out) == n:
                 break

@@ -181,7 +181,7 @@ def section_summary(stats: dict[str, Any], layout: RunLayout) -> str:
 
 
 def section_stages(stats: dict[str, Any], layout: RunLayout, recipe: dict[str, Any]) -> str:
-    from curate.runner import STAGES
+    from curate.stages.registry import STAGES
 
     markers = _markers(layout)
     cfg = recipe.get("stages") or {}

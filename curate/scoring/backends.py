@@ -27,10 +27,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from packing.format import IM_END, IM_START  # ChatML's turn markers, the same the shards use
+
 log = logging.getLogger("curate.score")
 
 DEFAULT_MAX_NEW_TOKENS = 16  # enough for "Score: 7/10" or a domain word
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 
 
 @dataclasses.dataclass(frozen=True)

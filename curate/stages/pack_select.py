@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from curate.records import reject
 from curate.stages.base import Job, Resources, Stage, footer_max
-from packing.select import counts_from_meta, select_row
+from packing.select import SelectCounts, Unfit, counts_from_meta, select_row
 
 
 class PackSelectStage(Stage):
@@ -47,7 +48,8 @@ class PackSelectStage(Stage):
         if not pc.any(over).as_py():
             return batch
         rows = [out for row in batch.filter(over).to_pylist()
-                for out in select_row(row, c.max_tokens, c.max_tiles, split=c.split, truncate=c.truncate)]
+                for out in select_or_reject(row, c.max_tokens, c.max_tiles, split=c.split,
+                                            truncate=c.truncate)]
         return pa.concat_tables([batch.filter(pc.invert(over)), pa.Table.from_pylist(rows, schema=batch.schema)])
 
     def finish(self, job: Job) -> dict[str, Any]:
@@ -60,3 +62,13 @@ class PackSelectStage(Stage):
         counts.rejected = out.count_rows(filter=pc.field("reject_reason").is_valid())
         counts.over_budget = sum((json.loads(m).get("select") or {}).get("part") == 1 for m in metas) + counts.rejected
         return {"select": counts.as_dict()}
+
+
+def select_or_reject(row: dict[str, Any], max_tokens: int, max_tiles: int, *, split: bool = True,
+                     truncate: bool = False, counts: SelectCounts | None = None) -> list[dict[str, Any]]:
+    """packing.select.select_row; a row it cannot make fit is rejected `too_long` at stage `pack`,
+    its sizes the detail."""
+    try:
+        return select_row(row, max_tokens, max_tiles, split=split, truncate=truncate, counts=counts)
+    except Unfit as e:
+        return [reject(dict(row), "pack", e.reason, str(e))]

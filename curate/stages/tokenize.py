@@ -4,8 +4,9 @@ Each image becomes `<img>` + tiles x tokens_per_tile `<IMG_CONTEXT>` tokens + `<
 (multi-image samples tag them `Image-1: ...`), each video frame `Frame-k: <img>...</img>`
 with one tile per frame, each audio clip `<audio_start>` + audio tokens + `<audio_end>`
 where audio tokens = ceil(seconds * frames_per_second / pooling) (M2-omni: Whisper's
-50 Hz encoder, 1x3 pooling). Labels are -100 everywhere except assistant replies and
-their closing `<|im_end|>`, so the loss never trains on prompts or media tokens.
+50 Hz encoder, 1x3 pooling). Labels are IGNORE (-100) everywhere except assistant replies and
+their closing `<|im_end|>`, so the loss never trains on prompts or media tokens. The special
+tokens and IGNORE are the shard format's (packing.format).
 """
 
 from __future__ import annotations
@@ -19,13 +20,21 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from curate.records import IGNORE, PLACEHOLDER_SPLIT_RE
+from curate.records import PLACEHOLDER_SPLIT_RE
 from curate.stages.base import Resources, Stage
+from packing.format import (
+    AUDIO_CONTEXT,
+    AUDIO_END,
+    AUDIO_START,
+    IGNORE,
+    IM_END,
+    IM_START,
+    IMG_CONTEXT,
+    IMG_END,
+    IMG_START,
+    SPECIAL_TOKENS,
+)
 
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
-AUDIO_START, AUDIO_END, AUDIO_CONTEXT = "<audio_start>", "<audio_end>", "<AUDIO_CONTEXT>"
-SPECIAL_TOKENS = [IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT, AUDIO_START, AUDIO_END, AUDIO_CONTEXT]
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
 

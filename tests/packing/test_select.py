@@ -1,12 +1,14 @@
-"""Select: over-budget samples are split at turn boundaries, truncated, or rejected with sizes."""
+"""Select: over-budget samples are split at turn boundaries, truncated, or rejected with sizes
+(packing.select says why a row cannot fit; the pack_select stage makes the reject)."""
 
 from __future__ import annotations
 
 import pytest
 
 from curate.demo import build_tokenizer, prose_topics
+from curate.stages.pack_select import select_or_reject
 from curate.stages.tokenize import IGNORE, IMG_END, IMG_START, ChatEncoder, load_tokenizer
-from packing.select import SelectCounts, select_row
+from packing.select import SelectCounts, Unfit, select_row
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +90,13 @@ def test_single_long_round_is_rejected_or_truncated(encoder):
     row = record(encoder, [("human", "Tell me everything."), ("gpt", "word " * 400)])
     budget = row["n_tokens"] // 2
     counts = SelectCounts()
-    [rejected] = select_row(dict(row), budget, 4, split=True, truncate=False, counts=counts)
+    with pytest.raises(Unfit, match="truncate") as unfit:
+        select_row(dict(row), budget, 4, split=True, truncate=False, counts=counts)
+    assert unfit.value.reason == "too_long" and counts.rejected == 1
+    counts = SelectCounts()
+    [rejected] = select_or_reject(dict(row), budget, 4, split=True, truncate=False, counts=counts)
     assert rejected["reject_reason"] == "too_long" and "truncate" in rejected["reject_detail"]
+    assert rejected["reject_stage"] == "pack" and rejected["id"] == row["id"] and row["reject_reason"] is None
     assert counts.rejected == 1
     counts = SelectCounts()
     [cut] = select_row(dict(row), budget, 4, truncate=True, counts=counts)
@@ -107,5 +114,5 @@ def test_truncation_never_cuts_inside_an_image(encoder):
 def test_part_without_answer_is_dropped(encoder):
     # the question alone is over the budget: truncating it leaves nothing to learn
     row = record(encoder, [("human", "why " * 300), ("gpt", "because")])
-    [rej] = select_row(dict(row), 100, 4, truncate=True)
+    [rej] = select_or_reject(dict(row), 100, 4, truncate=True)
     assert rej["reject_reason"] == "too_long" and "trainable" in rej["reject_detail"]

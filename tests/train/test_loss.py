@@ -54,3 +54,33 @@ def test_first_token_of_a_sample_is_not_predicted_from_the_previous_sample():
     assert ce[0] == 0 and ce[3] == 0 and ce[1] > 0 and ce[4] > 0
     expect = torch.nn.functional.cross_entropy(logits[1:2], labels[2:3])
     assert ce[2] == pytest.approx(float(expect), rel=1e-5)
+
+
+def test_packed_dataset_loss_weight_is_what_the_training_loss_uses(tmp_path):
+    """One packed sequence read by PackedDataset: its `loss_weight` is the weight the loop's loss
+    applies (token_weights, and the weight sums sequence_loss returns). A sample whose first token
+    carries a label shows the rule: that label is predicted from the previous sample's position,
+    so it is never trained and not counted in x (3 trained tokens, not 4)."""
+    import contextlib
+
+    from packing.format import IGNORE
+    from packing.loader import PackedDataset
+    from packing.shards import pack_sequence, write_shard
+    from train.loop import sequence_loss
+
+    def sample(i, ids, labels, modality):
+        return {"id": f"s{i}", "source": "x", "modality": modality, "input_ids": ids, "labels": labels,
+                "n_tiles": 0, "n_response_tokens": sum(lab != IGNORE for lab in labels), "media": []}
+
+    samples = [sample(0, [1, 2, 3, 4], [1, 2, 3, 4], "text"), sample(1, [5, 6, 7], [IGNORE, 6, 7], "audio")]
+    write_shard(tmp_path / "shard-000000.tar", [pack_sequence("k0", 0, samples)])
+    [seq] = list(PackedDataset(tmp_path, rank=0, world_size=1, decode=False))
+    assert seq["loss_weight"].tolist() == pytest.approx([0, 3**-.5, 3**-.5, 3**-.5, 0, 2**-.5, 2**-.5])
+    assert torch.equal(seq["loss_weight"], token_weights(seq["samples"], seq["labels"], "square"))
+
+    logits = torch.randn(7, 11)
+    wl, ws = sequence_loss(lambda batch: logits, seq, ["text", "audio"], "square", contextlib.nullcontext)
+    ce = token_losses(logits, seq["labels"], seq["cu_seqlens"])
+    w = seq["loss_weight"]
+    assert ws.tolist() == pytest.approx([float(w[:4].sum()), float(w[4:].sum())])
+    assert wl.tolist() == pytest.approx([float((w * ce)[:4].sum()), float((w * ce)[4:].sum())])
