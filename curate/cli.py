@@ -208,7 +208,7 @@ def demo_data(out_dir: str, small: bool) -> None:
 @click.option("--log", "--log-file", "log_path", default=None,
               help="JSON lines, one per step (--log-file under torchrun, whose own --log-* options shadow --log)")
 @click.option("--resume", is_flag=True, help="continue from the last checkpoint (train.checkpoint_dir)")
-@click.option("--nproc", type=int, default=1, help="DDP ranks on this machine (runs torchrun -m train)")
+@click.option("--nproc", type=int, default=1, help="DDP ranks on this machine (runs torchrun -m curate train)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe key")
 def train(recipe: str, shards: str, max_steps: int | None, log_path: str | None, resume: bool, nproc: int,
           overrides: tuple[str, ...]) -> None:
@@ -218,8 +218,8 @@ def train(recipe: str, shards: str, max_steps: int | None, log_path: str | None,
     from curate.recipe import RecipeError, load_recipe
 
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "-m", "train", recipe,
-               "--shards", shards] + (["--max-steps", str(max_steps)] if max_steps else []) + \
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "-m", "curate", "train",
+               recipe, "--shards", shards] + (["--max-steps", str(max_steps)] if max_steps else []) + \
               (["--log-file", log_path] if log_path else []) + (["--resume"] if resume else []) + \
               [x for o in overrides for x in ("--set", o)]
         sys.exit(subprocess.call(cmd))
