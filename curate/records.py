@@ -87,6 +87,43 @@ def reject(row: dict[str, Any], stage: str, reason: str, detail: str = "") -> di
     return row
 
 
+def reject_where(table: pa.Table, mask: Any, stage: str, reasons: Any, details: Any = "") -> pa.Table:
+    """`reject` on whole columns: the rows in `mask` that are still alive leave at `stage`.
+
+    `mask` is a boolean array (numpy or Arrow; null counts as False); `reasons` and `details`
+    are one string for every row or an array with one per row of `table` (values of the
+    other rows are not read). Details are cleaned as `reject` cleans them. Rows already
+    rejected keep their first reason; the table comes back unchanged when no row leaves.
+    """
+    import pyarrow.compute as pc
+
+    if not len(table):
+        return table
+    hit = pc.and_(pc.fill_null(_column(mask, pa.bool_(), len(table)), False),
+                  pc.is_null(table.column("reject_reason")))
+    if not pc.any(hit).as_py():
+        return table
+    detail = pc.replace_substring_regex(_column(details, pa.string(), len(table)),
+                                        pattern=MEMORY_ADDRESS_RE.pattern, replacement="")
+    values = {"reject_stage": _column(stage, pa.string(), len(table)),
+              "reject_reason": _column(reasons, pa.string(), len(table)),
+              "reject_detail": pc.utf8_slice_codeunits(detail, 0, 2000)}
+    for name, new in values.items():
+        old = table.column(name)
+        merged = pc.if_else(hit, new.cast(old.type), old)
+        table = table.set_column(table.schema.get_field_index(name), name, merged)
+    return table
+
+
+def _column(values: Any, type_: pa.DataType, n: int) -> pa.Array | pa.ChunkedArray:
+    """`values` as an Arrow array of n rows: a scalar repeated, or an array as it is."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values
+    if isinstance(values, (str, bool)):
+        return pa.repeat(pa.scalar(values, type_), n)
+    return pa.array(values, type_)
+
+
 class RowError(ValueError):
     """A problem with one row that rejects it: `reason` is the reject reason, the message its detail."""
 

@@ -113,9 +113,8 @@ DEFAULT = Thresholds()
 # ------------------------------------------------------------------------------ signals
 def _tokens(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Token ids (lower-cased words and punctuation runs), their start and end character
-    offsets, and which tokens are words. Ids are numbered in order of first appearance."""
-    if text.isascii():
-        return _tokens_ascii(text)
+    offsets, and which tokens are words. Ids are numbered in order of first appearance.
+    The definition of the tokens: ASCII texts get the same from _tokens_ascii_batch."""
     matches = list(TOKEN.finditer(text.lower()))
     vocab: dict[str, int] = {}
     ids = np.array([vocab.setdefault(m.group(), len(vocab)) for m in matches], dtype=np.int64)
@@ -155,25 +154,6 @@ def _ascii_token_hashes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     h = (prefix[ends] - prefix[starts]) * inv_powers[starts]
     h ^= (ends - starts).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     return cls, starts, ends, h
-
-
-def _tokens_ascii(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """_tokens for ASCII text, vectorised: the same tokens, offsets and ids as the regex path.
-
-    Tokens are maximal runs of one character class; each token's identity is a 64-bit
-    polynomial hash of its lower-cased characters (prefix sums mod 2^64), turned into ids
-    numbered by first appearance like the dictionary of the general path.
-    """
-    codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-    cls, starts, ends, h = _ascii_token_hashes(codes)
-    if not len(starts):
-        z = np.zeros(0, np.int64)
-        return z, z, z, np.zeros(0, dtype=bool)
-    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
-    order = np.empty(len(first), np.int64)
-    order[np.argsort(first, kind="stable")] = np.arange(len(first))
-    ids = order[inverse.reshape(-1)]
-    return ids, starts.astype(np.int64), ends.astype(np.int64), cls[starts] == 1
 
 
 def periodic_runs(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, t: Thresholds = DEFAULT
@@ -323,33 +303,57 @@ def _strength(value: float, threshold: float) -> float:
 
 def repetition_signals(text: str, t: Thresholds = DEFAULT) -> dict[str, float]:
     """Every signal's raw value plus its strength (`<name>_s`) and the combined `score`."""
-    text = text or ""
-    if len(text) > t.max_chars:  # bounded memory and time: loops show at the head or the tail
-        half = t.max_chars // 2
-        return max(repetition_signals(text[:half], t), repetition_signals(text[-half:], t),
-                   key=lambda s: s["score"])
+    return repetition_signals_batch([text], t)[0]
+
+
+class _Known(NamedTuple):
+    """What the batch path has already learnt about a text: signals proven to be 0 (or 1 for
+    line_run) need not be measured, and its compression ratio (None: not computed)."""
+
+    periodic: bool = True  # a periodic stretch may exist
+    ngram: bool = True  # a repeated n-gram may exist
+    char: bool = True  # a character loop may exist
+    one_line: bool = False  # the text is one content line
+    compression: float | None = None
+
+
+_NOTHING_KNOWN = _Known()
+
+
+def _signals(text: str, ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, is_word: np.ndarray,
+             t: Thresholds, known: _Known = _NOTHING_KNOWN) -> dict[str, float]:
+    """The signals of one text of at most t.max_chars characters, from its _tokens."""
     total = max(1, len(text.strip()))
-    ids, starts, ends, is_word = _tokens(text)
-    lines = content_lines(text)
-    # periods over words and punctuation: "(a == b) == (c == d)" and "(a < b) == (c < d)" differ
-    span, tail, tail_span, loop = periodic_runs(ids, starts, ends, t)
-    ids, starts, ends = ids[is_word], starts[is_word], ends[is_word]
+    span = tail = tail_span = loop = cover = 0.0
+    if known.periodic:
+        # periods over words and punctuation: "(a == b) == (c == d)" and "(a < b) == (c < d)" differ
+        span, tail, tail_span, loop = periodic_runs(ids, starts, ends, t)
+    if known.ngram:
+        cover = ngram_coverage(ids[is_word], starts[is_word], ends[is_word], total, t)
+    if known.one_line:
+        dup, line_run = 0.0, 1.0  # what dup_line_ratio and longest_line_run give for one line
+    else:
+        lines = content_lines(text)
+        dup, line_run = dup_line_ratio(lines, t), float(longest_line_run(lines))
+    compression = known.compression
+    if compression is None:
+        compression = word_compression_ratio(text) if len(text.encode()) >= t.compression_min_bytes else 1.0
     values = {
         "periodic_coverage": min(1.0, span / total),
         "tail_units": tail,
         "tail_coverage": min(1.0, tail_span / total),
         "loop_units": loop,
-        "ngram_coverage": min(1.0, ngram_coverage(ids, starts, ends, total, t)),
-        "dup_line_ratio": dup_line_ratio(lines, t),
-        "line_run": float(longest_line_run(lines)),
-        "char_run": float(longest_char_run(text)),
-        "compression": word_compression_ratio(text) if len(text.encode()) >= t.compression_min_bytes else 1.0,
+        "ngram_coverage": min(1.0, cover),
+        "dup_line_ratio": dup,
+        "line_run": line_run,
+        "char_run": float(longest_char_run(text)) if known.char else 0.0,
+        "compression": compression,
     }
     return _with_strengths(values, t)
 
 
 def _with_strengths(values: dict[str, float], t: Thresholds) -> dict[str, float]:
-    """The raw values followed by each one's strength and the score (shared by the batch path)."""
+    """The raw values followed by each one's strength and the score."""
     strengths = {name: _strength(values[name], getattr(t, name))
                  for name in ("periodic_coverage", "tail_units", "tail_coverage", "loop_units", "ngram_coverage", "dup_line_ratio", "line_run", "char_run")}
     ok, thr = t.compression_ok, t.compression
@@ -361,13 +365,14 @@ def _with_strengths(values: dict[str, float], t: Thresholds) -> dict[str, float]
 
 
 # ------------------------------------------------------------------------------ batches
-# Calling repetition_signals per text costs about 1 ms on a 1.2 KB answer, mostly the fixed
-# cost of some 60 small numpy calls. The batch path tokenises all ASCII texts of a batch in
-# one pass and runs, once over the batch, a cheap check that finds every text in which a
-# periodic stretch, a repeated n-gram or a character loop could exist (a superset: a check
-# may name a text that then scores 0). The exact per-text signal functions run only for
-# those few texts, on the same ids and offsets as repetition_signals, so every value is the
-# same bit for bit; the others get the 0 those functions return for them.
+# Measuring every signal of a text costs about 1 ms on a 1.2 KB answer, mostly the fixed
+# cost of some 60 small numpy calls. So every text goes through the batch: all ASCII texts
+# of a batch are tokenised in one pass, and a cheap check run once over the batch finds
+# every text in which a periodic stretch, a repeated n-gram or a character loop could exist
+# (a superset: a check may name a text that then scores 0). _signals measures those only for
+# the texts named, on the same ids and offsets _tokens gives, so every value is the one the
+# full measurement gives, bit for bit (tests/filters/test_repetition_paths.py); the others
+# get the 0 it returns for them. Other texts (not ASCII) are measured in full.
 _ASCII_ALNUM = np.array([chr(c).isalnum() for c in range(128)], dtype=bool)
 # str.splitlines() breaks ASCII text at these: a text without any is one line
 _ASCII_LINE_BREAK = np.isin(np.arange(256), [10, 11, 12, 13, 28, 29, 30])
@@ -389,21 +394,38 @@ def _hash_powers(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def repetition_signals_batch(texts: list[str], t: Thresholds = DEFAULT) -> list[dict[str, float]]:
-    """[repetition_signals(x, t) for x in texts], the same dicts, computed batch-wide.
+    """repetition_signals of every text (None is scored as ""), computed batch-wide.
 
-    Texts that are not ASCII or longer than t.max_chars take the per-text path."""
+    Texts longer than t.max_chars are scored on their first and last max_chars // 2
+    characters (loops show at the head or the tail), the worse window wins (the head on a tie).
+    """
+    half = t.max_chars // 2
+    windows, owner = [], []
+    for i, text in enumerate(texts):
+        text = text or ""
+        parts = (text[:half], text[-half:]) if len(text) > t.max_chars else (text,)
+        windows += parts
+        owner += [i] * len(parts)
+    out: list[dict[str, float] | None] = [None] * len(texts)
+    for i, sig in zip(owner, _windows_signals(windows, t)):
+        if out[i] is None or sig["score"] > out[i]["score"]:
+            out[i] = sig
+    return out  # type: ignore[return-value]
+
+
+def _windows_signals(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
+    """_signals of texts of at most t.max_chars characters: ASCII ones in chunks of the batch."""
     out: list[dict[str, float] | None] = [None] * len(texts)
     chunk: list[int] = []
     size = 0
 
     def flush() -> None:
-        for j, sig in zip(chunk, _ascii_batch([texts[j] or "" for j in chunk], t)):
+        for j, sig in zip(chunk, _ascii_batch([texts[j] for j in chunk], t)):
             out[j] = sig
 
     for i, text in enumerate(texts):
-        text = text or ""
-        if len(text) > t.max_chars or not text.isascii():
-            out[i] = repetition_signals(text, t)
+        if not text.isascii():
+            out[i] = _signals(text, *_tokens(text), t)
             continue
         chunk.append(i)
         size += len(text) + 1
@@ -416,7 +438,7 @@ def repetition_signals_batch(texts: list[str], t: Thresholds = DEFAULT) -> list[
 
 
 class _AsciiBatch(NamedTuple):
-    """ASCII texts joined by one space, and their tokens as _tokens_ascii gives them per text."""
+    """ASCII texts joined by one space, and their tokens as _tokens gives them per text."""
 
     codes: np.ndarray  # the joined texts' bytes
     cls: np.ndarray  # _ASCII_CLASS of every byte
@@ -427,11 +449,16 @@ class _AsciiBatch(NamedTuple):
     tix: np.ndarray  # every token's text
     tok_off: np.ndarray  # text i's tokens are tok_off[i]: tok_off[i + 1]
     is_word: np.ndarray
-    ids: np.ndarray  # numbered by first appearance within each text, as _tokens_ascii does
+    ids: np.ndarray  # numbered by first appearance within each text, as _tokens does
 
 
 def _tokens_ascii_batch(texts: list[str]) -> _AsciiBatch:
-    """_tokens_ascii of every text in one pass over the joined texts."""
+    """_tokens of every ASCII text, vectorised, in one pass over the joined texts.
+
+    Tokens are maximal runs of one character class; each token's identity is a 64-bit
+    polynomial hash of its lower-cased characters (prefix sums mod 2^64), turned into ids
+    numbered by first appearance within its text like the dictionary of _tokens.
+    """
     n_texts = len(texts)
     lengths = np.array([len(x) for x in texts], dtype=np.int64)
     # one space after every text: a token never spans two texts (spaces are in no token)
@@ -448,7 +475,7 @@ def _tokens_ascii_batch(texts: list[str]) -> _AsciiBatch:
 
 
 def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
-    """repetition_signals for ASCII texts of at most t.max_chars characters."""
+    """_signals of ASCII texts of at most t.max_chars characters, with what the batch knows."""
     n_texts = len(texts)
     codes, cls, offs, lengths, starts, ends, tix, tok_off, is_word, ids = _tokens_ascii_batch(texts)
     word_tix = tix[is_word]
@@ -474,37 +501,14 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
 
     out = []
     for i, text in enumerate(texts):
-        total = max(1, len(text.strip()))
         a, b = tok_off[i], tok_off[i + 1]
-        span = tail = tail_span = loop = 0.0
-        if periodic[i]:
-            span, tail, tail_span, loop = periodic_runs(ids[a:b], starts[a:b] - offs[i], ends[a:b] - offs[i], t)
-        cover = 0.0
-        if ngram[i]:
-            w = is_word[a:b]
-            cover = ngram_coverage(ids[a:b][w], starts[a:b][w] - offs[i], ends[a:b][w] - offs[i], total, t)
-        if one_line[i]:
-            dup, line_run = 0.0, 1.0  # what dup_line_ratio and longest_line_run give for one line
-        else:
-            lines = content_lines(text)
-            dup, line_run = dup_line_ratio(lines, t), float(longest_line_run(lines))
-        values = {
-            "periodic_coverage": min(1.0, span / total),
-            "tail_units": tail,
-            "tail_coverage": min(1.0, tail_span / total),
-            "loop_units": loop,
-            "ngram_coverage": min(1.0, cover),
-            "dup_line_ratio": dup,
-            "line_run": line_run,
-            "char_run": float(longest_char_run(text)) if char[i] else 0.0,
-            "compression": compressed[i],
-        }
-        out.append(_with_strengths(values, t))
+        known = _Known(bool(periodic[i]), bool(ngram[i]), bool(char[i]), bool(one_line[i]), compressed[i])
+        out.append(_signals(text, ids[a:b], starts[a:b] - offs[i], ends[a:b] - offs[i], is_word[a:b], t, known))
     return out
 
 
 def _first_appearance_ids(h: np.ndarray, tix: np.ndarray, tok_off: np.ndarray) -> np.ndarray:
-    """Token ids numbered by first appearance within each text, as _tokens_ascii numbers them
+    """Token ids numbered by first appearance within each text, as _tokens numbers them
     (ngram_coverage hashes the ids, so they must be the very same numbers)."""
     n = len(h)
     if not n:

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from curate.records import reject_where
 
 REASON = "loss_outlier"
 
@@ -41,12 +44,20 @@ def outlier_detail(loss: float, stats: dict[str, float], k: float) -> str | None
 
 def reject_outliers(batch: pa.Table, stats: dict[str, dict[str, float]], k: float, min_samples: int,
                     stage: str) -> pa.Table:
-    rows = batch.to_pylist()
-    for row in rows:
-        s = stats.get(row["source"])
-        if row["reject_reason"] is not None or row["sample_loss"] is None or s is None or s["n"] < min_samples:
-            continue
-        detail = outlier_detail(row["sample_loss"], s, k)
-        if detail:
-            row.update(reject_stage=stage, reject_reason=REASON, reject_detail=detail)
-    return pa.Table.from_pylist(rows, schema=batch.schema)
+    """Reject the alive samples whose loss lies outside their source's mean +/- k * std, on
+    whole columns; sources with fewer than `min_samples` losses and samples without a loss stay."""
+    sources = [name for name, s in stats.items() if s["n"] >= min_samples]
+    if not len(batch) or not sources:
+        return batch
+    at = pc.index_in(batch.column("source"), value_set=pa.array(sources, pa.string()))
+    has = pc.and_(pc.is_valid(at), pc.is_valid(batch.column("sample_loss"))).to_numpy(zero_copy_only=False)
+    j = pc.fill_null(at, 0).to_numpy(zero_copy_only=False)
+    loss = pc.fill_null(batch.column("sample_loss"), 0.0).to_numpy(zero_copy_only=False)
+    mean = np.array([stats[name]["mean"] for name in sources], np.float64)[j]
+    std = np.array([stats[name]["std"] for name in sources], np.float64)[j]
+    # the float64 operations of outlier_detail, so the same samples leave (a NaN loss too)
+    outside = has & ~((mean - k * std <= loss) & (loss <= mean + k * std))
+    details = np.full(len(batch), None, object)
+    for i in np.flatnonzero(outside).tolist():
+        details[i] = outlier_detail(float(loss[i]), stats[sources[j[i]]], k)
+    return reject_where(batch, outside, stage, REASON, details)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from curate.records import reject_where
 from curate.stages.base import GlobalStage, Job, Resources
 
 PLAN_COLUMNS = ["id", "source", "origin", "modality", "manifest", "line", "n_tokens", "n_tiles"]
@@ -203,22 +204,13 @@ def _place(batch: pa.Table, records: Any, copies: Any, max_tokens: int, max_tile
     bad = np.flatnonzero(too_long | ~same_row | (count == 0))
     if not len(bad):
         return out
-    reasons, details = [], []
-    for i in bad.tolist():
-        if too_long[i]:
-            reasons.append("too_long")
-            details.append(f"{tok[i]} tokens / {til[i]} tiles exceed the budgets {max_tokens} / {max_tiles} "
-                           f"(stages.pack.max_tokens / max_tiles)")
-        elif not same_row[i]:
-            reasons.append("duplicate_id")
-            details.append(DUPLICATE_ID)
-        else:
-            reasons.append("not_drawn")
-            details.append(NOT_DRAWN)
-    rejected = batch.take(pa.array(bad, pa.int64()))
+    long_, same = too_long[bad], same_row[bad]
+    reasons = np.where(long_, "too_long", np.where(same, "not_drawn", "duplicate_id"))
+    details = np.where(same, NOT_DRAWN, DUPLICATE_ID).astype(object)
+    details[long_] = [f"{tok[i]} tokens / {til[i]} tiles exceed the budgets {max_tokens} / {max_tiles} "
+                      f"(stages.pack.max_tokens / max_tiles)" for i in bad[long_].tolist()]
     n = len(bad)
-    for name, values in (("reject_stage", [stage] * n), ("reject_reason", reasons), ("reject_detail", details)):
-        rejected = rejected.set_column(rejected.schema.get_field_index(name), name, pa.array(values, pa.string()))
+    rejected = reject_where(batch.take(pa.array(bad, pa.int64())), np.ones(n, bool), stage, reasons, details)
     rejected = rejected.append_column("sequence", pa.nulls(n, pa.int64())).append_column(
         "position", pa.nulls(n, pa.int64()))
     return pa.concat_tables([out, rejected])

@@ -85,7 +85,7 @@ def measure(fn, texts):
 
 
 def main() -> None:
-    from curate.stages.dedupe import lsh_params
+    from curate.dedup.lsh import lsh_params
 
     lsh_params(0.8, 128)  # warm caches shared by the forked children
     texts = corpus(N_DOCS)

@@ -94,7 +94,8 @@ def same_cluster_pairs(labels: list[int]) -> set[tuple[int, int]]:
 
 def near_duplicates(pool: list[str], rng: random.Random) -> dict[str, float]:
     from curate.recipe import DedupeConfig
-    from curate.stages.dedupe import near_duplicate_clusters, text_units
+    from curate.dedup.shingles import text_units
+    from curate.stages.dedupe import near_duplicate_clusters
 
     cfg = DedupeConfig()
     picked = rng.sample(range(len(pool)), min(N_COPIES, len(pool)))

@@ -18,9 +18,11 @@ from curate.recipe import DedupeConfig
 from curate.records import CORE_SCHEMA
 from curate.stages.base import RunContext
 from curate.text_units import units
-from curate.stages.dedupe import (DedupeStage, jaccard_estimate, lsh_params, media_compatible,
-                                  near_duplicate_clusters,
-                                  normalise, signatures)
+from curate.dedup.lsh import lsh_params
+from curate.dedup.minhash import jaccard_estimate, signatures
+from curate.dedup.shingles import normalise
+from curate.dedup.verify import media_compatible
+from curate.stages.dedupe import DedupeStage, near_duplicate_clusters
 
 THRESHOLD = 0.8
 
@@ -249,7 +251,8 @@ def test_chinese_near_copies_differ_by_one_word_are_found_and_distinct_paragraph
 
 
 def jaccard_of(a, b):
-    from curate.stages.dedupe import jaccard_exact, text_units
+    from curate.dedup.shingles import text_units
+    from curate.dedup.verify import jaccard_exact
 
     _, (ha, hb) = text_units([a, b], 5)
     return jaccard_exact(ha, hb)
@@ -311,7 +314,8 @@ def test_batch_shingles_and_densified_signatures_match_plain_per_document_code()
 
     import numpy as np
 
-    from curate.stages.dedupe import EMPTY, MAX_HASH, _densify, shingle_hashes_batch
+    from curate.dedup.minhash import EMPTY, _densify
+    from curate.dedup.shingles import MAX_HASH, shingle_hashes_batch
     from curate.text_units import units
 
     rng = np.random.default_rng(3)
@@ -350,7 +354,7 @@ def test_batch_shingles_and_densified_signatures_match_plain_per_document_code()
 def test_pairwise_jaccard_equals_python_sets():
     """jaccard_pairs against set arithmetic: random shingle sets with shared parts, empty and
     one-shingle documents, a document paired with itself, and chunks that split the pairs."""
-    from curate.stages.dedupe import jaccard_pairs
+    from curate.dedup.verify import jaccard_pairs
 
     rng = np.random.default_rng(7)
     base = rng.choice(2**32, 400, replace=False).astype(np.uint32)

@@ -372,6 +372,29 @@ def test_tiny_transformers_model_scores_every_row_and_loss_cleaning(ray_session,
     assert stats["rejected"]["loss_outlier"] == len(outside) < len(rows)
 
 
+def test_loss_outliers_follow_the_row_rule_on_whole_columns():
+    """reject_outliers (vectorised) rejects exactly the rows outlier_detail names, with its
+    detail: alive rows with a loss, of a source with enough losses; bounds are inclusive."""
+    from curate.scoring.loss import outlier_detail, reject_outliers
+
+    stats = {"a": {"n": 10, "mean": 2.0, "std": 0.5}, "b": {"n": 3, "mean": 1.0, "std": 0.1},
+             "c": {"n": 50, "mean": 0.3, "std": 0.0}}
+    cases = [("a", 1.0), ("a", 2.0), ("a", 3.0), ("a", 3.0000001), ("a", 0.99), ("a", None), ("a", float("nan")),
+             ("b", 9.0), ("c", 0.3), ("c", 0.31), ("d", 9.0), ("a", 9.0)]
+    rows = [{name: None for name in CORE_SCHEMA.names} | {"id": str(i), "source": src, "sample_loss": loss}
+            for i, (src, loss) in enumerate(cases)]
+    rows[-1] |= {"reject_stage": "filter", "reject_reason": "repetitive", "reject_detail": "x"}
+    schema = CORE_SCHEMA.append(pa.field("sample_loss", pa.float64()))
+    out = reject_outliers(pa.Table.from_pylist(rows, schema=schema), stats, 2, 5, "score_loss").to_pylist()
+    for row, (src, loss) in zip(out[:-1], cases):
+        s = stats.get(src)
+        detail = outlier_detail(loss, s, 2) if loss is not None and s and s["n"] >= 5 else None
+        want = ("score_loss", "loss_outlier", detail) if detail else (None, None, None)
+        assert (row["reject_stage"], row["reject_reason"], row["reject_detail"]) == want, (src, loss)
+    assert [r["id"] for r in out if r["reject_reason"] == "loss_outlier"] == ["3", "4", "6", "9"]
+    assert out[-1]["reject_reason"] == "repetitive"  # a row already rejected keeps its reason
+
+
 @pytest.mark.pipeline
 def test_no_model_skips_with_the_key_to_set(ray_session, demo_small, tmp_path):
     stats = Runner(text_recipe(demo_small), tmp_path).run()
