@@ -15,7 +15,7 @@
   Whisper's American ones), so "Forty-two." and "42", "colour" and "color" count as the same word.
 - `error_rate(ref, hyp, language)`: the rate every gate and vote uses. WER as above for
   English and other spaced scripts; for Chinese and Japanese (language zh/ja/yue/wuu, or CJK
-  characters in either text) the error rate over text units (curate.text_units: each CJK
+  characters in either text) the error rate over text units (filters.text_units: each CJK
   character one unit, a Latin word or a number one), i.e. the character error rate of
   Chinese, and the mixed error rate of Chinese-English code-switching, after Whisper's basic
   normaliser (punctuation of both scripts removed). Chinese has no spaces, so a word error
@@ -43,7 +43,7 @@ import numpy as np
 
 from curate import mediaio
 from curate.paths import ModelNotFound, whisper_base_path, whisper_tiny_path
-from curate.text_units import CJK_CHAR, units
+from filters.text_units import CJK_CHAR, units
 
 SAMPLE_RATE = 16_000
 CUT_SEARCH_S = 5.0  # a window boundary moves back at most this far, to the quietest frame

@@ -209,7 +209,7 @@ class DedupeConfig(StageConfig):
     threshold_cjk: float = Field(0.6, gt=0, le=1)
     """the same for two mostly Chinese/Japanese texts (units are characters: a 60-character paragraph with one 13-character clause inserted keeps a Jaccard of 0.70; on real Chinese prose 0.6 finds 99% of one-word/one-clause copies and distinct paragraphs stay below 0.46)"""
     shingle: int = Field(5, ge=1)
-    """n-gram size of the shingles, in units: words, or characters in CJK text (curate.text_units)"""
+    """n-gram size of the shingles, in units: words, or characters in CJK text (filters.text_units)"""
     num_perm: int = Field(128, ge=16)
     """MinHash bins (one-permutation hashing; a power of two)"""
     near_image: bool = True

@@ -36,7 +36,7 @@ mapped to a strength in [0, 1] that reaches 0.5 exactly at its threshold:
    0.35, so it only decides when the text is extremely redundant.
 
 Texts longer than 40,000 characters are scored on their first and last 20,000.
-Tokens are script-aware (curate.text_units): a Chinese or Japanese character is one token,
+Tokens are script-aware (filters.text_units): a Chinese or Japanese character is one token,
 as a word is in English, so a Chinese sentence looping without spaces, or with a counter
 ("第1步，...。第2步，...。"), has periods and repeated 6-grams like its English translation;
 a content line needs two units (two words, or two CJK characters). On 2,000 paragraphs of
@@ -61,7 +61,7 @@ import numpy as np
 from filters.text_units import CJK_RANGES, UNIT_RE
 
 WORD = re.compile(r"\w+")
-# words, single CJK characters (curate.text_units) and runs of punctuation / operators
+# words, single CJK characters (filters.text_units) and runs of punctuation / operators
 TOKEN = re.compile(f"[{CJK_RANGES}]|[^\\W{CJK_RANGES}]+|[^\\w\\s]+")
 LIST_NUMBER = re.compile(r"^(?:[-*+]\s*)?\(?\d+[.):]\s*")
 

@@ -13,8 +13,7 @@ mixed text works. Text without CJK characters splits exactly as `\\w+` did, so E
 results do not move. Every place that counts or shingles words uses these functions:
 dedupe (MinHash shingles, their Jaccard verification, video-instruction vectors) and the
 heuristic rules (sentence length is counted in units: words, or characters for CJK). They live
-in filters/ because the filters use them and import nothing from curate/ (curate.text_units
-re-exports them).
+in filters/ because the filters use them and import nothing from curate/.
 """
 
 from __future__ import annotations

@@ -13,17 +13,25 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from curate import asr
+from curate import asr, tts
 from curate.recipe import AudioQAConfig, TranscribeConfig, load_recipe
 from curate.records import CORE_SCHEMA, empty_media
 from curate.runner import Runner
-from curate.stages.audio_qa import AudioQAStage, audio_turn, drawn, spoken_question, split_caption, voice_summary
+from curate.stages.audio_qa import AudioQAStage, audio_turn, drawn, split_caption, spoken_question, voice_summary
 from curate.stages.base import RunContext
 from curate.stages.transcribe import TranscribeStage
 from curate.store import MediaStore
-from curate import tts
-from curate.tts import (EspeakTTS, PiperTTS, TTSError, VoiceParams, draw_params, make_backends, parse_voice,
-                        pick_voice, synthesize_to_store)
+from curate.tts import (
+    EspeakTTS,
+    PiperTTS,
+    TTSError,
+    VoiceParams,
+    draw_params,
+    make_backends,
+    parse_voice,
+    pick_voice,
+    synthesize_to_store,
+)
 from tests.conftest import demo_overrides
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sft-stage3.yaml"

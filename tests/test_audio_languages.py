@@ -16,8 +16,7 @@ import pytest
 from curate import asr
 from curate.recipe import AudioQAConfig, TranscribeConfig
 from curate.records import CORE_SCHEMA, empty_media
-from curate.stages.audio_qa import (NO_CHINESE_VOICE, AudioQAStage, caption_length, not_eligible_counts,
-                                    split_caption)
+from curate.stages.audio_qa import NO_CHINESE_VOICE, AudioQAStage, caption_length, not_eligible_counts, split_caption
 from curate.stages.base import Job, Resources, RunContext
 from curate.stages.transcribe import TranscribeStage
 from curate.stats import format_stats, not_eligible_of

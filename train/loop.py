@@ -24,8 +24,14 @@ from typing import Any
 import torch
 
 from train.data import SequenceStream
-from train.loss import (DynamicBalance, modality_of_tokens, modality_sums, step_balance_weights, token_losses,
-                        token_weights)
+from train.loss import (
+    DynamicBalance,
+    modality_of_tokens,
+    modality_sums,
+    step_balance_weights,
+    token_losses,
+    token_weights,
+)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:

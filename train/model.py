@@ -186,8 +186,16 @@ def load_model(llm: str | Path, vision: str | Path, audio: str | Path, tokenizer
 
 def write_tiny_models(out_dir: str | Path, tokenizer: str | Path, seed: int = 0) -> dict[str, str]:
     """Random-weight vision / audio / LLM folders small enough to train on CPU (configs via save_pretrained)."""
-    from transformers import (AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM,
-                              WhisperConfig, WhisperFeatureExtractor, WhisperModel)
+    from transformers import (
+        AutoTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperModel,
+    )
 
     out = Path(out_dir)
     torch.manual_seed(seed)

@@ -14,7 +14,7 @@ from curate.dedup.lsh import lsh_settings, near_bucket_keys
 from curate.dedup.minhash import signatures_from_hashes
 from curate.dedup.shingles import text_units
 from curate.dedup.verify import verify_pairs
-from curate.text_units import is_cjk
+from filters.text_units import is_cjk
 
 
 def near_duplicate_clusters(texts: Sequence[str], threshold: float = 0.8, *, threshold_cjk: float = 0.6,

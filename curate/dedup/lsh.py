@@ -8,7 +8,7 @@ the least false-positive mass is taken (128 bins, threshold 0.8: 16 bands x 6 ro
 Candidates are then verified with the exact Jaccard of their shingle sets
 (curate.dedup.verify), so extra candidates cost time, not precision.
 
-Chinese and Japanese texts (most units CJK characters, curate.text_units.is_cjk) have their
+Chinese and Japanese texts (most units CJK characters, filters.text_units.is_cjk) have their
 own threshold, `threshold_cjk` (0.6), with bands chosen for it; their band keys are salted,
 so they only ever share a bucket with other mostly-CJK texts, and English (or any
 spaced-script) results are exactly those of `threshold` alone. Why a lower threshold: one

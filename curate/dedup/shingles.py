@@ -1,7 +1,7 @@
 """What a text is made of for near-duplicate detection: its normalised form and the sorted,
 unique 32-bit hashes of its shingles.
 
-A shingle is a run of n consecutive units (curate.text_units): words in spaced scripts, and
+A shingle is a run of n consecutive units (filters.text_units): words in spaced scripts, and
 single characters inside Chinese or Japanese runs, which have no spaces, so one inserted word
 changes few shingles in either. The n-gram hash is a polynomial rolling hash over per-word
 crc32 values (mod 2^64, mixed down to 32 bits), computed for a whole batch of texts at once
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.text_units import units
+from filters.text_units import units
 
 MAX_HASH = np.uint64((1 << 32) - 1)
 

@@ -22,7 +22,7 @@ import numpy as np
 from curate.dedup.buckets import EXACT, IMAGE, NEAR, VIDEO
 from curate.dedup.phash import hamming
 from curate.dedup.shingles import normalise
-from curate.text_units import units
+from filters.text_units import units
 
 
 def media_compatible(ma: list[dict[str, Any]], mb: list[dict[str, Any]], k: int, use_phash: bool) -> bool:

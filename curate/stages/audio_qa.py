@@ -45,12 +45,11 @@ import pyarrow as pa
 
 from curate import asr
 from curate.mediaio import MediaError
-from curate.text_units import UNIT_RE, is_cjk, unit_count
 from curate.records import PLACEHOLDER_RE, dumps_meta, record_id, reject
 from curate.stages.base import Resources, Stage
 from curate.store import MediaStore
-from curate.tts import (TTSError, draw_params, load_flac, make_backends, parse_voice, pick_voice,
-                        synthesize_to_store)
+from curate.tts import TTSError, draw_params, load_flac, make_backends, parse_voice, pick_voice, synthesize_to_store
+from filters.text_units import UNIT_RE, is_cjk, unit_count
 
 ORIGIN = "synthesized:audio_qa"
 VISUAL_RE = re.compile(r"(?:(?:Image|Frame)-\d+:\s*)?<(?:image|video)>")

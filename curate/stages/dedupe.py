@@ -48,7 +48,7 @@ from curate.dedup.shingles import sample_text, text_units
 from curate.dedup.verify import verify_pairs
 from curate.records import reject_where
 from curate.stages.base import GlobalStage, Job, Resources
-from curate.text_units import is_cjk
+from filters.text_units import is_cjk
 
 __all__ = ["DedupeStage", "near_duplicate_clusters"]
 

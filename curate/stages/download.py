@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.fetch import FetchResult, Fetcher, resize_image
+from curate.fetch import Fetcher, FetchResult, resize_image
 from curate.layout import write_jsonl_atomic, write_parquet_atomic
 from curate.records import reject
 from curate.security import is_network_url

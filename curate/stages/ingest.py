@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from curate.records import RowError, CORE_SCHEMA, MEDIA_KINDS, PLACEHOLDERS, dumps_meta, empty_media, record_id, reject
+from curate.records import CORE_SCHEMA, MEDIA_KINDS, PLACEHOLDERS, RowError, dumps_meta, empty_media, record_id, reject
 from curate.stages.base import Resources, Stage
 
 ROLE_ALIASES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}

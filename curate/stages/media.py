@@ -26,7 +26,6 @@ from curate.stages.base import Resources, Stage
 from curate.store import MediaStore
 from packing.tiles import choose_grid, per_image_n_max
 
-
 #: images whose checked facts a worker keeps (a few hundred bytes each)
 IMAGE_CACHE = 65536
 

@@ -127,7 +127,7 @@ class ScoreStage(Stage):
 
     def language_of(self, row: dict[str, Any], text: str) -> str:
         """"zh" for a Chinese sample (fastText LID when the filter ran it, else mostly-CJK text)."""
-        from curate.text_units import is_cjk
+        from filters.text_units import is_cjk
 
         lang = (row.get("language") or "").split("_")[0]
         if lang:

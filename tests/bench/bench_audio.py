@@ -25,6 +25,7 @@ import resource
 import subprocess
 import tempfile
 import time
+
 import numpy as np
 
 from curate import asr

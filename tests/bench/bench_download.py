@@ -73,10 +73,11 @@ def timed(fn, *args):
 
 
 def main() -> None:
-    import curate.stages.download  # noqa: F401  (imports are not part of the measurement)
     import PIL.Image  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     import urllib3  # noqa: F401
+
+    import curate.stages.download  # noqa: F401  (imports are not part of the measurement)
 
     parent, child = mp.get_context("spawn").Pipe()
     proc = mp.get_context("spawn").Process(target=_serve, args=(child,), daemon=True)

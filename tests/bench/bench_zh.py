@@ -93,8 +93,8 @@ def same_cluster_pairs(labels: list[int]) -> set[tuple[int, int]]:
 
 
 def near_duplicates(pool: list[str], rng: random.Random) -> dict[str, float]:
-    from curate.recipe import DedupeConfig
     from curate.dedup.shingles import text_units
+    from curate.recipe import DedupeConfig
     from curate.stages.dedupe import near_duplicate_clusters
 
     cfg = DedupeConfig()

@@ -97,8 +97,8 @@ class Counting(Stage):
 
 
 def test_a_cheap_setup_runs_once_per_worker_process_not_once_per_batch(ray_session, tmp_path):
-    import ray
     import pyarrow as pa
+    import ray
 
     from curate.records import CORE_SCHEMA
     from curate.runner import apply_stage

@@ -297,7 +297,7 @@ def test_clean_chinese_and_mixed_paragraphs_are_not_repetitive():
 
 @pytest.mark.parametrize("kind", sorted(zh_loops()))
 def test_chinese_loops_are_caught(kind):
-    """A CJK character is one token (curate.text_units): a Chinese sentence has as many tokens as
+    """A CJK character is one token (filters.text_units): a Chinese sentence has as many tokens as
     characters, so periods, n-grams and content lines work as they do on English words."""
     assert is_repetitive(zh_loops()[kind]), fired(repetition_signals(zh_loops()[kind]))
 
@@ -331,9 +331,9 @@ def test_batch_equals_per_text_on_every_test_text(data):
 
 
 def test_batch_edge_cases():
-    from filters.repetition import repetition_signals_batch
-
     from pydoc_data.topics import topics
+
+    from filters.repetition import repetition_signals_batch
 
     prose = prose_chunks()[4]
     book = "\n\n".join(topics[k] for k in sorted(topics))[:120_000]

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from train.loss import (DynamicBalance, dynamic_balance_weights, step_balance_weights, token_losses,
-                        token_weights)
+from train.loss import DynamicBalance, dynamic_balance_weights, step_balance_weights, token_losses, token_weights
 
 
 def test_step_balance_matches_hand_computation():

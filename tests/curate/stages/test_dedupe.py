@@ -3,26 +3,25 @@ images (pHash) and video instructions."""
 
 from __future__ import annotations
 
-import re
-
 import itertools
 import random
+import re
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.builders import apply_on_ray
-from curate.demo import prose_topics
-from curate.recipe import DedupeConfig
-from curate.records import CORE_SCHEMA
-from curate.stages.base import RunContext
-from curate.text_units import units
 from curate.dedup.lsh import lsh_params
 from curate.dedup.minhash import jaccard_estimate, signatures
 from curate.dedup.shingles import normalise
 from curate.dedup.verify import media_compatible
+from curate.demo import prose_topics
+from curate.recipe import DedupeConfig
+from curate.records import CORE_SCHEMA
+from curate.stages.base import RunContext
 from curate.stages.dedupe import DedupeStage, near_duplicate_clusters
+from filters.text_units import units
+from tests.builders import apply_on_ray
 
 THRESHOLD = 0.8
 
@@ -316,7 +315,7 @@ def test_batch_shingles_and_densified_signatures_match_plain_per_document_code()
 
     from curate.dedup.minhash import EMPTY, _densify
     from curate.dedup.shingles import MAX_HASH, shingle_hashes_batch
-    from curate.text_units import units
+    from filters.text_units import units
 
     rng = np.random.default_rng(3)
     vocab = [f"w{i}" for i in range(40)]

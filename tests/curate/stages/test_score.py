@@ -28,9 +28,9 @@ from curate.runner import Runner
 from curate.scoring.backends import HTTPBackend, Request
 from curate.scoring.parse import parse_domain, parse_score, parse_yes_no
 from curate.scoring.prompts import load_prompts
-from curate.text_units import is_cjk
 from curate.stages.base import RunContext
 from curate.stages.score import ScoreStage
+from filters.text_units import is_cjk
 from tests.conftest import demo_overrides
 
 ROOT = Path(__file__).resolve().parents[3]

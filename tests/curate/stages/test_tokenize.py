@@ -5,8 +5,16 @@ import pytest
 from curate.demo import build_tokenizer, prose_topics
 from curate.recipe import SourceConfig, TokenizeConfig
 from curate.stages.base import RunContext
-from curate.stages.tokenize import (AUDIO_CONTEXT, IGNORE, IM_END, IMG_CONTEXT, ChatEncoder, TokenizeStage,
-                                    audio_token_count, load_tokenizer)
+from curate.stages.tokenize import (
+    AUDIO_CONTEXT,
+    IGNORE,
+    IM_END,
+    IMG_CONTEXT,
+    ChatEncoder,
+    TokenizeStage,
+    audio_token_count,
+    load_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")

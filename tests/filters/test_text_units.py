@@ -2,7 +2,7 @@
 
 import re
 
-from curate.text_units import cjk_share, is_cjk, sentences, unit_count, units
+from filters.text_units import cjk_share, is_cjk, sentences, unit_count, units
 
 ENGLISH = "The quick brown fox, 2.5 times faster, jumps over the lazy dog's tail."
 CHINESE = "多模态大模型在图像理解任务上表现优秀。它可以回答关于图片的问题！"
@@ -35,7 +35,7 @@ def test_sentences_end_at_chinese_punctuation_without_spaces():
 def test_the_ascii_fast_path_splits_exactly_as_the_regex():
     import string
 
-    from curate.text_units import UNIT_RE, cjk_share, units
+    from filters.text_units import UNIT_RE, cjk_share, units
 
     rng = __import__("random").Random(0)
     texts = ["", "   ", "a_b c-d e.f 12,3 x\ty\nz __", string.printable, "\x00\x7f end"]
@@ -47,7 +47,7 @@ def test_the_ascii_fast_path_splits_exactly_as_the_regex():
 
 
 def test_has_cjk_finds_a_cjk_character_anywhere():
-    from curate.text_units import has_cjk
+    from filters.text_units import has_cjk
 
     assert not has_cjk("") and not has_cjk("plain ASCII, 12 words.") and not has_cjk("naïve café")
     assert has_cjk("mixed 中 text") and has_cjk("ひらがな") and has_cjk("x" * 1000 + "字")
