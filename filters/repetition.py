@@ -587,7 +587,7 @@ def _char_run_candidates(codes: np.ndarray, offs: np.ndarray, lengths: np.ndarra
 
 def _compression_ratios(codes: np.ndarray, cls: np.ndarray, word_starts: np.ndarray, word_ends: np.ndarray,
                         word_off: np.ndarray, lengths: np.ndarray, t: Thresholds) -> list[float]:
-    """The compression value of every text: word_compression_ratio's string (ASCII words are
+    r"""The compression value of every text: word_compression_ratio's string (ASCII words are
     the \w runs, joined by one space) is the text with every run of other characters between
     two words made one space; built for the batch at once, then zlib per text."""
     word = cls == 1

@@ -217,7 +217,7 @@ def print_table(name: str, r: dict[str, object], cores: int) -> None:
     print(f"\n{name}: {r['rows']} rows ({r['text_rows']} text + {r['image_rows']} image), "
           f"{r['text_bytes'] / 1e6:.0f} MB of conversation text, {cores} cores, load {r['load']}, "
           f"memory in use before the run {r['base'] / gib:.2f} GiB")
-    print(f"| stage | rows | seconds | rows/s/core | MB/s/core | peak in use GiB | peak - before GiB |")
+    print("| stage | rows | seconds | rows/s/core | MB/s/core | peak in use GiB | peak - before GiB |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for s in r["stages"]:
         sec = max(s["seconds"], 1e-6)

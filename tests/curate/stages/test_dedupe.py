@@ -17,7 +17,6 @@ from curate.dedup.shingles import normalise
 from curate.dedup.verify import media_compatible
 from curate.demo import prose_topics
 from curate.recipe import DedupeConfig
-from curate.records import CORE_SCHEMA
 from curate.stages.base import RunContext
 from curate.stages.dedupe import DedupeStage, near_duplicate_clusters
 from filters.text_units import units
@@ -297,7 +296,6 @@ def test_ray_path_applies_threshold_cjk(ray_session):
 
 def test_route_passes_an_empty_block_without_schema():
     """Ray Data can hand the shuffle an empty block with no columns; it yields empty partitions."""
-    import pyarrow as pa
 
     from curate.stages.dedupe import ROUTED, _route
 
