@@ -143,7 +143,8 @@ def grant(stage: Stage, cluster: dict[str, float]) -> Resources:
     return res.with_(gpu_if_available=False)
 
 
-def map_options(res: Resources, actor: bool, whole_blocks: bool = False, cluster_cpus: int = 1) -> dict[str, Any]:
+def map_options(res: Resources, actor: bool, whole_blocks: bool = False,
+                cluster_cpus: int = 1) -> dict[str, Any]:
     """Ray Data map_batches arguments for a stage's resources (as `grant` decided them).
 
     whole_blocks: no Ray batch size, for vectorised functions and for callers that slice
@@ -162,8 +163,8 @@ def map_options(res: Resources, actor: bool, whole_blocks: bool = False, cluster
     if actor:
         size = res.actors
         if size is None:
-            per = res.cpus if res.cpus > 0 else 1
-            opts["compute"] = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cluster_cpus // per)))
+            most = max(1, int(cluster_cpus // (res.cpus if res.cpus > 0 else 1)))
+            opts["compute"] = ray.data.ActorPoolStrategy(min_size=1, max_size=most)
         else:
             opts["compute"] = ray.data.ActorPoolStrategy(size=size)
     elif res.actors is not None:

@@ -178,7 +178,7 @@ def piper_model_path(voice: str) -> Path:
 
 
 class PiperTTS:
-    """Piper voices through piper-onnx + onnxruntime, one session per voice file, `threads` CPU threads each."""
+    """Piper voices through piper-onnx + onnxruntime: a session per voice file, `threads` CPU threads each."""
 
     name = "piper"
 

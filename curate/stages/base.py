@@ -275,7 +275,9 @@ class Stage:
         """What decides this stage's output besides its input: the resume hash covers it. Made
         from the declarations alone (config_keys, source_keys, ctx_keys), never by hand."""
         cfg = self.config.model_dump(mode="json") if hasattr(self.config, "model_dump") else {}
-        keys = self.config_keys if self.config_keys is not None else [k for k in cfg if not k.endswith("resources")]
+        keys = self.config_keys
+        if keys is None:
+            keys = [k for k in cfg if not k.endswith("resources")]
         sources = {name: {k: getattr(src, k) for k in self.source_keys}
                    for name, src in self.ctx.sources.items()} if self.source_keys else {}
         return {"stage": self.name, "config": {k: cfg[k] for k in keys}, "sources": sources,

@@ -26,7 +26,7 @@ class ClipFilterStage(Stage):
     name: ClassVar[str] = "filter_clip"
     resources: ClassVar[Resources] = Resources(cpus=1, actors=1, batch_size=32, gpu_if_available=True)
     resources_key: ClassVar[str] = "clip_resources"
-    config_keys: ClassVar[tuple[str, ...]] = ("clip_model", "clip_min_score", "write_review")  # of stages.filter
+    config_keys: ClassVar[tuple[str, ...]] = ("clip_model", "clip_min_score", "write_review")  # stages.filter
 
     def inputs(self) -> list[str]:
         return ["media", "conversations", "filter_flags"]

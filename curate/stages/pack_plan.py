@@ -30,7 +30,8 @@ DUPLICATE_ID = "another record of this source has the same id"
 class PackPlanStage(GlobalStage):
     name: ClassVar[str] = "pack_plan"
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=256)
-    config_keys: ClassVar[tuple[str, ...]] = ("max_tokens", "max_tiles", "mode", "window", "partitions")  # of stages.pack
+    # of stages.pack (pack_select reads split and truncate)
+    config_keys: ClassVar[tuple[str, ...]] = ("max_tokens", "max_tiles", "mode", "window", "partitions")
     source_keys: ClassVar[tuple[str, ...]] = ("repeat",)
     ctx_keys: ClassVar[tuple[str, ...]] = ("seed", "modality_targets")
 

@@ -23,7 +23,7 @@ from packing.select import counts_from_meta, select_row
 class PackSelectStage(Stage):
     name: ClassVar[str] = "pack_select"
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=256)
-    config_keys: ClassVar[tuple[str, ...]] = ("max_tokens", "max_tiles", "split", "truncate")  # of stages.pack
+    config_keys: ClassVar[tuple[str, ...]] = ("max_tokens", "max_tiles", "split", "truncate")  # stages.pack
 
     def inputs(self) -> list[str]:
         return ["input_ids", "labels", "n_tokens", "n_tiles", "turn_starts", "media_spans"]

@@ -58,8 +58,8 @@ class ScoreStage(Stage):
     # stages.score, but for loss_k and loss_min_samples (score_loss's)
     config_keys: ClassVar[tuple[str, ...]] = (
         "backend", "model", "endpoint", "prompts", "prompts_zh", "threshold", "thresholds", "classify_domain",
-        "modalities", "repetition_check", "repetition_reject", "exempt_sources", "unscored", "cache", "max_chars",
-        "loss_clean", "loss_model", "options")
+        "modalities", "repetition_check", "repetition_reject", "exempt_sources", "unscored", "cache",
+        "max_chars", "loss_clean", "loss_model", "options")
     source_keys: ClassVar[tuple[str, ...]] = ("exempt_repetition", "domain")
 
     def inputs(self) -> list[str]:

@@ -22,8 +22,8 @@ log = logging.getLogger("curate.score")
 class LossCleanStage(GlobalStage):
     name: ClassVar[str] = "score_loss"
     # of stages.score: its own keys, and those that say whether the score stage had a model
-    config_keys: ClassVar[tuple[str, ...]] = ("loss_clean", "loss_k", "loss_min_samples", "loss_model", "backend",
-                                              "endpoint", "model")
+    config_keys: ClassVar[tuple[str, ...]] = ("loss_clean", "loss_k", "loss_min_samples", "loss_model",
+                                              "backend", "endpoint", "model")
 
     def inputs(self) -> list[str]:
         return ["source", "sample_loss"]

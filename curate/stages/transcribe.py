@@ -109,7 +109,8 @@ class TranscribeStage(Stage):
         """Whisper models, loaded once per actor on the first clip (batches without audio never pay)."""
         if self._models is None:
             cfg = self.config
-            self._models = [asr.load_whisper(p, cfg.device, self.threads()) for p in [cfg.model, *cfg.ensemble]]
+            threads = self.threads()
+            self._models = [asr.load_whisper(p, cfg.device, threads) for p in [cfg.model, *cfg.ensemble]]
         return self._models
 
     @property
@@ -117,7 +118,8 @@ class TranscribeStage(Stage):
         """The multilingual Whisper, loaded on the first clip that needs it (English corpora never do)."""
         if self._multilingual is None:
             cfg = self.config
-            self._multilingual = asr.load_whisper(cfg.model_multilingual, cfg.device, self.threads(), default="base")
+            self._multilingual = asr.load_whisper(cfg.model_multilingual, cfg.device, self.threads(),
+                                                  default="base")
         return self._multilingual
 
     # ------------------------------------------------------------------ rows

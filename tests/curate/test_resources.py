@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,7 +19,8 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sft-stage3.yaml"
 def granted_stages(tmp_path: Path, sets: list[str], cluster: dict[str, float]) -> dict[str, Stage]:
     """The recipe's stages with their resources bound as Runner.run binds them."""
     recipe = load_recipe(RECIPE, sets)
-    ctx = make_ctx(tmp_path, seed=recipe.seed, sources=recipe.source_map(), default_actors=recipe.ray.concurrency)
+    ctx = make_ctx(tmp_path, seed=recipe.seed, sources=recipe.source_map(),
+                   default_actors=recipe.ray.concurrency)
     stages = {s.name: s for s in build_stages(recipe, ctx)}
     for stage in stages.values():
         stage.bind_resources(grant(stage, cluster))
@@ -29,7 +30,7 @@ def granted_stages(tmp_path: Path, sets: list[str], cluster: dict[str, float]) -
 class FakeWhisper:
     """Stands in for faster_whisper.WhisperModel: keeps the arguments it was built with."""
 
-    built: list[dict[str, Any]] = []
+    built: ClassVar[list[dict[str, Any]]] = []
 
     def __init__(self, path: str, **kwargs: Any) -> None:
         FakeWhisper.built.append({"path": path, **kwargs})
@@ -72,8 +73,9 @@ def test_gpu_if_available_becomes_a_gpu_only_on_a_cluster_with_one(tmp_path):
     on_cpu = granted_stages(tmp_path, sets, {"CPU": 8})["filter_clip"].resolved_resources()
     assert (on_gpu.gpus, on_gpu.cpus, on_gpu.gpu_if_available) == (1, 0, False)
     assert (on_cpu.gpus, on_cpu.cpus, on_cpu.gpu_if_available) == (0, 2, False)
-    cuda = granted_stages(tmp_path, ["stages.transcribe.enabled=true", "stages.transcribe.device=cuda"], {"CPU": 8})
-    assert cuda["transcribe"].resolved_resources().gpus == 1  # asked by the config, whatever the cluster
+    cuda = granted_stages(tmp_path, ["stages.transcribe.enabled=true", "stages.transcribe.device=cuda"],
+                          {"CPU": 8})["transcribe"]
+    assert cuda.resolved_resources().gpus == 1  # asked by the config, whatever the cluster
 
 
 def test_model_stages_name_their_model_for_the_progress_view(tmp_path):

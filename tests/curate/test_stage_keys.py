@@ -16,8 +16,9 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -60,7 +61,9 @@ class Reads:
         sources: set[str] = set()
 
         def is_config(node: ast.AST) -> bool:
-            return (self_config and _is_self_attr(node, "config")) or (isinstance(node, ast.Name) and node.id in configs)
+            if self_config and _is_self_attr(node, "config"):
+                return True
+            return isinstance(node, ast.Name) and node.id in configs
 
         def is_source(node: ast.AST) -> bool:
             call_source = isinstance(node, ast.Call) and _is_self_attr(node.func, "ctx", "source")
@@ -71,7 +74,9 @@ class Reads:
                 and node.func.attr in ("values", "items") and _is_self_attr(node.func.value, "ctx", "sources")
 
         for node in ast.walk(fn):  # aliases first: c = self.config, src = self.ctx.source(...)
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            one_name = isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name)
+            if one_name:
                 if is_config(node.value):
                     configs.add(node.targets[0].id)
                 elif is_source(node.value):
@@ -92,7 +97,8 @@ class Reads:
                 continue
             if isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr") and node.args:
                 literal = len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
-                target = self.config if is_config(node.args[0]) else self.source if is_source(node.args[0]) else None
+                target = self.config if is_config(node.args[0]) else \
+                    self.source if is_source(node.args[0]) else None
                 if target is not None:
                     if literal:
                         target.add(node.args[1].value)
@@ -165,12 +171,13 @@ def dynamic_reads(stage: Stage) -> set[str]:
     config = stage.config
     recording = stage.config = Recording(config)
     calls: list[Callable[[], Any]] = [stage.validate, stage.skip_reason, stage.fingerprint, stage.describe,
-                                      stage.model_label, stage.requested_resources, stage.inputs, stage.outputs]
+                                      stage.model_label, stage.requested_resources, stage.inputs,
+                                      stage.outputs]
     try:
         for call in calls:
             try:
                 call()
-            except Exception:  # noqa: BLE001 - a missing model folder: what was read before it still counts
+            except Exception:  # noqa: BLE001, S110 - a missing model folder: the reads before it count
                 pass
     finally:
         stage.config = config
@@ -192,7 +199,8 @@ def undeclared(stage: Stage) -> dict[str, set[str]]:
     static = static_reads(type(stage))
     config_reads = (static.config | dynamic_reads(stage)) & owned
     declared = set(stage.config_keys) if stage.config_keys is not None else owned
-    source_fields = set(type(next(iter(stage.ctx.sources.values()))).model_fields) if stage.ctx.sources else set()
+    sources = list(stage.ctx.sources.values())
+    source_fields = set(type(sources[0]).model_fields) if sources else set()
     out = {"config": config_reads - declared, "ctx": static.ctx - set(stage.ctx_keys),
            "sources": (static.source & source_fields) - set(stage.source_keys),
            "opaque": {c for c in static.opaque if (type(stage).__name__, c) not in OPAQUE}}
@@ -248,7 +256,7 @@ class PlantedHelper(PackSelectStage):
 
 class PlantedGetattr(PackSelectStage):
     def model_label(self) -> str | None:
-        return str(getattr(self.config, "partitions"))
+        return str(getattr(self.config, "partitions"))  # noqa: B009 - the form under test
 
 
 class PlantedContext(PackSelectStage):
@@ -283,4 +291,5 @@ def test_each_check_catches_a_plain_read_alone():
     real = next(s for s in recipe_stages() if s.name == "pack_select")
     assert static_reads(PlantedAlias).config >= {"mode"}
     assert "mode" in dynamic_reads(PlantedAlias(real.config, real.ctx))
-    assert "mode" not in static_reads(PackSelectStage).config | dynamic_reads(PackSelectStage(real.config, real.ctx))
+    plain = PackSelectStage(real.config, real.ctx)
+    assert "mode" not in static_reads(PackSelectStage).config | dynamic_reads(plain)

@@ -65,8 +65,9 @@ def test_scores_decisions_and_review(tmp_path):
     assert exempt["filter_flags"] == "repetitive_exempt"
     assert out["already"]["reject_reason"] == "broken_image" and out["already"]["repetition_score"] is None
     # the CLIP stage, not this one, declares the clip_score it fills (null where it is skipped)
-    assert "clip_score" not in out["clean"] and make_stage(tmp_path, ClipFilterStage).skip_reason() == CLIP_SKIPPED
-    assert "clip_score" in make_stage(tmp_path, ClipFilterStage).output_schema(stage.output_schema(CORE_SCHEMA)).names
+    clip = make_stage(tmp_path, ClipFilterStage)
+    assert "clip_score" not in out["clean"] and clip.skip_reason() == CLIP_SKIPPED
+    assert "clip_score" in clip.output_schema(stage.output_schema(CORE_SCHEMA)).names
     review = {e["id"]: e for e in review_lines(tmp_path)}
     assert set(review) == {"loop", "empty", "academic-loop"}
     assert review["academic-loop"]["decision"] == "kept" and review["loop"]["decision"] == "rejected"
