@@ -1,6 +1,7 @@
 """What the terminal shows while a recipe runs: one live line per stage, then its summary.
 
-The runner tells a view when a stage starts (its expected rows, model and device), where
+The runner tells a view when a stage starts (its expected rows, and for a model stage its
+model, Stage.model_label, and device, from the resources the runner granted it), where
 its output is being written, and when it is done (its marker). The view counts rows done
 by reading the row counts in the footers of the Parquet files already written there (a
 thread polls the folder; nothing in the Ray plan changes), so it works for every stage.
@@ -20,38 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-MODEL_KEYS = {  # stage -> the config key naming its model (None: the packaged default)
-    "filter": "lid_model", "filter_clip": "clip_model", "transcribe": "model", "score": "model",
-    "score_loss": "loss_model", "audio_qa": "asr_model", "tokenize": "tokenizer",
-}
-DEFAULTS = {"filter": "lid.176.ftz", "transcribe": "whisper-tiny.en", "audio_qa": "whisper-base"}  # audio_qa reads back with base
 PLAIN_EVERY_S = 60.0
-
-
-def stage_model(stage: Any) -> tuple[str | None, str | None]:
-    """(model, device) to show for a model stage, (None, None) for any other."""
-    key = MODEL_KEYS.get(stage.name)
-    if key is None:
-        return None, None
-    model = getattr(stage.config, key, None)
-    model = Path(str(model)).name if model else DEFAULTS.get(stage.name, "default")
-    device = getattr(stage.config, "device", None)
-    if device in (None, "auto"):
-        try:
-            res = stage.resolved_resources()
-            device = "gpu" if res.gpus or res.gpu_if_available and _gpu_available() else "cpu"
-        except Exception:  # noqa: BLE001 - a display detail never fails a run
-            device = None
-    return model, device
-
-
-def _gpu_available() -> bool:
-    try:
-        import ray
-
-        return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def count_rows(folder: Path | None) -> int:

@@ -8,9 +8,10 @@ The runner is the only place that executes. For every enabled stage, in order, i
    the packing steps, never transcription or LLM scoring;
 3. runs it: a stage with `skip_reason()` (or `input_skip_reason()` of its input rows) passes
    its rows through without starting a worker;
-   a `GlobalStage` builds its own plan with Ray's groupby; a stage with `setup()` runs on an
-   actor pool, any other as stateless tasks, with the resources of `stages.<name>.resources`
-   applied by `curate.stages.base.map_options`;
+   a `GlobalStage` builds its own plan through the executor (RayExecutor); a stage with
+   `setup()` runs on an actor pool, any other as stateless tasks, with the resources `grant`
+   decided for it once (bound on the stage before it ships; map_options turns them into Ray's
+   arguments);
 4. writes its rows atomically to `work/NN-<stage>/`, its rejects to `rejects/<stage>.parquet`
    and its marker (rows, kept, rejected by reason, seconds, and the stage's own facts).
 The run folder's paths are in curate.layout.
@@ -40,7 +41,7 @@ import yaml
 from curate.errors import UserError
 from curate.layout import RunLayout, read_marker, write_json_atomic, write_parquet_atomic, write_text_atomic
 from curate.manifest import RAW_SCHEMA, check_manifests, manifest_chunks, read_lines
-from curate.progress import ProgressView, count_rows, stage_model
+from curate.progress import ProgressView, count_rows
 from curate.recipe import Recipe
 from curate.records import CORE_SCHEMA, REJECT_COLUMNS
 from curate.review import clear_review
@@ -105,12 +106,26 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
 ROWS_PER_FILE = 8192
 
 
-def map_options(res: Resources, actor: bool, whole_blocks: bool = False) -> dict[str, Any]:
-    """Ray Data map_batches arguments for a stage's resources: the one place they are applied.
+def grant(stage: Stage, cluster: dict[str, float]) -> Resources:
+    """The resources `stage` runs with, decided once per run: what the recipe asks
+    (Stage.requested_resources) settled against the cluster (`ray.cluster_resources()`): a
+    `gpu_if_available` stage gets one GPU, and no CPU, where the cluster has a GPU."""
+    res = stage.requested_resources()
+    if not res.gpu_if_available:
+        return res
+    if not res.gpus and cluster.get("GPU", 0) >= 1:
+        return res.with_(gpus=1, cpus=0, gpu_if_available=False)
+    return res.with_(gpu_if_available=False)
+
+
+def map_options(res: Resources, actor: bool, whole_blocks: bool = False,
+                cluster_cpus: int = 1) -> dict[str, Any]:
+    """Ray Data map_batches arguments for a stage's resources (as `grant` decided them).
 
     whole_blocks: no Ray batch size, for vectorised functions and for callers that slice
     themselves. Ray fuses a read into the map that follows it only when the map has no batch
     size; unfused, the read runs as separate tasks that hold CPUs the map then waits for.
+    An actor stage without a pool size autoscales up to one actor per `cluster_cpus` it can hold.
     """
     import ray
 
@@ -118,17 +133,13 @@ def map_options(res: Resources, actor: bool, whole_blocks: bool = False) -> dict
                             "num_cpus": res.cpus}
     if res.memory_gb:
         opts["memory"] = res.memory_gb * 1024**3
-    gpus = res.gpus
-    if not gpus and res.gpu_if_available and ray.cluster_resources().get("GPU", 0) >= 1:
-        gpus, opts["num_cpus"] = 1, 0
-    if gpus:
-        opts["num_gpus"] = gpus
+    if res.gpus:
+        opts["num_gpus"] = res.gpus
     if actor:
         size = res.actors
         if size is None:
-            cpus = int(ray.cluster_resources().get("CPU", 1))
-            per = res.cpus if res.cpus > 0 else 1
-            opts["compute"] = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus // per)))
+            most = max(1, int(cluster_cpus // (res.cpus if res.cpus > 0 else 1)))
+            opts["compute"] = ray.data.ActorPoolStrategy(min_size=1, max_size=most)
         else:
             opts["compute"] = ray.data.ActorPoolStrategy(size=size)
     elif res.actors is not None:
@@ -153,10 +164,14 @@ class SharedRef:
 class RayExecutor:
     """The engine a GlobalStage is handed (curate.stages.base.Executor): the stages' only way to Ray."""
 
-    def cpus(self) -> int:
+    def cluster(self) -> dict[str, float]:
+        """The cluster's resources (CPU, GPU, memory...), as Ray counts them."""
         import ray
 
-        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+        return dict(ray.cluster_resources())
+
+    def cpus(self) -> int:
+        return max(1, int(self.cluster().get("CPU", 1)))
 
     def map(self, ds: Any, fn: Callable[..., pa.Table], resources: Resources, **fn_kwargs: Any) -> Any:
         return ds.map_batches(fn, **map_options(resources, actor=False, whole_blocks=True), fn_kwargs=fn_kwargs)
@@ -244,17 +259,36 @@ def apply_stage(stage: Stage, ds: Any, job: Job, skip: str | None = None) -> tup
     """The stage's Ray plan over `ds`, and facts for its marker (the one place a stage is executed)."""
     if skip:
         return ds, {}  # nothing to do: rows pass through, no worker starts
+    if job.executor is None:
+        job = dataclasses.replace(job, executor=RayExecutor())
     if isinstance(stage, GlobalStage):
-        if job.executor is None:
-            job = dataclasses.replace(job, executor=RayExecutor())
         return stage.transform(ds, job)
     if stage.needs_actor():
-        return ds.map_batches(_StageActor, fn_constructor_args=(stage,), **map_options(job.resources, actor=True)), {}
+        opts = map_options(job.resources, actor=True, cluster_cpus=job.executor.cpus())
+        return ds.map_batches(_StageActor, fn_constructor_args=(stage,), **opts), {}
     opts = map_options(job.resources, actor=False, whole_blocks=True)  # _StageTask slices them
     # a subclass named after the stage, so Ray's operator, progress and process names say
     # "MapBatches(MediaStage)", not "MapBatches(_StageTask)"
     task = type(type(stage).__name__, (_StageTask,), {})
     return ds.map_batches(task(stage, job.resources.batch_size), **opts), {}
+
+
+def written_schemas(stages: list[Stage], skips: list[str | None]) -> list[pa.Schema]:
+    """The schema of the files each stage writes: its output schema, with the (null) columns
+    of the skipped stages right after it. A skipped stage passes rows through, so it then
+    finds its own output schema in its input files and hard-links them instead of writing
+    every row again with a column of nulls (the CLIP stage without a model: its clip_score)."""
+    out: list[pa.Schema] = []
+    schema = RAW_SCHEMA
+    for stage in stages:
+        schema = stage.output_schema(schema)
+        out.append(schema)
+    for i in range(len(stages)):
+        j = i
+        while j + 1 < len(stages) and skips[j + 1] and out[j + 1].names[:len(out[i])] == out[i].names:
+            j += 1
+        out[i] = out[j] if j > i else out[i]
+    return out
 
 
 def input_files(folder: Path) -> list[Path]:
@@ -325,7 +359,9 @@ class Runner:
         self.base = Path(base_dir or os.getcwd()).resolve()
         self.ctx = RunContext(out_dir=str(self.out), seed=recipe.seed, sources=recipe.source_map(),
                               modality_targets=dict(recipe.modality_targets),
-                              default_actors=recipe.ray.concurrency)
+                              default_actors=recipe.ray.concurrency,
+                              budgets={"max_tokens": recipe.stages.pack.max_tokens,
+                                       "max_tiles": recipe.stages.pack.max_tiles})
         self.summary: dict[str, Any] = {"stages": [], "skipped": {}}
         self.current_stage: str | None = None  # the stage running now (named in error messages)
 
@@ -337,7 +373,7 @@ class Runner:
         schema = RAW_SCHEMA
         for stage in stages:
             stage.validate()
-            stage.resolved_resources()
+            stage.requested_resources()  # a bad resources block fails here, before Ray starts
             check_columns(stage, schema)
             schema = stage.output_schema(schema)
         self.check_out_dir()
@@ -395,15 +431,19 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.layout.recipe, yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False))
         self.init_ray()
+        executor = RayExecutor()
+        cluster = executor.cluster()
+        for stage in stages:  # the one place resources are decided; setup() reads them
+            stage.bind_resources(grant(stage, cluster))
 
-        schema: pa.Schema = RAW_SCHEMA
+        skips = [stage.skip_reason() for stage in stages]
+        schemas = written_schemas(stages, skips)
         upstream = ""
         prev_dir: Path | None = None
         for i, stage in enumerate(stages):
-            schema = stage.output_schema(schema)
+            schema, skip = schemas[i], skips[i]
             upstream = stage_hash(stage, upstream)
             stage_dir = self.layout.stage_dir(i, stage.name)
-            skip = stage.skip_reason()
             if skip:
                 log.warning("stage %s skipped: %s", stage.name, skip)
                 self.summary["skipped"][stage.name] = skip
@@ -418,7 +458,7 @@ class Runner:
                     if skip:
                         log.info("stage %s: skipped for this input: %s", stage.name, skip)
                         self.summary["skipped"][stage.name] = skip
-                job = Job(prev_dir, stage_dir, stage.resolved_resources(), RayExecutor())
+                job = Job(prev_dir, stage_dir, stage.resolved_resources(), executor)
                 self.run_stage(stage, job, schema, upstream, manifests, skip)
             prev_dir = stage_dir
         from curate.stats import compute_stats
@@ -461,7 +501,8 @@ class Runner:
             if job.input_dir is None else []
         tmp = self.layout.tmp(job.output_dir)
         shutil.rmtree(tmp, ignore_errors=True)
-        model, device = stage_model(stage) if not skip else (None, None)
+        model = stage.model_label() if not skip else None
+        device = ("gpu" if job.resources.gpus else "cpu") if model else None
         self.view.stage_started(stage.name, self.expected_rows(stage, job, pieces), model=model, device=device,
                                 output=tmp)
         # input files that already are the stage's output (every row alive, the same columns,

@@ -178,7 +178,7 @@ def piper_model_path(voice: str) -> Path:
 
 
 class PiperTTS:
-    """Piper voices through piper-onnx + onnxruntime, one session per voice file, one CPU thread each."""
+    """Piper voices through piper-onnx + onnxruntime: a session per voice file, `threads` CPU threads each."""
 
     name = "piper"
 
@@ -249,10 +249,11 @@ class PiperTTS:
         return audio, int(rate)
 
 
-def make_backends(default: str = "espeak", speed: int = 160) -> dict[str, TTSBackend]:
+def make_backends(default: str = "espeak", speed: int = 160, threads: int = 1) -> dict[str, TTSBackend]:
+    """Both back-ends; `threads`: the CPU threads of each Piper voice's onnxruntime session."""
     if default not in BACKENDS:
         raise ValueError(f"unknown TTS back-end {default!r}; use espeak or piper")
-    return {"espeak": EspeakTTS(speed=speed), "piper": PiperTTS()}
+    return {"espeak": EspeakTTS(speed=speed), "piper": PiperTTS(threads)}
 
 
 def _unit(seed: int, key: str, what: str) -> random.Random:

@@ -46,7 +46,7 @@ import pyarrow as pa
 from curate import asr
 from curate.mediaio import MediaError
 from curate.records import PLACEHOLDER_RE, dumps_meta, record_id, reject
-from curate.stages.base import Resources, Stage
+from curate.stages.base import Resources, Stage, model_name
 from curate.store import MediaStore
 from curate.tts import TTSError, draw_params, load_flac, make_backends, parse_voice, pick_voice, synthesize_to_store
 from filters.text_units import UNIT_RE, is_cjk, unit_count
@@ -125,10 +125,18 @@ def voice_summary(table: pa.Table) -> dict[str, dict[str, int]]:
 class AudioQAStage(Stage):
     name: ClassVar[str] = "audio_qa"
     resources: ClassVar[Resources] = Resources(cpus=1, actors=1, batch_size=16)
-    uses_seed: ClassVar[bool] = True  # which samples are drawn, which voice speaks
+    ctx_keys: ClassVar[tuple[str, ...]] = ("seed",)  # which samples are drawn, which voice speaks
 
     def default_resources(self) -> Resources:
         return self.resources.with_(gpus=1 if self.config.device == "cuda" else None)
+
+    def model_label(self) -> str:
+        return model_name(self.config.asr_model, "whisper-base")  # the read-back Whisper
+
+    def threads(self) -> int:
+        """CPU threads of the read-back Whisper and of each Piper voice: the CPUs the runner
+        granted a worker (resources.cpus); they run one after the other."""
+        return max(1, int(self.resolved_resources().cpus))
 
     def inputs(self) -> list[str]:
         return ["id", "media", "conversations", "meta"]
@@ -156,7 +164,7 @@ class AudioQAStage(Stage):
 
     def setup(self) -> None:
         cfg = self.config
-        self.tts = make_backends(cfg.tts, cfg.speed)
+        self.tts = make_backends(cfg.tts, cfg.speed, threads=self.threads())
         self._model: Any = None
         self.store = MediaStore(self.ctx.media_dir)
 
@@ -165,8 +173,7 @@ class AudioQAStage(Stage):
         """The read-back Whisper, loaded once per actor when the first sample is drawn."""
         if self._model is None:
             cfg = self.config
-            self._model = asr.load_whisper(cfg.asr_model, cfg.device, max(1, int(self.resources.cpus)),
-                                           default="base")
+            self._model = asr.load_whisper(cfg.asr_model, cfg.device, self.threads(), default="base")
         return self._model
 
     @model.setter

@@ -9,14 +9,32 @@ A stage is a small class:
 - `setup()` loads models or opens clients. A stage that defines it runs on an actor pool
   (set up once per actor); a stage without it runs as stateless Ray tasks;
 - `process_rows(rows)` (or `process_batch(table)`) does the work;
-- `source_keys` / `uses_seed` name what else of the recipe it reads, so a resumed run
-  re-runs a stage only when something it reads changed (`fingerprint`);
-- `finish(job)` may add facts to the stage's marker once its rows are written.
+- `finish(job)` may add facts to the stage's marker once its rows are written;
+- `model_label()` names the model a model stage runs, for the progress view.
+
+What it reads of the recipe is declared, so a resumed run re-runs a stage only when something
+it reads changed (`fingerprint`, computed from the declarations alone):
+- `config_keys`: the keys of its `stages.<section>` it reads (None: the whole section, for a
+  stage that has its section to itself; stages that share one each name theirs);
+- `source_keys`: the fields of `sources[]` it reads;
+- `ctx_keys`: the run-wide values of the RunContext it reads (`RunContext.hash_value`: seed,
+  modality_targets, source_order, budgets).
+tests/curate/test_stage_keys.py fails when a stage reads a config key it does not declare.
+
+Resources are decided once, by the runner: it takes what the recipe asks
+(`requested_resources()`: the class's `resources`, `default_resources()` for a value that
+depends on the config, `ray.concurrency` as the default pool size, then the recipe's
+`resources` block), settles it against the cluster (curate.runner.grant: a
+`gpu_if_available` stage gets a GPU only where the cluster has one) and binds the result
+on the stage (`bind_resources`) before shipping it. `setup()` and the work read them with
+`resolved_resources()` (thread counts of Whisper and Piper, a batch size); a stage used
+outside the runner (a test) gets its requested resources there.
 
 Rows that leave the pipeline keep travelling with `reject_reason` set (curate.records.reject);
 the runner writes them to `<out>/rejects/`. A stage may add rows (synthesized samples) with
 `origin = "synthesized:<stage name>"`. Columns a stage adds are declared in `outputs()` with
-their Arrow type, so every block of the dataset has the same schema.
+their Arrow type, so every block of the dataset has the same schema; only the stage that
+fills a column declares it.
 
 A `GlobalStage` needs the whole dataset (dedupe, the packing plan, the shard write) and
 implements `transform(ds, job)` instead of a per-batch call, through the runner's executor
@@ -94,6 +112,8 @@ class RunContext:
     sources: dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> SourceConfig
     modality_targets: dict[str, float] = dataclasses.field(default_factory=dict)
     default_actors: int | None = None  # ray.concurrency: actors/tasks of stages without their own
+    #: the packing budgets (stages.pack.max_tokens / max_tiles): the shard index records them
+    budgets: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def layout(self) -> RunLayout:
@@ -109,6 +129,18 @@ class RunContext:
 
     def source(self, name: str) -> Any:
         return self.sources.get(name)
+
+    def hash_value(self, key: str) -> Any:
+        """The run-wide value a stage declares in `ctx_keys`, as its resume hash covers it."""
+        if key == "source_order":  # dedupe keeps the sample of the source listed first
+            return list(self.sources)
+        if key not in CONTEXT_KEYS:
+            raise ValueError(f"unknown context key {key!r}; known: {sorted(CONTEXT_KEYS)}")
+        return getattr(self, key)
+
+
+#: what a stage may name in `ctx_keys`
+CONTEXT_KEYS = ("seed", "modality_targets", "source_order", "budgets")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,10 +194,12 @@ class Shared(Protocol):
 class Stage:
     name: ClassVar[str] = "stage"
     resources: ClassVar[Resources] = Resources()
+    #: keys of its config section this stage reads (None: all of them); they enter its resume hash
+    config_keys: ClassVar[tuple[str, ...] | None] = None
     #: fields of sources[] this stage reads (they enter its resume hash)
     source_keys: ClassVar[tuple[str, ...]] = ()
-    #: whether the recipe's seed decides anything in this stage (it enters the resume hash)
-    uses_seed: ClassVar[bool] = False
+    #: run-wide values it reads (CONTEXT_KEYS: "seed" when the seed decides anything in it)
+    ctx_keys: ClassVar[tuple[str, ...]] = ()
     #: the key of the stage's config section that holds its `resources` block
     resources_key: ClassVar[str] = "resources"
     #: setup() is cheap and CPU-only (a tokenizer, a 1 MB fastText model): run as plain tasks,
@@ -178,6 +212,7 @@ class Stage:
         self.config = config
         self.ctx = ctx
         self._ready = False
+        self._resources: Resources | None = None  # what the runner granted (bind_resources)
 
     # --- declared columns -------------------------------------------------------------
     def inputs(self) -> list[str]:
@@ -214,22 +249,39 @@ class Stage:
         """The stage's resources before the recipe's `resources` block; may read the config."""
         return self.resources
 
-    def resolved_resources(self) -> Resources:
-        """The stage's resources with the recipe's block (`stages.<name>.resources`) applied."""
+    def requested_resources(self) -> Resources:
+        """What the recipe asks for: default_resources(), `ray.concurrency` as the pool size
+        of a stage without its own, then the recipe's block (`stages.<name>.resources`)."""
         res = self.default_resources()
         if res.actors is None and self.ctx.default_actors:
             res = res.with_(actors=self.ctx.default_actors)
         block = getattr(self.config, self.resources_key, None)
         return res.with_(**block.model_dump()) if block is not None else res
 
+    def bind_resources(self, resources: Resources) -> None:
+        """The runner's decision (curate.runner.grant), made once before the stage ships."""
+        self._resources = resources
+
+    def resolved_resources(self) -> Resources:
+        """The resources this stage runs with: those the runner bound, else (a stage used
+        outside the runner) those the recipe asks for. setup() reads its thread counts here."""
+        return self._resources if self._resources is not None else self.requested_resources()
+
+    def model_label(self) -> str | None:
+        """The model this stage runs, as the progress view names it (None: no model)."""
+        return None
+
     def fingerprint(self) -> dict[str, Any]:
-        """What decides this stage's output besides its input: the resume hash covers it."""
+        """What decides this stage's output besides its input: the resume hash covers it. Made
+        from the declarations alone (config_keys, source_keys, ctx_keys), never by hand."""
         cfg = self.config.model_dump(mode="json") if hasattr(self.config, "model_dump") else {}
-        cfg = {k: v for k, v in cfg.items() if not k.endswith("resources")}
+        keys = self.config_keys
+        if keys is None:
+            keys = [k for k in cfg if not k.endswith("resources")]
         sources = {name: {k: getattr(src, k) for k in self.source_keys}
                    for name, src in self.ctx.sources.items()} if self.source_keys else {}
-        return {"stage": self.name, "config": cfg, "sources": sources,
-                "seed": self.ctx.seed if self.uses_seed else None}
+        return {"stage": self.name, "config": {k: cfg[k] for k in keys}, "sources": sources,
+                "context": {k: self.ctx.hash_value(k) for k in self.ctx_keys}}
 
     @classmethod
     def needs_actor(cls) -> bool:
@@ -309,6 +361,11 @@ class GlobalStage(Stage):
 
     def transform(self, ds: Any, job: Job) -> tuple[Any, dict[str, Any]]:  # ray.data.Dataset
         raise NotImplementedError
+
+
+def model_name(path: str | None, default: str) -> str:
+    """A model's label: the last part of its folder or file path, else the packaged default's name."""
+    return Path(str(path)).name if path else default
 
 
 def widen(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -213,6 +213,7 @@ def _mark(batch: pa.Table, decisions: Any) -> pa.Table:
 class DedupeStage(GlobalStage):
     name: ClassVar[str] = "dedupe"
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=1024)
+    ctx_keys: ClassVar[tuple[str, ...]] = ("source_order",)  # the keep rule prefers the source listed first
 
     def inputs(self) -> list[str]:
         return ["conversations", "media"]
@@ -233,10 +234,6 @@ class DedupeStage(GlobalStage):
 
     def validate(self) -> None:
         self.settings()
-
-    def fingerprint(self) -> dict[str, Any]:
-        # the keep rule prefers the source listed first, so the order of sources matters
-        return super().fingerprint() | {"source_order": list(self.ctx.sources)}
 
     def transform(self, ds: Any, job: Job) -> tuple[Any, dict[str, Any]]:
         ex = job.executor

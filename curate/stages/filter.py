@@ -19,12 +19,17 @@ import pyarrow as pa
 
 from curate.records import is_rejected, reject
 from curate.review import write_review
-from curate.stages.base import Resources, Stage
+from curate.stages.base import Resources, Stage, model_name
 
 
 class FilterStage(Stage):
     name: ClassVar[str] = "filter"
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=256)  # fewer per-batch round trips
+    # stages.filter, but for the CLIP keys (filter_clip's)
+    config_keys: ClassVar[tuple[str, ...]] = (
+        "repetition", "repetition_threshold", "heuristics", "min_answer_chars", "max_sentence_words",
+        "max_sentence_chars_cjk", "max_zero_run", "max_char_run", "max_duplicate_line_ratio", "language",
+        "languages", "language_min_score", "lid_model", "write_review", "options")
     source_keys: ClassVar[tuple[str, ...]] = ("exempt_repetition", "languages")
     setup_in_tasks: ClassVar[bool] = True  # a 1 MB fastText model: cheap to load in every worker
 
@@ -33,7 +38,10 @@ class FilterStage(Stage):
 
     def outputs(self) -> dict[str, pa.DataType]:
         return {"repetition_score": pa.float64(), "language": pa.string(), "language_score": pa.float64(),
-                "clip_score": pa.float64(), "filter_flags": pa.string()}
+                "filter_flags": pa.string()}
+
+    def model_label(self) -> str:
+        return model_name(self.config.lid_model, "lid.176.ftz")
 
     # ------------------------------------------------------------------ before work starts
     def validate(self) -> None:

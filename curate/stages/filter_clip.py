@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from curate.records import is_rejected, reject
 from curate.review import write_review
-from curate.stages.base import Resources, Stage
+from curate.stages.base import Resources, Stage, model_name
 from curate.stages.filter import FilterStage, review_entry
 
 CLIP_SKIPPED = "CLIP image-text filter skipped: stages.filter.clip_model is null (text filters ran; clip_score is null)"
@@ -26,6 +26,7 @@ class ClipFilterStage(Stage):
     name: ClassVar[str] = "filter_clip"
     resources: ClassVar[Resources] = Resources(cpus=1, actors=1, batch_size=32, gpu_if_available=True)
     resources_key: ClassVar[str] = "clip_resources"
+    config_keys: ClassVar[tuple[str, ...]] = ("clip_model", "clip_min_score", "write_review")  # stages.filter
 
     def inputs(self) -> list[str]:
         return ["media", "conversations", "filter_flags"]
@@ -42,10 +43,8 @@ class ClipFilterStage(Stage):
     def skip_reason(self) -> str | None:
         return None if self.config.clip_model else CLIP_SKIPPED
 
-    def fingerprint(self) -> dict[str, Any]:
-        c = self.config
-        return {"stage": self.name, "clip_model": c.clip_model, "clip_min_score": c.clip_min_score,
-                "write_review": c.write_review}
+    def model_label(self) -> str:
+        return model_name(self.config.clip_model, "default")
 
     def setup(self) -> None:
         from filters.clipscore import ClipScorer

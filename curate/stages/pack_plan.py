@@ -31,20 +31,16 @@ DUPLICATE_ID = "another record of this source has the same id"
 class PackPlanStage(GlobalStage):
     name: ClassVar[str] = "pack_plan"
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=256)
+    # of stages.pack (pack_select reads split and truncate)
+    config_keys: ClassVar[tuple[str, ...]] = ("max_tokens", "max_tiles", "mode", "window", "partitions")
     source_keys: ClassVar[tuple[str, ...]] = ("repeat",)
-    uses_seed: ClassVar[bool] = True
+    ctx_keys: ClassVar[tuple[str, ...]] = ("seed", "modality_targets")
 
     def inputs(self) -> list[str]:
         return PLAN_COLUMNS
 
     def outputs(self) -> dict[str, pa.DataType]:
         return {"sequence": pa.int64(), "position": pa.int64()}
-
-    def fingerprint(self) -> dict[str, Any]:
-        c = self.config
-        return super().fingerprint() | {"modality_targets": self.ctx.modality_targets, "config": {
-            "max_tokens": c.max_tokens, "max_tiles": c.max_tiles, "mode": c.mode, "window": c.window,
-            "partitions": c.partitions}}
 
     def transform(self, ds: Any, job: Job) -> tuple[Any, dict[str, Any]]:
         ex = job.executor

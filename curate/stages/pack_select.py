@@ -24,14 +24,10 @@ from packing.select import SelectCounts, Unfit, counts_from_meta, select_row
 class PackSelectStage(Stage):
     name: ClassVar[str] = "pack_select"
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=256)
+    config_keys: ClassVar[tuple[str, ...]] = ("max_tokens", "max_tiles", "split", "truncate")  # stages.pack
 
     def inputs(self) -> list[str]:
         return ["input_ids", "labels", "n_tokens", "n_tiles", "turn_starts", "media_spans"]
-
-    def fingerprint(self) -> dict[str, Any]:
-        c = self.config
-        return {"stage": self.name, "max_tokens": c.max_tokens, "max_tiles": c.max_tiles, "split": c.split,
-                "truncate": c.truncate}
 
     def keeps_file(self, footer: Any) -> bool:
         """A file whose largest sample is within both budgets passes as it is (most files:

@@ -31,7 +31,7 @@ from curate.records import reject, text_of
 from curate.review import write_review
 from curate.scoring.parse import parse_domain, parse_score, parse_yes_no
 from curate.scoring.prompts import clip_text, load_prompts
-from curate.stages.base import Resources, Stage
+from curate.stages.base import Resources, Stage, model_name
 
 SCORE_CHOICES = tuple(str(i) for i in range(11))
 YES_NO = ("yes", "no")
@@ -40,9 +40,26 @@ YES_NO_ZH = ("是", "否")
 SCORED, UNSCORED, EXEMPT, REPETITION_ONLY = "scored", "unscored", "exempt", "repetition_only"
 
 
+def no_model_reason(c: Any) -> str | None:
+    """Why the score stages (this one and score_loss) have no model to ask with the score
+    section `c`, or None when they have one."""
+    if c.backend == "http" and not c.endpoint:
+        return ("no scoring endpoint configured: set stages.score.endpoint (an OpenAI-compatible "
+                "server) and stages.score.model (its model name); rows pass through unscored")
+    if c.backend != "http" and not c.model:
+        return ("no scoring model configured: set stages.score.model to a local model folder "
+                "(or stages.score.backend=http with stages.score.endpoint); rows pass through unscored")
+    return None
+
+
 class ScoreStage(Stage):
     name: ClassVar[str] = "score"
     resources: ClassVar[Resources] = Resources(cpus=1.0, actors=1, batch_size=16)
+    # stages.score, but for loss_k and loss_min_samples (score_loss's)
+    config_keys: ClassVar[tuple[str, ...]] = (
+        "backend", "model", "endpoint", "prompts", "prompts_zh", "threshold", "thresholds", "classify_domain",
+        "modalities", "repetition_check", "repetition_reject", "exempt_sources", "unscored", "cache",
+        "max_chars", "loss_clean", "loss_model", "options")
     source_keys: ClassVar[tuple[str, ...]] = ("exempt_repetition", "domain")
 
     def inputs(self) -> list[str]:
@@ -58,14 +75,10 @@ class ScoreStage(Stage):
         return self.resources.with_(gpus=1.0 if self.config.backend == "vllm" else None)
 
     def skip_reason(self) -> str | None:
-        c = self.config
-        if c.backend == "http" and not c.endpoint:
-            return ("no scoring endpoint configured: set stages.score.endpoint (an OpenAI-compatible "
-                    "server) and stages.score.model (its model name); rows pass through unscored")
-        if c.backend != "http" and not c.model:
-            return ("no scoring model configured: set stages.score.model to a local model folder "
-                    "(or stages.score.backend=http with stages.score.endpoint); rows pass through unscored")
-        return None
+        return no_model_reason(self.config)
+
+    def model_label(self) -> str:
+        return model_name(self.config.model, "default")
 
     def validate(self) -> None:
         """Fail before any work: prompt file, model folders, vllm install, names in the recipe."""

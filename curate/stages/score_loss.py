@@ -13,14 +13,17 @@ import logging
 from typing import Any, ClassVar
 
 from curate.scoring import loss as loss_pass
-from curate.stages.base import GlobalStage, Job
-from curate.stages.score import ScoreStage
+from curate.stages.base import GlobalStage, Job, model_name
+from curate.stages.score import ScoreStage, no_model_reason
 
 log = logging.getLogger("curate.score")
 
 
 class LossCleanStage(GlobalStage):
     name: ClassVar[str] = "score_loss"
+    # of stages.score: its own keys, and those that say whether the score stage had a model
+    config_keys: ClassVar[tuple[str, ...]] = ("loss_clean", "loss_k", "loss_min_samples", "loss_model",
+                                              "backend", "endpoint", "model")
 
     def inputs(self) -> list[str]:
         return ["source", "sample_loss"]
@@ -28,11 +31,10 @@ class LossCleanStage(GlobalStage):
     def skip_reason(self) -> str | None:
         if not self.config.loss_clean:
             return "stages.score.loss_clean is false"
-        return ScoreStage(self.config, self.ctx).skip_reason()
+        return no_model_reason(self.config)
 
-    def fingerprint(self) -> dict[str, Any]:
-        c = self.config
-        return {"stage": self.name, "loss_k": c.loss_k, "loss_min_samples": c.loss_min_samples}
+    def model_label(self) -> str:
+        return model_name(self.config.loss_model, "default")  # the model whose losses it reads
 
     def transform(self, ds: Any, job: Job) -> tuple[Any, dict[str, Any]]:
         c = self.config

@@ -11,7 +11,8 @@ one group, never the run, and at 1M rows the stage no longer spills a sort-based
 every row through the object store.
 The shards are built in `shards.tmp/` and renamed into place with their index.json,
 contents.parquet (each distinct sample and its copy count) and sequences.parquet once all
-are written, so `shards/` never holds half a run.
+are written, so `shards/` never holds half a run. The index records the packing budgets,
+which the runner hands every stage in RunContext.budgets (stages.pack.max_tokens / max_tiles).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from curate.layout import read_marker, write_parquet_atomic
+from curate.layout import write_parquet_atomic
 from curate.stages.base import GlobalStage, Job, Resources
 from packing.energon_meta import write_energon_meta
 from packing.shards import SHARD_PATTERN, pack_sequence, write_index, write_shard
@@ -47,6 +48,7 @@ class ShardStage(GlobalStage):
     name: ClassVar[str] = "shard"
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=256)
     source_keys: ClassVar[tuple[str, ...]] = ("augment",)
+    ctx_keys: ClassVar[tuple[str, ...]] = ("budgets",)
 
     def inputs(self) -> list[str]:
         return ["sequence", "position", "input_ids", "labels", "media"]
@@ -59,15 +61,15 @@ class ShardStage(GlobalStage):
         tmp = self.ctx.layout.tmp(self.ctx.layout.shards)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        n_sequences = int((read_marker(job.input_dir) or {}).get("sequences", 0))
+        files = sorted(job.input_dir.glob("*.parquet"))
+        n_sequences, arrow_bytes = _measure(files)
         if not n_sequences:
             return ex.dataset([pa.table({"entry": pa.array([], pa.string())})]), {}
         per_shard = self.config.max_sequences
         n_shards = (n_sequences - 1) // per_shard + 1
         augment = [name for name, s in self.ctx.sources.items() if s.augment]
-        files = sorted(job.input_dir.glob("*.parquet"))
         # groups of about GROUP_BYTES, and at least one per CPU while there are shards to share
-        by_bytes = int(GROUP_BYTES * n_shards // max(1, _arrow_bytes(files)))
+        by_bytes = int(GROUP_BYTES * n_shards // max(1, arrow_bytes))
         by_cpus = -(-n_shards // ex.cpus())
         shards_per_group = max(1, min(by_bytes, by_cpus))
         parts = scratch_dir(job)
@@ -92,8 +94,7 @@ class ShardStage(GlobalStage):
         tmp = layout.tmp(layout.shards)
         entries = [json.loads(e) for e in pads.dataset(str(job.output_dir), format="parquet")
                    .to_table(columns=["entry"]).column("entry").to_pylist()]
-        budgets = (read_marker(job.input_dir) or {}).get("budgets", {})
-        write_index(tmp, entries, budgets)
+        write_index(tmp, entries, dict(self.ctx.budgets))
         if entries:  # Energon's .nv-meta/ (index, train/val split, sample type) beside the shards
             write_energon_meta(tmp, self.config.val_shards)
         placed = pads.dataset(str(job.input_dir), format="parquet").to_table(
@@ -146,15 +147,18 @@ def scratch_dir(job: Job) -> Path:
     return job.output_dir.with_name(job.output_dir.name + ".parts")
 
 
-def _arrow_bytes(files: list[Path]) -> int:
-    """About the Arrow bytes of the rows the shards need: 8 per token (input_ids and labels as
-    int32) and ROW_BYTES per row for the rest. (Parquet's own sizes say little here: labels are
-    mostly -100 and compress to nearly nothing on disk, not in memory.)"""
+def _measure(files: list[Path]) -> tuple[int, int]:
+    """(sequences, about the Arrow bytes of the rows the shards need) of the planned rows:
+    the sequences are numbered from 0 (pack_plan); the bytes are 8 per token (input_ids and
+    labels as int32) and ROW_BYTES per row for the rest. (Parquet's own sizes say little here:
+    labels are mostly -100 and compress to nearly nothing on disk, not in memory.)"""
     if not files:
-        return 0
-    tokens = pads.dataset([str(f) for f in files], format="parquet").to_table(
-        columns=["n_tokens"], filter=pc.field("reject_reason").is_null()).column("n_tokens")
-    return 8 * int(pc.sum(tokens).as_py() or 0) + ROW_BYTES * len(tokens)
+        return 0, 0
+    placed = pads.dataset([str(f) for f in files], format="parquet").to_table(
+        columns=["n_tokens", "sequence"], filter=pc.field("reject_reason").is_null())
+    last = pc.max(placed.column("sequence")).as_py()
+    n_sequences = 0 if last is None else int(last) + 1
+    return n_sequences, 8 * int(pc.sum(placed.column("n_tokens")).as_py() or 0) + ROW_BYTES * len(placed)
 
 
 def _split_by_group(block: pa.Table, per_group: int, parts_dir: str) -> pa.Table:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.records import PLACEHOLDER_SPLIT_RE
-from curate.stages.base import Resources, Stage
+from curate.stages.base import Resources, Stage, model_name
 from packing.format import (
     AUDIO_CONTEXT,
     AUDIO_END,
@@ -188,6 +188,9 @@ class TokenizeStage(Stage):
         return {"input_ids": pa.list_(pa.int32()), "labels": pa.list_(pa.int32()), "n_tokens": pa.int32(),
                 "n_tiles": pa.int32(), "n_audio_tokens": pa.int32(), "n_response_tokens": pa.int32(),
                 "turn_starts": pa.list_(pa.int32()), "media_spans": pa.list_(pa.int32())}
+
+    def model_label(self) -> str:
+        return model_name(self.config.tokenizer, "default")
 
     def validate(self) -> None:
         """The tokenizer folder exists and holds the special tokens, before any stage runs."""

@@ -46,7 +46,7 @@ import pyarrow as pa
 from curate import asr
 from curate.mediaio import MediaError
 from curate.records import PLACEHOLDER_RE, PLACEHOLDERS, RowError, dumps_meta, reject
-from curate.stages.base import Resources, Stage
+from curate.stages.base import Resources, Stage, model_name
 from curate.store import MediaStore
 from curate.tts import SAMPLE_RATE
 
@@ -78,6 +78,13 @@ class TranscribeStage(Stage):
     def default_resources(self) -> Resources:
         return self.resources.with_(gpus=1 if self.config.device == "cuda" else None)
 
+    def model_label(self) -> str:
+        return model_name(self.config.model, "whisper-tiny.en")
+
+    def threads(self) -> int:
+        """CPU threads of each Whisper model: the CPUs the runner granted a worker (resources.cpus)."""
+        return max(1, int(self.resolved_resources().cpus))
+
     def inputs(self) -> list[str]:
         return ["media", "conversations", "meta", "modality"]
 
@@ -102,7 +109,7 @@ class TranscribeStage(Stage):
         """Whisper models, loaded once per actor on the first clip (batches without audio never pay)."""
         if self._models is None:
             cfg = self.config
-            threads = max(1, int(self.resources.cpus))
+            threads = self.threads()
             self._models = [asr.load_whisper(p, cfg.device, threads) for p in [cfg.model, *cfg.ensemble]]
         return self._models
 
@@ -111,7 +118,7 @@ class TranscribeStage(Stage):
         """The multilingual Whisper, loaded on the first clip that needs it (English corpora never do)."""
         if self._multilingual is None:
             cfg = self.config
-            self._multilingual = asr.load_whisper(cfg.model_multilingual, cfg.device, max(1, int(self.resources.cpus)),
+            self._multilingual = asr.load_whisper(cfg.model_multilingual, cfg.device, self.threads(),
                                                   default="base")
         return self._multilingual
 

@@ -64,7 +64,10 @@ def test_scores_decisions_and_review(tmp_path):
     assert exempt["reject_reason"] is None and exempt["repetition_score"] >= 0.5
     assert exempt["filter_flags"] == "repetitive_exempt"
     assert out["already"]["reject_reason"] == "broken_image" and out["already"]["repetition_score"] is None
-    assert out["clean"]["clip_score"] is None and make_stage(tmp_path, ClipFilterStage).skip_reason() == CLIP_SKIPPED
+    # the CLIP stage, not this one, declares the clip_score it fills (null where it is skipped)
+    clip = make_stage(tmp_path, ClipFilterStage)
+    assert "clip_score" not in out["clean"] and clip.skip_reason() == CLIP_SKIPPED
+    assert "clip_score" in clip.output_schema(stage.output_schema(CORE_SCHEMA)).names
     review = {e["id"]: e for e in review_lines(tmp_path)}
     assert set(review) == {"loop", "empty", "academic-loop"}
     assert review["academic-loop"]["decision"] == "kept" and review["loop"]["decision"] == "rejected"
