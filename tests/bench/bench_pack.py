@@ -1,6 +1,6 @@
 """Packing benchmark: bins / lower bound and items/s for pack_2d against the baselines.
 
-Workloads: synthetic mixes (packing.workloads) of 50k items at 16384/48 (InternVL 2.5) and
+Workloads: synthetic mixes (tests.workloads) of 50k items at 16384/48 (InternVL 2.5) and
 8192/24. For each: LB = max(ceil(sum tokens / l_max), ceil(sum tiles / t_max)); where the
 tile budget binds and tile counts are coarse, LB is not reachable, so the table also gives
 the LP bound of the tile dimension (Gilmore-Gomory patterns solved with scipy/HiGHS), a
@@ -17,7 +17,7 @@ import numpy as np
 
 from packing.baselines import first_fit, internvl_buffer
 from packing.pack2d import lower_bound, pack_2d, pack_2d_stream
-from packing.workloads import MIXES, make_workload
+from tests.workloads import MIXES, make_workload
 
 N = 50_000
 

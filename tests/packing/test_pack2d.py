@@ -8,7 +8,7 @@ import pytest
 from packing import pack_2d
 from packing.baselines import first_fit, internvl_buffer
 from packing.pack2d import lower_bound, pack_2d_stream
-from packing.workloads import MIXES, make_workload
+from tests.workloads import MIXES, make_workload
 
 BUDGETS = [(16384, 48), (8192, 24)]
 
