@@ -100,7 +100,8 @@ def zh_chart_qa(rng: random.Random, values: dict[str, int], kind: int) -> tuple[
         return (f"柱子 {a} 和柱子 {b} 的数值相差多少？",
                 f"柱子 {a} 是 {values[a]}，柱子 {b} 是 {values[b]}，两者相差 {abs(values[a] - values[b])}。")
     if kind == 4:
-        return "请按数值从高到低列出所有柱子。", "从高到低依次是：" + "、".join(f"{k}（{values[k]}）" for k in ordered) + "。"
+        return ("请按数值从高到低列出所有柱子。",
+                "从高到低依次是：" + "、".join(f"{k}（{values[k]}）" for k in ordered) + "。")
     over = [k for k in values if values[k] > 50]
     return ("数值超过五十的柱子有哪些？",
             f"超过五十的有柱子 {'、'.join(over)}。" if over else "没有哪根柱子超过五十，最高的 "

@@ -307,7 +307,8 @@ class Fetcher:
                 raise FetchError(f"http_{code}", f"client error {code}", code)
             length = resp.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > self.max_bytes:
-                raise FetchError("too_large", f"Content-Length {length} > stages.download.max_bytes={self.max_bytes}", code)
+                raise FetchError("too_large",
+                                 f"Content-Length {length} > stages.download.max_bytes={self.max_bytes}", code)
             buf = io.BytesIO()
             while chunk := resp.read1(1 << 16):  # whatever has arrived, not a full 64 KiB
                 buf.write(chunk)

@@ -64,7 +64,8 @@ CORE_SCHEMA = pa.schema(
     ]
 )
 
-REJECT_COLUMNS = ["id", "orig_id", "source", "origin", "modality", "manifest", "line", "reject_stage", "reject_reason", "reject_detail"]
+REJECT_COLUMNS = ["id", "orig_id", "source", "origin", "modality", "manifest", "line",
+                  "reject_stage", "reject_reason", "reject_detail"]
 
 
 def record_id(source: str, key: str) -> str:

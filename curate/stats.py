@@ -166,7 +166,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     ]
     download = stats.get("download")
     if download:
-        lines.append(f"download        {download['fetched']:,}/{download['urls']:,} URLs ok ({download['success_rate']:.1%}), "
+        lines.append(f"download        {download['fetched']:,}/{download['urls']:,} URLs ok "
+                     f"({download['success_rate']:.1%}), "
                      f"{download['bytes'] / 1e6:,.1f} MB, {download['requests']:,} requests"
                      + (f", {download['urls_per_second']} URLs/s" if download.get("urls_per_second") else "")
                      + ("; failed: " + ", ".join(f"{r} {n:,}" for r, n in download["failures"].items())
@@ -184,8 +185,9 @@ def format_stats(stats: dict[str, Any]) -> str:
                 f"{m} {share:.1%}" + (f" (target {mix['target'][m]:.0%})" if m in mix.get("target", {}) else "")
                 for m, share in mix["achieved"].items()))
     if select.get("over_budget"):
-        lines.append(f"over budget     {select['over_budget']:>10,}   split {select['split']} (+{select['parts_added']} "
-                     f"parts), truncated {select['truncated']}, rejected {select['rejected']}")
+        lines.append(f"over budget     {select['over_budget']:>10,}   split {select['split']} "
+                     f"(+{select['parts_added']} parts), truncated {select['truncated']}, "
+                     f"rejected {select['rejected']}")
     lines += [
         "stage seconds   " + ", ".join(f"{k} {v:.1f}" if k not in stats.get("resumed_stages", ()) else
                                        f"{k} (done before)" for k, v in stats["stage_seconds"].items()),

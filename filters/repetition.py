@@ -355,7 +355,8 @@ def _signals(text: str, ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, i
 def _with_strengths(values: dict[str, float], t: Thresholds) -> dict[str, float]:
     """The raw values followed by each one's strength and the score."""
     strengths = {name: _strength(values[name], getattr(t, name))
-                 for name in ("periodic_coverage", "tail_units", "tail_coverage", "loop_units", "ngram_coverage", "dup_line_ratio", "line_run", "char_run")}
+                 for name in ("periodic_coverage", "tail_units", "tail_coverage", "loop_units", "ngram_coverage",
+                              "dup_line_ratio", "line_run", "char_run")}
     ok, thr = t.compression_ok, t.compression
     strengths["compression"] = float(min(1.0, max(0.0, 0.5 * (ok - values["compression"]) / (ok - thr))))
     out = dict(values)
@@ -521,7 +522,8 @@ def _first_appearance_ids(h: np.ndarray, tix: np.ndarray, tok_off: np.ndarray) -
     firsts = order[new]  # first occurrence of each token of each text
     is_first = np.zeros(n, bool)
     is_first[firsts] = True
-    seen = np.concatenate(([0], np.cumsum(is_first, dtype=np.int32)))  # int32: bool to int64 is slow  # first occurrences before each token
+    # first occurrences before each token; int32: bool to int64 is slow
+    seen = np.concatenate(([0], np.cumsum(is_first, dtype=np.int32)))
     local = seen[1:] - 1 - seen[tok_off[tix]]  # a first occurrence's rank within its text
     ids = np.empty(n, np.int64)
     ids[order] = local[firsts][np.cumsum(new, dtype=np.int32) - 1]

@@ -2,9 +2,10 @@
 
 Routes: /img/<name> (good JPEG), /wrongtype.jpg (JPEG served as text/html), /notmedia
 (HTML served as image/jpeg), /404, /flaky (500 once, then the image), /always500, /slow
-(drips past the read timeout), /drip, /slowheaders, /endless (bytes keep coming, never done), /big (larger than the byte cap), /loop (redirect loop),
-/tofile (redirect to file://), /redirect (to a good image), /truncated (Content-Length
-larger than the body), /reset (connection reset). `hits` counts requests per path.
+(drips past the read timeout), /drip, /slowheaders, /endless (bytes keep coming, never done),
+/big (larger than the byte cap), /loop (redirect loop), /tofile (redirect to file://),
+/redirect (to a good image), /truncated (Content-Length larger than the body),
+/reset (connection reset). `hits` counts requests per path.
 """
 
 from __future__ import annotations

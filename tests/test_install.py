@@ -27,7 +27,8 @@ def test_the_base_install_pins_nothing_vllm_pins_too():
 
 
 @pytest.mark.skipif(os.environ.get("OMNICURATE_TEST_GPU_EXTRA") != "1",
-                    reason="resolves vLLM and its CUDA wheels (GBs on a cold pip cache): set OMNICURATE_TEST_GPU_EXTRA=1")
+                    reason="resolves vLLM and its CUDA wheels (GBs on a cold pip cache): "
+                           "set OMNICURATE_TEST_GPU_EXTRA=1")
 def test_the_gpu_extra_resolves():
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "-q", "-e", f"{ROOT}[gpu]"],
                           capture_output=True, text=True, timeout=3600)

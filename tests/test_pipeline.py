@@ -72,7 +72,8 @@ def test_chinese_demo_rows_near_copy_loop_and_audio_qa_eligibility(first_run, de
     dropped = [n for n in pair if n in rejects]
     assert len(dropped) == 1 and rejects[dropped[0]]["reject_reason"] == "near_duplicate"
     assert "similarity 0.7" in rejects[dropped[0]]["reject_detail"]  # under 0.8: found at threshold_cjk
-    filtered = {names[r["id"]]: r["reject_reason"] for r in pq.read_table(out / "rejects" / "filter.parquet").to_pylist()}
+    filter_rejects = pq.read_table(out / "rejects" / "filter.parquet").to_pylist()
+    filtered = {names[r["id"]]: r["reject_reason"] for r in filter_rejects}
     assert filtered.get("loop-zh-coffee") == "repetitive"
     zh = {n for n in names.values() if n.startswith("zh-")}
     reasons = {names[r["id"]]: r["reject_reason"] for p in (out / "rejects").glob("*.parquet")

@@ -2,7 +2,8 @@
 
     curate train recipes/sft-stage3.yaml --shards runs/x --max-steps 60 --log runs/x/train.jsonl
     curate train recipes/sft-stage3.yaml --shards runs/x --resume          # continue from the last checkpoint
-    torchrun --nproc-per-node 2 -m curate train recipes/sft-stage3.yaml --shards runs/x   # DDP (gloo on CPU, nccl on GPU)
+    # DDP (gloo on CPU, nccl on GPU)
+    torchrun --nproc-per-node 2 -m curate train recipes/sft-stage3.yaml --shards runs/x
 
 One optimizer step = grad_accum micro-steps of sequences_per_step packed sequences per rank;
 each sequence is forwarded and back-propagated on its own (its loss normalised by its own

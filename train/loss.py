@@ -54,7 +54,8 @@ def modality_of_tokens(samples: list[dict[str, Any]], length: int, modalities: l
 
 def modality_sums(losses: torch.Tensor, weights: torch.Tensor, mod_idx: torch.Tensor, n: int):
     """Per modality: (sum of w * loss, sum of w)."""
-    wl = torch.zeros(n, device=losses.device).index_add(0, mod_idx.to(losses.device), weights.to(losses.device) * losses)
+    wl = torch.zeros(n, device=losses.device).index_add(0, mod_idx.to(losses.device),
+                                                         weights.to(losses.device) * losses)
     ws = torch.zeros(n, device=losses.device).index_add(0, mod_idx.to(losses.device), weights.to(losses.device))
     return wl, ws
 

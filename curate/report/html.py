@@ -157,7 +157,8 @@ def partial_stats(layout: RunLayout) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- sections
 def section_summary(stats: dict[str, Any], layout: RunLayout) -> str:
     n_rej = sum(stats["rejected"].values())
-    rows = [["samples in (manifest lines)", stats["samples_in"]], ["synthesized (audio-QA, split parts)", stats["synthesized"]],
+    rows = [["samples in (manifest lines)", stats["samples_in"]],
+            ["synthesized (audio-QA, split parts)", stats["synthesized"]],
             ["rejected", n_rej], ["samples out (distinct, in the shards)", stats["samples_out"]],
             ["copies added by repeat factors", stats["repeats"]]]
     keys = ["samples_in", "synthesized", "rejected", "samples_out", "repeats"]

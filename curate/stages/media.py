@@ -32,7 +32,8 @@ IMAGE_CACHE = 65536
 
 class MediaStage(Stage):
     name: ClassVar[str] = "media"
-    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=128)  # tasks fan out per block; a batch is only a call
+    # tasks fan out per block; a batch is only a call
+    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=128)
     source_keys: ClassVar[tuple[str, ...]] = ("n_max",)
 
     def inputs(self) -> list[str]:
@@ -139,7 +140,8 @@ class MediaStage(Stage):
         except MediaError as e:
             raise MediaError("broken_audio", str(e)) from None
         if seconds > cfg.max_audio_seconds:
-            raise MediaError("audio_too_long", f"{seconds:.1f}s > stages.media.max_audio_seconds={cfg.max_audio_seconds}")
+            raise MediaError("audio_too_long",
+                             f"{seconds:.1f}s > stages.media.max_audio_seconds={cfg.max_audio_seconds}")
         flac = mediaio.pcm_to_flac(pcm, cfg.audio_sample_rate)
         stored, sha = self.store.put_bytes(flac, ".flac")
         item.update(path=str(stored), sha256=sha, bytes=len(flac), mime="audio/flac", duration=seconds, tiles=0)

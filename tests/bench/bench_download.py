@@ -95,7 +95,8 @@ def main() -> None:
             for name, resize in (("download stage, no resize", None), ("download stage, resize 512", 512)):
                 d = Path(tmp) / name.replace(" ", "_").replace(",", "")
                 rows.append((name, *timed(stage_path, urls, d, resize)))
-        print(f"{N} photo-like JPEGs of 1366x1024 (~{len(__import__('urllib.request').request.urlopen(urls[0]).read()) // 1000} KB) "
+        jpeg_kb = len(__import__("urllib.request").request.urlopen(urls[0]).read()) // 1000
+        print(f"{N} photo-like JPEGs of 1366x1024 (~{jpeg_kb} KB) "
               "from a loopback server (separate process)")
         print(f"{'method':<34} {'images':>7} {'img/s':>8} {'img/CPU-s':>10} {'x plain':>8}")
         for name, n, wall, cpu in rows:

@@ -101,7 +101,8 @@ def generate(folder: Path, rows: int, heavy: bool, seed: int = 0) -> dict[str, o
                 elif kinds[j] < 0.10:
                     answers[j] = _change(answers[j - 1], rng, 2, vocab)
             for j, a in enumerate(answers):
-                q = f"Question {start + j}: what does the following passage say about {vocab[(start + j) % len(vocab)]}?"
+                q = (f"Question {start + j}: what does the following passage say about "
+                     f"{vocab[(start + j) % len(vocab)]}?")
                 text_bytes += len(q) + len(a)
                 f.write(json.dumps({"id": f"t{start + j:08d}", "conversations": [
                     {"from": "human", "value": q}, {"from": "gpt", "value": a}]}) + "\n")
@@ -111,7 +112,8 @@ def generate(folder: Path, rows: int, heavy: bool, seed: int = 0) -> dict[str, o
         draw = ImageDraw.Draw(img)
         for _ in range(6):
             x, y = rng.integers(0, 400, 2)
-            draw.rectangle([int(x), int(y), int(x) + 40, int(y) + 40], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+            draw.rectangle([int(x), int(y), int(x) + 40, int(y) + 40],
+                           fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
         img.save(folder / f"images/img{i:04d}.jpg", quality=85)
     n_img = rows // 20
     answers = _texts(rng, vocab, n_img, words=60)
@@ -228,7 +230,8 @@ def print_table(name: str, r: dict[str, object], cores: int) -> None:
         name = f"{s['stage']} ({s['linked']} files linked)" if s["linked"] and not s["skipped"] else s["stage"]
         print(f"| {name} | {s['rows']} | {sec:.1f} | {rates[0]} | {rates[1]} | {peak[0]} | {peak[1]} |")
     print(f"| end to end | {r['rows']} | {r['wall']:.1f} | {r['rows'] / r['wall'] / cores:.0f} | "
-          f"{r['text_bytes'] / 1e6 / r['wall'] / cores:.2f} | {r['peak'] / gib:.2f} | {(r['peak'] - r['base']) / gib:.2f} |",
+          f"{r['text_bytes'] / 1e6 / r['wall'] / cores:.2f} | {r['peak'] / gib:.2f} | "
+          f"{(r['peak'] - r['base']) / gib:.2f} |",
           flush=True)
 
 

@@ -119,7 +119,8 @@ def near_duplicates(pool: list[str], rng: random.Random) -> dict[str, float]:
     jac = jaccard_matrix([set(h.tolist()) for h in hashes])
     np.fill_diagonal(jac, 0)
     return {"paragraphs": len(pool), "copies": len(planted), "recall": hit / len(planted),
-            "threshold": cfg.threshold, "threshold_cjk": cfg.threshold_cjk, "recall_at_threshold": len(as_english & planted) / len(planted), "max_distinct": float(jac.max()),
+            "threshold": cfg.threshold, "threshold_cjk": cfg.threshold_cjk,
+            "recall_at_threshold": len(as_english & planted) / len(planted), "max_distinct": float(jac.max()),
             "recall_word": word / len(picked[::2]), "recall_clause": (hit - word) / len(picked[1::2]),
             "precision": hit / max(1, len(found)), "false_pairs": len(found - planted)}
 
@@ -180,7 +181,8 @@ def main() -> None:
     print(f"near duplicates: {dup['copies']} near copies among {dup['paragraphs']} distinct paragraphs: "
           f"recall {dup['recall']:.3f} (one word {dup['recall_word']:.3f}, one clause {dup['recall_clause']:.3f}), "
           f"precision {dup['precision']:.4f} ({dup['false_pairs']} false pairs) at threshold_cjk "
-          f"{dup['threshold_cjk']}; highest Jaccard of two distinct paragraphs {dup['max_distinct']:.3f}; recall at the English threshold {dup['threshold']} would be "
+          f"{dup['threshold_cjk']}; highest Jaccard of two distinct paragraphs {dup['max_distinct']:.3f}; "
+          f"recall at the English threshold {dup['threshold']} would be "
           f"{dup['recall_at_threshold']:.3f}")
     rep = repetition(pool, rng)
     print(f"repetition: recall {rep['recall']:.3f} on {rep['loops']} loops; {rep['false_alarms']} false alarms "

@@ -41,5 +41,6 @@ def test_user_errors_are_one_paragraph_with_exit_code_2(demo_small, tmp_path, ca
 
 
 def test_debug_shows_the_traceback(demo_small, tmp_path):
-    result = run("--debug", "run", RECIPE, "--out", str(tmp_path / "o"), *sets(demo_small, "stages.tokenize.tokenizer=/x"))
+    result = run("--debug", "run", RECIPE, "--out", str(tmp_path / "o"),
+                 *sets(demo_small, "stages.tokenize.tokenizer=/x"))
     assert result.exit_code != 0 and isinstance(result.exception, FileNotFoundError)

@@ -57,7 +57,8 @@ def test_scores_decisions_and_review(tmp_path):
     assert 0 <= out["clean"]["repetition_score"] < 0.5
     loop = out["loop"]
     assert loop["reject_reason"] == "repetitive" and loop["reject_stage"] == "filter"
-    assert loop["repetition_score"] >= 0.5 and f"repetition_score={loop['repetition_score']:.3f}" in loop["reject_detail"]
+    assert loop["repetition_score"] >= 0.5
+    assert f"repetition_score={loop['repetition_score']:.3f}" in loop["reject_detail"]
     assert "tail_units=" in loop["reject_detail"] and loop["filter_flags"] == "repetitive"
     assert out["empty"]["reject_reason"] == "empty_answer" and "heuristics" in out["empty"]["reject_detail"]
     exempt = out["academic-loop"]
@@ -96,7 +97,8 @@ def test_a_batch_scores_every_row_as_it_would_alone(tmp_path):
     from tests.filters.test_repetition import ZH_CLEAN, zh_loops
 
     def turns(*answers):
-        return [t for i, a in enumerate(answers) for t in ({"from": "human", "value": f"Q{i}"}, {"from": "gpt", "value": a})]
+        return [t for i, a in enumerate(answers)
+                for t in ({"from": "human", "value": f"Q{i}"}, {"from": "gpt", "value": a})]
 
     fr = "La fonction renvoie une nouvelle liste contenant tous les éléments de l'itérable dans l'ordre croissant."
     rows = [row("clean", "Explain.", PROSE), row("loop", "Explain.", LOOP),
@@ -177,7 +179,8 @@ def test_rule_shortcuts_give_the_plain_scans_results():
         m = re.search("0{%d,}" % t.max_zero_run, text)
         out.append(f"turn 2 has {len(m.group())} zeros in a row (max_zero_run={t.max_zero_run})" if m else None)
         m = re.search(r"(\S)\1{%d,}" % (t.max_char_run - 1), text)
-        out.append(f"turn 2 repeats {m.group(1)!r} {len(m.group())} times (max_char_run={t.max_char_run})" if m else None)
+        out.append(f"turn 2 repeats {m.group(1)!r} {len(m.group())} times (max_char_run={t.max_char_run})"
+                   if m else None)
         lines = [x for x in (" ".join(x.split()).lower() for x in text.splitlines()) if any(c.isalnum() for c in x)]
         ratio = 1 - len(Counter(lines)) / len(lines) if len(lines) >= t.min_lines_for_duplicates else 0
         out.append(f"turn 2: {ratio:.2f} of {len(lines)} lines are duplicates "

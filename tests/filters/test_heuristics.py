@@ -112,7 +112,8 @@ def test_trivial_answers_in_both_scripts():
 
 def test_chinese_answer_equal_to_its_question_ignores_spaces_and_punctuation():
     q = "<image>\n图中的汽车是什么颜色？"
-    for answer in ("图中的汽车是什么颜色？", "图中的汽车是什么颜色。", "图中的 汽车 是 什么颜色", "图中的汽车是什么颜色"):
+    for answer in ("图中的汽车是什么颜色？", "图中的汽车是什么颜色。",
+                   "图中的 汽车 是 什么颜色", "图中的汽车是什么颜色"):
         assert "answer_equals_question" in rules_of(q, answer, IMAGE), answer
     assert "answer_equals_question" not in rules_of(q, "红色。", IMAGE)
     assert "answer_equals_question" not in rules_of(q, "图中的汽车是红色。", IMAGE)

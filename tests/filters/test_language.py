@@ -7,7 +7,8 @@ from filters.language import UNDETERMINED, LanguageId, language_allowed, lid_pat
 SAMPLES = {
     "en": "The function returns a new list containing all items from the iterable in ascending order.",
     "fr": "La fonction renvoie une nouvelle liste contenant tous les éléments de l'itérable dans l'ordre croissant.",
-    "de": "Die Funktion gibt eine neue Liste zurück, die alle Elemente des Iterables in aufsteigender Reihenfolge enthält.",
+    "de": "Die Funktion gibt eine neue Liste zurück, die alle Elemente des Iterables "
+          "in aufsteigender Reihenfolge enthält.",
     "es": "La función devuelve una nueva lista que contiene todos los elementos del iterable en orden ascendente.",
     "zh": "该函数返回一个新列表，其中按升序包含可迭代对象中的所有元素。这是排序的基本方法。",
 }

@@ -23,7 +23,8 @@ def text_shards(folder, sizes=(7, 3, 5), with_index=True):
         entries.append(write_shard(folder / f"shard-{shard:06d}.tar", seqs))
     if with_index:
         write_index(folder, entries, {"max_tokens": 8, "max_tiles": 0})
-    return [f"{shard:06d}-{j:08d}" for shard, n in enumerate(sizes) for j in range(sum(sizes[:shard]), sum(sizes[:shard + 1]))]
+    return [f"{shard:06d}-{j:08d}" for shard, n in enumerate(sizes)
+            for j in range(sum(sizes[:shard]), sum(sizes[:shard + 1]))]
 
 
 def keys_over_ranks(folder, world_size=2, workers=2, **kw):

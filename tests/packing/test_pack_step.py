@@ -37,7 +37,8 @@ def multi_round_manifest(folder: Path) -> Path:
             {"from": "human", "value": "Why?"}, {"from": "gpt", "value": " ".join(topics[k].split()[:150])}]})
     for k in range(4):  # short ones, within any budget here, listed together
         lines.append({"id": f"short-{k}", "conversations": [
-            {"from": "human", "value": f"Name topic {k}."}, {"from": "gpt", "value": " ".join(topics[k].split()[:12])}]})
+            {"from": "human", "value": f"Name topic {k}."},
+            {"from": "gpt", "value": " ".join(topics[k].split()[:12])}]})
     path = folder / "multi.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     return path
@@ -97,7 +98,8 @@ def test_small_budgets_split_truncate_and_stay_within_budgets(ray_session, demo_
     linked = {f.stat().st_ino for f in next((out / "work").glob("*-pack_select")).glob("*.parquet")} & tokenized.keys()
     for ino, table in tokenized.items():
         fit = len(table) > 0 and table.column("reject_reason").null_count == len(table) and \
-            max(table.column("n_tokens").to_pylist()) <= max_tokens and max(table.column("n_tiles").to_pylist()) <= max_tiles
+            max(table.column("n_tokens").to_pylist()) <= max_tokens and \
+            max(table.column("n_tiles").to_pylist()) <= max_tiles
         assert (ino in linked) == fit
     assert linked and len(linked) < len([t for t in tokenized.values() if len(t)])
 

@@ -47,8 +47,9 @@ def shard_dir(tmp_path_factory):
 
     def sample(k, modality):
         ids = list(range(10 * k, 10 * k + 4 + k % 3))
-        return {"id": f"{modality}-{k}", "orig_id": f"line-{k}", "source": "demo", "modality": modality, "input_ids": ids,
-                "labels": [-100] + ids[1:], "n_tiles": tiles[modality], "n_response_tokens": len(ids) - 1,
+        return {"id": f"{modality}-{k}", "orig_id": f"line-{k}", "source": "demo", "modality": modality,
+                "input_ids": ids, "labels": [-100] + ids[1:], "n_tiles": tiles[modality],
+                "n_response_tokens": len(ids) - 1,
                 "media": [media[modality]] if modality in media else []}
 
     plan = [["text"], ["text", "text"], ["text"], ["image", "audio"], ["video"], ["audio", "text"], ["image", "video"]]
@@ -57,7 +58,8 @@ def shard_dir(tmp_path_factory):
     for shard, n in enumerate((3, 2, 2)):
         seqs = []
         for _ in range(n):
-            seqs.append(pack_sequence(f"{shard:06d}-{k:08d}", k, [sample(10 * k + j, m) for j, m in enumerate(plan[k])]))
+            seqs.append(pack_sequence(f"{shard:06d}-{k:08d}", k,
+                                      [sample(10 * k + j, m) for j, m in enumerate(plan[k])]))
             k += 1
         entries.append(write_shard(out / f"shard-{shard:06d}.tar", seqs))
     write_index(out, entries, {"max_tokens": 64, "max_tiles": 8})
@@ -74,7 +76,8 @@ def assert_same(got: dict, ref: dict) -> None:
     for name in TENSORS:
         assert torch.equal(got[name], ref[name]), name
     assert got["samples"] == ref["samples"]
-    assert len(got["audio"]) == len(ref["audio"]) and all(np.array_equal(a, b) for a, b in zip(got["audio"], ref["audio"]))
+    assert len(got["audio"]) == len(ref["audio"])
+    assert all(np.array_equal(a, b) for a, b in zip(got["audio"], ref["audio"]))
 
 
 def test_layout_has_the_same_sorted_members_in_every_sequence(shard_dir, expected):

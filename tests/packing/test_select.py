@@ -18,7 +18,8 @@ def encoder(tmp_path_factory):
 
 
 def record(encoder, turns, media=()):
-    row = {"id": "r1", "orig_id": "conv-7", "source": "s", "origin": "manifest", "conversations": [{"from": f, "value": v} for f, v in turns],
+    row = {"id": "r1", "orig_id": "conv-7", "source": "s", "origin": "manifest",
+           "conversations": [{"from": f, "value": v} for f, v in turns],
            "media": list(media), "reject_reason": None}
     ids, labels, tiles, audio, turn_starts, media_spans = encoder.encode(row)
     row.update(input_ids=ids, labels=labels, n_tokens=len(ids), n_tiles=tiles, n_audio_tokens=audio,

@@ -41,7 +41,8 @@ def make_image(folder: Path, k: int) -> dict:
 
 def make_audio(folder: Path, k: int, seconds: float) -> dict:
     path = folder / f"clip{k}.flac"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"sine=frequency={300 + 50 * k}:duration={seconds}",
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi",
+                    "-i", f"sine=frequency={300 + 50 * k}:duration={seconds}",
                     "-ar", "16000", "-ac", "1", str(path)], check=True)
     return {"kind": "audio", "sha256": f"clip{k}", "path": str(path), "duration": seconds}
 

@@ -73,7 +73,8 @@ def test_two_cpu_ranks_on_gloo_read_each_sequence_once(tiny_assets, tiny_run, tm
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     log = tmp_path / "ddp.jsonl"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29617",
-           "-m", "curate", "train", str(RECIPE), "--shards", str(tiny_run), "--max-steps", "4", "--log-file", str(log), *sets]
+           "-m", "curate", "train", str(RECIPE), "--shards", str(tiny_run), "--max-steps", "4",
+           "--log-file", str(log), *sets]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in log.read_text().splitlines()]

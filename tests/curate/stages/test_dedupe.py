@@ -103,7 +103,8 @@ def test_near_duplicate_precision_and_recall_against_exact_jaccard():
 def rows_from_texts(texts, source="s"):
     return [{"id": f"{i:012d}", "source": source, "origin": "manifest", "reject_reason": None,
              "reject_stage": None, "reject_detail": None, "media": [],
-             "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": t}]} for i, t in enumerate(texts)]
+             "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": t}]}
+            for i, t in enumerate(texts)]
 
 
 def run_stage(ray_session, rows, sources=("s",), **cfg):

@@ -62,7 +62,8 @@ def test_parse_chinese_score(reply, expected):
 
 @pytest.mark.parametrize("reply,expected,kind", [
     ("数学", "mathematics", "domain"), ("这是一道编程题。", "programming", "domain"), ("通用", "general", "domain"),
-    ("烹饪", None, "domain"), ("是", True, "yes_no"), ("否。", False, "yes_no"), ("是的，最后一句重复了。", True, "yes_no"),
+    ("烹饪", None, "domain"), ("是", True, "yes_no"), ("否。", False, "yes_no"),
+    ("是的，最后一句重复了。", True, "yes_no"),
     ("不是，内容没有重复", False, "yes_no"), ("没有重复。", False, "yes_no"),
     ("这是正常的回答", None, "yes_no"),  # 是 inside a sentence is not an answer
 ])
@@ -96,7 +97,8 @@ def test_prompt_file_is_versioned_and_checked(tmp_path):
     assert prompts.prompt_id.startswith("score-v1@") and prompts.domains == DOMAINS
     assert "def f" in prompts.score_prompt("def f(): pass", "programming")[-1]["content"]
     bad = tmp_path / "p.yaml"
-    bad.write_text("version: x\ndomains: [general]\nclassify: '{text}'\nscore: 'no placeholder'\nrepetition: '{text}'\n")
+    bad.write_text("version: x\ndomains: [general]\nclassify: '{text}'\nscore: 'no placeholder'\n"
+                   "repetition: '{text}'\n")
     with pytest.raises(ValueError, match="score.default has no"):
         load_prompts(str(bad))
     edited = tmp_path / "q.yaml"

@@ -90,7 +90,8 @@ def test_stage_batch_columns_equal_the_row_path(tok_dir):
     prompts = ["plain question", "<image>\nwhat is this", "<image><image> compare", "<video> describe",
                "<audio> transcribe", "empty reply"]
     answers = ["the answer is short.", "a cat", "same", "it moves", "hello there", ""]
-    rows = [{"id": f"r{i}", "source": "s", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}],
+    rows = [{"id": f"r{i}", "source": "s",
+             "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}],
              "media": m, "reject_reason": "too_short" if i == 5 else None}
             for i, (q, a, m) in enumerate(zip(prompts, answers, media))]
     fields = [f for f in CORE_SCHEMA if f.name in ("id", "source", "conversations", "media", "reject_reason")]
