@@ -406,7 +406,8 @@ class Runner:
                     ray.init(address=address, **kwargs)
                 except (ConnectionError, TimeoutError) as e:
                     raise UserError(f"cannot connect to the Ray cluster at {address}: {e}. Start one with "
-                                    f"`ray start --head`, or drop --address / RAY_ADDRESS to run on a local Ray") from None
+                                    f"`ray start --head`, or drop --address / RAY_ADDRESS to run on a local "
+                                    f"Ray") from None
             else:  # "local": never join a cluster that `ray start` left on this machine by accident
                 ray.init(address="local", num_cpus=self.recipe.ray.num_cpus,
                          object_store_memory=self.recipe.ray.object_store_memory, **kwargs)

@@ -351,8 +351,8 @@ class GlobalStage(Stage):
 
     Instead of a per-batch `__call__`, it implements `transform(ds, job) -> (ds, info)` over the
     dataset it is handed, with the executor `job.executor` for the global part (tasks over
-    blocks, never a driver loop over rows); `info` goes into its marker. It returns every input row, with `reject_reason` set on
-    those that leave.
+    blocks, never a driver loop over rows); `info` goes into its marker. It returns every input
+    row, with `reject_reason` set on those that leave.
     """
 
     @classmethod

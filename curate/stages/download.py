@@ -116,8 +116,8 @@ class DownloadStage(Stage):
         return pc.and_(pa.array(hits > 0), pc.is_null(batch.column("reject_reason")))
 
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        urls = sorted({m["ref"] for r in rows if r.get("reject_reason") is None
-                       for m in r.get("media") or [] if not m.get("path") and m.get("ref") and is_network_url(m["ref"])})
+        urls = sorted({m["ref"] for r in rows if r.get("reject_reason") is None for m in r.get("media") or []
+                       if not m.get("path") and m.get("ref") and is_network_url(m["ref"])})
         if not urls:
             return rows
         outcomes: dict[str, dict[str, Any]] = {}

@@ -88,7 +88,8 @@ class FilterStage(Stage):
         signals = iter(repetition_signals_batch([a for texts in answers for a in texts], self.rep_thresholds))
         # fastText for all rows in a row as well: between the numpy work of other filters its
         # model drops out of the CPU caches and one prediction took about twice as long
-        languages = [self.language(row.get("conversations") or []) for row in alive] if self.lid else [None] * len(alive)
+        languages = ([self.language(row.get("conversations") or []) for row in alive] if self.lid
+                     else [None] * len(alive))
         review = []
         for row, texts, language in zip(alive, answers, languages):
             flagged = self.filter_row(row, [next(signals) for _ in texts], language)

@@ -218,5 +218,6 @@ def test_a_skipped_stage_links_its_clean_input_files_and_rewrites_those_with_rej
     ids = sorted(pq.read_table(here, columns=["id"]).column("id").to_pylist())
     assert ids == ["c0", "c1", "c2", "m0"]
     marker = read_marker(here)
-    assert marker["rows"] == marker["kept"] == 4 and marker["skipped"] == "nothing to do" and marker["linked_files"] == 1
+    assert marker["rows"] == marker["kept"] == 4 and marker["skipped"] == "nothing to do"
+    assert marker["linked_files"] == 1
     assert not (tmp_path / "flag").exists()
