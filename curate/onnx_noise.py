@@ -104,7 +104,8 @@ def _node(op: str, inputs: list[str], output: str) -> bytes:
 
 
 def _int64_initializer(name: str, values: list[int]) -> bytes:
-    body = (_int_field(TENSOR_DIMS, len(values)) + _int_field(TENSOR_DATA_TYPE, INT64) + _str(TENSOR_NAME, name)
+    body = (_int_field(TENSOR_DIMS, len(values)) + _int_field(TENSOR_DATA_TYPE, INT64)
+            + _str(TENSOR_NAME, name)
             + _bytes_field(TENSOR_RAW_DATA, struct.pack(f"<{len(values)}q", *values)))
     return _bytes_field(GRAPH_INITIALIZER, body)
 
@@ -121,8 +122,10 @@ def _replacement(x: str, y: str, k: int, name: str) -> tuple[list[bytes], NoiseI
     p, noise = f"{PREFIX}/{k}", f"noise_{k}"
     nodes = [_node("Size", [x], f"{p}/n0"), _node("Reshape", [f"{p}/n0", f"{PREFIX}/one"], f"{p}/n"),
              _node("Size", [noise], f"{p}/m0"), _node("Reshape", [f"{p}/m0", f"{PREFIX}/one"], f"{p}/m"),
-             _node("Add", [f"{p}/n", f"{p}/m"], f"{p}/nm"), _node("Sub", [f"{p}/nm", f"{PREFIX}/one"], f"{p}/nm1"),
-             _node("Div", [f"{p}/nm1", f"{p}/m"], f"{p}/reps"), _node("Tile", [noise, f"{p}/reps"], f"{p}/tiled"),
+             _node("Add", [f"{p}/n", f"{p}/m"], f"{p}/nm"),
+             _node("Sub", [f"{p}/nm", f"{PREFIX}/one"], f"{p}/nm1"),
+             _node("Div", [f"{p}/nm1", f"{p}/m"], f"{p}/reps"),
+             _node("Tile", [noise, f"{p}/reps"], f"{p}/tiled"),
              _node("Slice", [f"{p}/tiled", f"{PREFIX}/zero", f"{p}/n"], f"{p}/flat"),
              _node("Shape", [x], f"{noise}_shape"), _node("Reshape", [f"{p}/flat", f"{noise}_shape"], y)]
     return nodes, NoiseInput(noise, f"{noise}_shape", name)

@@ -59,7 +59,7 @@ class VoiceParams:
     pitch: float = 1.0
     noise_scale: float | None = None  # Piper: phoneme noise (None: the voice's default)
     noise_w: float | None = None  # Piper: duration noise (None: the voice's default)
-    seed: int = 0  # Piper: seeds its noise draws (clip_seed); how it was drawn, not how it sounds: not in as_dict
+    seed: int = 0  # Piper: seeds its noise draws (clip_seed); not a voice setting, so not in as_dict
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 4) for k, v in asdict(self).items() if v is not None and k != "seed"}
@@ -198,7 +198,7 @@ class PiperTTS:
         self.threads = threads
         self._voices: dict[str, Any] = {}
         self._noise: dict[str, list[Any]] = {}  # voice -> curate.onnx_noise.NoiseInput per noise node
-        self._per_id: dict[str, list[float]] = {}  # voice -> noise values per phoneme id seen so far, per node
+        self._per_id: dict[str, list[float]] = {}  # voice -> most noise values per phoneme id, per node
         self._phonemizers: dict[str, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle; actors reload them
@@ -334,8 +334,8 @@ def pick_voice(voices: list[str], seed: int, key: str) -> str:
 def draw_params(seed: int, key: str, voice: Voice, rate: tuple[float, float] = (1.0, 1.0),
                 pitch: tuple[float, float] = (1.0, 1.0), noise_scale: tuple[float, float] | None = None,
                 noise_w: tuple[float, float] | None = None) -> VoiceParams:
-    """Uniform draws in each [lo, hi] range, deterministic in (seed, key); the voice's own pitch multiplies in.
-    Piper's noise seed comes from (seed, key) too, so the sample's clip is the same in every run."""
+    """Uniform draws in each [lo, hi] range, deterministic in (seed, key); the voice's own pitch multiplies
+    in. Piper's noise seed comes from (seed, key) too, so the sample's clip is the same in every run."""
     rng = _unit(seed, key, "voice-params")
     p = VoiceParams(rate=rng.uniform(*rate), pitch=voice.pitch * rng.uniform(*pitch),
                     noise_scale=rng.uniform(*noise_scale) if noise_scale else None,
