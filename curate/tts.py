@@ -6,16 +6,18 @@ FLAC with PyAV and stores it by content (curate.store.MediaStore). No process is
 Piper, and one (espeak-ng itself) for espeak: an ffmpeg start per clip used to cost more than
 the synthesis. Two back-ends:
 
-- PiperTTS: a Piper neural voice (VITS, https://github.com/rhasspy/piper) run by onnxruntime
-  through `piper-onnx`; `joe` is the en_US-joe-medium voice installed by `make setup`, any
-  other name is a local `.onnx` file with its `.onnx.json` beside it.
+- PiperTTS: a Piper neural voice (VITS, https://github.com/rhasspy/piper) run by onnxruntime,
+  its noise drawn from seeded generators (curate.onnx_noise), so the same clip comes out every
+  time; `joe` is the en_US-joe-medium voice installed by `make setup`, any other name is a local
+  `.onnx` file with its `.onnx.json` beside it.
 - EspeakTTS: the espeak-ng binary's formant voices (`en-us`, `en+f3` = English, female variant 3).
 
 A voice is written `[backend:]name[*pitch]`: `piper:joe`, `espeak:en+f3`, `piper:joe*0.88`
 (the joe voice a little deeper). A bare name uses the recipe's default back-end.
 
 Variation (Baichuan-omni speaks its questions in many timbres): `draw_params` gives each clip
-a speaking rate, a pitch factor and Piper's two noise scales, drawn from (seed, sample id). The
+a speaking rate, a pitch factor, Piper's two noise scales and the seed of Piper's noise, drawn
+from (seed, sample id), so a sample's clip is the same in every run. The
 pitch factor p is applied by resampling, which raises pitch, formants and tempo together by p
 (like sox `speed`, ffmpeg `asetrate`); the back-end speaks at rate r/p so the clip ends at rate r.
 """
@@ -57,9 +59,10 @@ class VoiceParams:
     pitch: float = 1.0
     noise_scale: float | None = None  # Piper: phoneme noise (None: the voice's default)
     noise_w: float | None = None  # Piper: duration noise (None: the voice's default)
+    seed: int = 0  # Piper: seeds its noise draws (clip_seed); not a voice setting, so not in as_dict
 
     def as_dict(self) -> dict[str, float]:
-        return {k: round(v, 4) for k, v in asdict(self).items() if v is not None}
+        return {k: round(v, 4) for k, v in asdict(self).items() if v is not None and k != "seed"}
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,8 @@ class TTSBackend(Protocol):
         """None when the back-end can speak in `voice`; otherwise the reason it cannot."""
 
     def synthesize(self, text: str, voice: str, params: VoiceParams) -> tuple[np.ndarray, int]:
-        """float32 mono samples of `text` at rate `params.rate` (pitch is applied afterwards) and their rate."""
+        """float32 mono samples of `text` at rate `params.rate` (pitch is applied afterwards) and their rate;
+        the same arguments give the same samples (`params.seed` seeds a back-end's random draws, if any)."""
 
 
 def _run(cmd: list[str], stdin: bytes | None = None) -> bytes:
@@ -178,13 +182,23 @@ def piper_model_path(voice: str) -> Path:
 
 
 class PiperTTS:
-    """Piper voices through piper-onnx + onnxruntime: a session per voice file, `threads` CPU threads each."""
+    """Piper voices on onnxruntime, one session per voice file, deterministic in (seed, text, voice, params).
+
+    VITS draws two noise tensors per clip (the duration predictor's and the prior's, scaled in the
+    graph by noise_w and noise_scale). onnxruntime's RandomNormalLike would draw them from a
+    generator that every call advances, so a clip would depend on the calls before it in that
+    process. The voice is rewritten once at load (curate.onnx_noise) to read that noise from
+    inputs, drawn here per clip from numpy generators seeded by (seed, voice, text, node): the
+    same clip comes out of any actor, in any order, after a crash and resume. The session runs
+    sequentially on `threads` intra-op threads (1 by default) with deterministic compute on."""
 
     name = "piper"
 
     def __init__(self, threads: int = 1) -> None:
         self.threads = threads
         self._voices: dict[str, Any] = {}
+        self._noise: dict[str, list[Any]] = {}  # voice -> curate.onnx_noise.NoiseInput per noise node
+        self._per_id: dict[str, list[float]] = {}  # voice -> most noise values per phoneme id, per node
         self._phonemizers: dict[str, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle; actors reload them
@@ -209,7 +223,8 @@ class PiperTTS:
         return None
 
     def voice(self, voice: str) -> Any:
-        """The loaded Piper voice (onnxruntime session), cached per voice name."""
+        """The loaded Piper voice (its config and onnxruntime session), cached per voice name; the
+        session runs the rewritten graph, kept in memory only."""
         if voice not in self._voices:
             reason = self.available(voice)
             if reason:
@@ -217,11 +232,20 @@ class PiperTTS:
             import onnxruntime as ort
             from piper_onnx import Piper
 
+            from curate.onnx_noise import seed_noise_inputs
+
             path = piper_model_path(voice)
+            try:
+                model, noise = seed_noise_inputs(path.read_bytes())
+            except (ValueError, IndexError) as e:  # IndexError: a truncated protobuf
+                raise TTSError(f"piper voice {path}: cannot feed its noise from outside: {e}") from e
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = opts.inter_op_num_threads = self.threads
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.use_deterministic_compute = True
+            session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
             self._voices[voice] = Piper.from_session(session, f"{path}.json")
+            self._noise[voice], self._per_id[voice] = noise, [0.0] * len(noise)
         return self._voices[voice]
 
     def phonemes(self, piper: Any, text: str) -> str:
@@ -233,20 +257,53 @@ class PiperTTS:
             self._phonemizers[lang] = EspeakBackend(lang, preserve_punctuation=True, with_stress=True)
         return self._phonemizers[lang].phonemize([text], strip=True)[0]
 
+    @staticmethod
+    def phoneme_ids(piper: Any, phonemes: str) -> list[int]:
+        """Piper's input ids: BOS, each known phoneme followed by PAD, EOS (as piper-onnx writes them)."""
+        table = piper.phoneme_id_map
+        ids = []
+        for p in "^" + phonemes:
+            if p in table:
+                ids += table[p] + table["_"]
+        return ids + table["$"]
+
     def synthesize(self, text: str, voice: str, params: VoiceParams = VoiceParams()) -> tuple[np.ndarray, int]:
         piper = self.voice(voice)
         inference = piper.config["inference"]
-        try:
-            audio, rate = piper.create(self.phonemes(piper, text), is_phonemes=True,
-                                       length_scale=inference["length_scale"] / params.rate,
-                                       noise_scale=inference["noise_scale"] if params.noise_scale is None else params.noise_scale,
-                                       noise_w=inference["noise_w"] if params.noise_w is None else params.noise_w)
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise TTSError(f"piper voice {voice!r} failed: {e}") from e
+        ids = self.phoneme_ids(piper, self.phonemes(piper, text))
+        scales = [inference["noise_scale"] if params.noise_scale is None else params.noise_scale,
+                  inference["length_scale"] / params.rate,
+                  inference["noise_w"] if params.noise_w is None else params.noise_w]
+        feeds = {"input": np.array([ids], dtype=np.int64), "input_lengths": np.array([len(ids)], dtype=np.int64),
+                 "scales": np.array(scales, dtype=np.float32)}
+        if "sid" in piper.sess_inputs_names:
+            feeds["sid"] = np.zeros(1, dtype=np.int64)
+        noise, per_id = self._noise[voice], self._per_id[voice]
+        key = hashlib.sha256(f"piper-noise\x00{params.seed}\x00{voice}\x00{text}".encode()).digest()
+        # Each node's values are a prefix of one stream, so the clip does not depend on how many were
+        # drawn: the first guess comes from earlier clips, and a short guess is redrawn at the size needed.
+        sizes = [max(64, int(r * len(ids) * 1.25)) for r in per_id]
+        # (The prior's size follows the durations, which follow the duration noise: up to 3 runs.)
+        for _ in range(4):
+            for k, (node, size) in enumerate(zip(noise, sizes)):
+                rng = np.random.default_rng([int.from_bytes(key[:16], "big"), k])
+                feeds[node.name] = rng.standard_normal(size, dtype=np.float32)
+            try:
+                audio, *shapes = piper.sess.run(None, feeds)
+            except Exception as e:  # onnxruntime raises its own exception types
+                raise TTSError(f"piper voice {voice!r} failed: {e}") from e
+            needed = [int(np.prod(shape)) for shape in shapes]
+            for k, n in enumerate(needed):
+                per_id[k] = max(per_id[k], n / len(ids))
+            if all(n <= size for n, size in zip(needed, sizes)):
+                break
+            sizes = [max(n, size) for n, size in zip(needed, sizes)]
+        else:
+            raise TTSError(f"piper voice {voice!r}: its noise sizes did not settle in 4 runs")
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if audio.size == 0:
             raise TTSError(f"piper voice {voice!r} produced no audio")
-        return audio, int(rate)
+        return audio, int(piper.sample_rate)
 
 
 def make_backends(default: str = "espeak", speed: int = 160, threads: int = 1) -> dict[str, TTSBackend]:
@@ -261,6 +318,12 @@ def _unit(seed: int, key: str, what: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
+def clip_seed(seed: int, key: str) -> int:
+    """The seed of one sample's clip (Piper's noise draws), from the run's seed and the sample id (key)."""
+    digest = hashlib.sha256(f"clip-noise\x00{seed}\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
 def pick_voice(voices: list[str], seed: int, key: str) -> str:
     """The voice for one sample: deterministic in (seed, key), spread evenly over the list."""
     if not voices:
@@ -272,12 +335,13 @@ def pick_voice(voices: list[str], seed: int, key: str) -> str:
 def draw_params(seed: int, key: str, voice: Voice, rate: tuple[float, float] = (1.0, 1.0),
                 pitch: tuple[float, float] = (1.0, 1.0), noise_scale: tuple[float, float] | None = None,
                 noise_w: tuple[float, float] | None = None) -> VoiceParams:
-    """Uniform draws in each [lo, hi] range, deterministic in (seed, key); the voice's own pitch multiplies in."""
+    """Uniform draws in each [lo, hi] range, deterministic in (seed, key); the voice's own pitch multiplies
+    in. Piper's noise seed comes from (seed, key) too, so the sample's clip is the same in every run."""
     rng = _unit(seed, key, "voice-params")
     p = VoiceParams(rate=rng.uniform(*rate), pitch=voice.pitch * rng.uniform(*pitch),
                     noise_scale=rng.uniform(*noise_scale) if noise_scale else None,
-                    noise_w=rng.uniform(*noise_w) if noise_w else None)
-    if voice.backend != "piper":  # the noise scales belong to Piper's VITS decoder
+                    noise_w=rng.uniform(*noise_w) if noise_w else None, seed=clip_seed(seed, key))
+    if voice.backend != "piper":  # the noise scales and their seed belong to Piper's VITS decoder
         p = VoiceParams(rate=p.rate, pitch=p.pitch)
     return p
 
@@ -336,14 +400,15 @@ def flac_duration(path: str | os.PathLike[str]) -> float:
 def speak(backends: dict[str, TTSBackend], text: str, voice: Voice, params: VoiceParams = VoiceParams()
           ) -> np.ndarray:
     """16 kHz float32 speech: the back-end speaks at rate/pitch, the resampling shifts pitch and tempo by pitch."""
-    inner = VoiceParams(params.rate / params.pitch, 1.0, params.noise_scale, params.noise_w)
+    inner = VoiceParams(params.rate / params.pitch, 1.0, params.noise_scale, params.noise_w, params.seed)
     audio, rate = backends[voice.backend].synthesize(text, voice.name, inner)
     return resample(audio, rate, params.pitch)
 
 
 def synthesize_to_store(backends: dict[str, TTSBackend], text: str, voice: Voice | str, store: MediaStore,
                         params: VoiceParams = VoiceParams(), sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
-    """Speak `text`, store it as 16 kHz mono FLAC (no ffmpeg); returns an audio media item."""
+    """Speak `text`, store it as 16 kHz mono FLAC (no ffmpeg); returns an audio media item.
+    The same arguments store the same bytes."""
     voice = parse_voice(voice) if isinstance(voice, str) else voice
     audio = speak(backends, text, voice, params)
     fd, tmp = tempfile.mkstemp(dir=store.tmp_dir(), suffix=".flac")
