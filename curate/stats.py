@@ -24,8 +24,8 @@ def compute_stats(run_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{layout.root}: no shards/index.json (is this a finished run folder?)")
     index = json.loads(layout.index.read_text())
     contents = pq.read_table(layout.contents)
-    rejects = _read_rejects(layout.rejects_dir)
-    markers = _markers(layout)
+    rejects = read_rejects(layout)
+    markers = read_markers(layout)
 
     samples_in = int(markers.get("ingest", {}).get("rows", 0))
     synthesized_ids = set()
@@ -33,12 +33,7 @@ def compute_stats(run_dir: str | Path) -> dict[str, Any]:
         if len(table):
             mask = pc.starts_with(pc.fill_null(table.column("origin"), ""), "synthesized")
             synthesized_ids.update(table.filter(mask).column("id").to_pylist())
-    rejected: dict[str, int] = {}
-    by_stage: dict[str, dict[str, int]] = {}
-    for r in rejects.select(["reject_stage", "reject_reason"]).to_pylist():
-        rejected[r["reject_reason"]] = rejected.get(r["reject_reason"], 0) + 1
-        stage = by_stage.setdefault(r["reject_stage"], {})
-        stage[r["reject_reason"]] = stage.get(r["reject_reason"], 0) + 1
+    rejected, by_stage = reject_counts(rejects)
 
     budgets = index["budgets"]
     totals = index["totals"]
@@ -53,7 +48,7 @@ def compute_stats(run_dir: str | Path) -> dict[str, Any]:
         "synthesized": len(synthesized_ids),
         "samples_out": samples_out,
         "repeats": int(sum(copies) - samples_out) if samples_out else 0,
-        "rejected": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
+        "rejected": rejected,
         "rejected_by_stage": by_stage,
         "shards": len(index["shards"]),
         "sequences": sequences,
@@ -88,23 +83,51 @@ def not_eligible_of(markers: dict[str, dict[str, Any]]) -> dict[str, dict[str, i
     return {name: dict(m["not_eligible"]) for name, m in markers.items() if m.get("not_eligible")}
 
 
-def _read_rejects(folder: Path) -> pa.Table:
+def read_rejects(layout: RunLayout) -> pa.Table:
+    """Every stage's rejects in one table (an empty one with the counted columns when none)."""
+    folder = layout.rejects_dir
     tables = [pq.read_table(p) for p in sorted(folder.glob("*.parquet"))] if folder.exists() else []
     tables = [t for t in tables if len(t)]
     if not tables:
         return pa.table({"id": pa.array([], pa.string()), "origin": pa.array([], pa.string()),
-                         "reject_stage": pa.array([], pa.string()), "reject_reason": pa.array([], pa.string())})
+                         "source": pa.array([], pa.string()), "reject_stage": pa.array([], pa.string()),
+                         "reject_reason": pa.array([], pa.string())})
     return pa.concat_tables(tables, promote_options="default")
 
 
-def _markers(layout: RunLayout) -> dict[str, dict[str, Any]]:
-    """Stage name -> its marker, in pipeline order (unreadable markers are left out)."""
+def reject_counts(rejects: pa.Table) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """(reason -> count, most first; stage -> reason -> count): the one place rejects are counted."""
+    rejected: dict[str, int] = {}
+    by_stage: dict[str, dict[str, int]] = {}
+    for r in rejects.select(["reject_stage", "reject_reason"]).to_pylist():
+        rejected[r["reject_reason"]] = rejected.get(r["reject_reason"], 0) + 1
+        stage = by_stage.setdefault(r["reject_stage"], {})
+        stage[r["reject_reason"]] = stage.get(r["reject_reason"], 0) + 1
+    return dict(sorted(rejected.items(), key=lambda kv: -kv[1])), by_stage
+
+
+def read_markers(layout: RunLayout) -> dict[str, dict[str, Any]]:
+    """stage name -> its marker, for the stages that have finished."""
     out = {}
-    for path in layout.markers():
-        marker = read_marker(path.parent)
-        if marker and "stage" in marker:
-            out[marker["stage"]] = marker
+    for path in layout.markers() if layout.work.exists() else []:
+        m = read_marker(path.parent)
+        if m and "stage" in m:
+            out[m["stage"]] = m
     return out
+
+
+def partial_stats(layout: RunLayout) -> dict[str, Any]:
+    """The funnel as far as a run got (no shards yet): samples in, rejected, still alive."""
+    markers = read_markers(layout)
+    rejected, by_stage = reject_counts(read_rejects(layout))
+    stats = {"samples_in": int(markers.get("ingest", {}).get("rows", 0)), "synthesized": 0, "samples_out": 0,
+             "repeats": 0, "rejected": rejected, "rejected_by_stage": by_stage, "shards": 0, "sequences": 0,
+             "tokens": 0, "tiles": 0, "modalities": {}, "stage_seconds": {n: m["seconds"] for n, m in markers.items()},
+             "invariant_ok": None, "partial": True}
+    download = download_summary(layout)
+    if download:
+        stats["download"] = download
+    return stats
 
 
 def download_summary(layout: RunLayout) -> dict[str, Any] | None:

@@ -24,8 +24,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import yaml
 
-from curate.layout import RunLayout, read_marker, write_text_atomic
-from curate.stats import compute_stats, download_summary
+from curate.layout import RunLayout, write_text_atomic
+from curate.stats import compute_stats, partial_stats, read_markers, read_rejects, reject_counts
 
 EXAMPLES_PER_REASON = 3
 EXCERPT_CHARS = 160
@@ -116,44 +116,6 @@ def _recipe(layout: RunLayout) -> dict[str, Any]:
         return {}
 
 
-def _markers(layout: RunLayout) -> dict[str, dict[str, Any]]:
-    out = {}
-    for path in layout.markers() if layout.work.exists() else []:
-        m = read_marker(path.parent)
-        if m and "stage" in m:
-            out[m["stage"]] = m
-    return out
-
-
-def _rejects(layout: RunLayout) -> pa.Table | None:
-    folder = layout.rejects_dir
-    tables = [pq.read_table(p) for p in sorted(folder.glob("*.parquet"))] if folder.exists() else []
-    tables = [t for t in tables if len(t)]
-    return pa.concat_tables(tables, promote_options="default") if tables else None
-
-
-# ---------------------------------------------------------------------------- stats of a partial run
-def partial_stats(layout: RunLayout) -> dict[str, Any]:
-    """The funnel as far as the run got (no shards yet): samples in, rejected, still alive."""
-    markers = _markers(layout)
-    rejects = _rejects(layout)
-    rejected: dict[str, int] = {}
-    by_stage: dict[str, dict[str, int]] = {}
-    for r in rejects.select(["reject_stage", "reject_reason"]).to_pylist() if rejects is not None else []:
-        rejected[r["reject_reason"]] = rejected.get(r["reject_reason"], 0) + 1
-        by_stage.setdefault(r["reject_stage"], {})
-        by_stage[r["reject_stage"]][r["reject_reason"]] = by_stage[r["reject_stage"]].get(r["reject_reason"], 0) + 1
-    stats = {"samples_in": int(markers.get("ingest", {}).get("rows", 0)), "synthesized": 0, "samples_out": 0,
-             "repeats": 0, "rejected": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
-             "rejected_by_stage": by_stage, "shards": 0, "sequences": 0, "tokens": 0, "tiles": 0,
-             "modalities": {}, "stage_seconds": {n: m["seconds"] for n, m in markers.items()},
-             "invariant_ok": None, "partial": True}
-    download = download_summary(layout)
-    if download:
-        stats["download"] = download
-    return stats
-
-
 # ---------------------------------------------------------------------------- sections
 def section_summary(stats: dict[str, Any], layout: RunLayout) -> str:
     n_rej = sum(stats["rejected"].values())
@@ -184,7 +146,7 @@ def section_summary(stats: dict[str, Any], layout: RunLayout) -> str:
 def section_stages(stats: dict[str, Any], layout: RunLayout, recipe: dict[str, Any]) -> str:
     from curate.stages.registry import STAGES
 
-    markers = _markers(layout)
+    markers = read_markers(layout)
     cfg = recipe.get("stages") or {}
     rows, not_run = [], []
     for spec in STAGES:
@@ -234,13 +196,11 @@ def _excerpt(row: dict[str, Any]) -> str:
 
 
 def section_rejects(layout: RunLayout) -> str:
-    rejects = _rejects(layout)
-    if rejects is None:
+    rejects = read_rejects(layout)
+    if not len(rejects):
         return "<p>No sample was rejected.</p>"
-    counts: dict[tuple[str, str], int] = {}
-    for r in rejects.select(["reject_stage", "reject_reason"]).to_pylist():
-        key = (r["reject_stage"], r["reject_reason"])
-        counts[key] = counts.get(key, 0) + 1
+    _, by_stage = reject_counts(rejects)
+    counts = {(stage, reason): n for stage, reasons in by_stage.items() for reason, n in reasons.items()}
     rows = [[s, r, n] for (s, r), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
     out = table(["stage", "reason", "samples"], rows, numeric={2})
     examples = []
@@ -302,7 +262,7 @@ def section_sources(stats: dict[str, Any], layout: RunLayout, recipe: dict[str, 
             counts[s][key] = counts[s].get(key, 0) + w
 
     add(ingest, "in")
-    add(_rejects(layout), "rejected")
+    add(read_rejects(layout), "rejected")
     contents = pq.read_table(layout.contents) if layout.contents.exists() else None
     add(contents, "out")
     add(contents, "copies", "copies")
@@ -507,4 +467,4 @@ def funnel_numbers(page: str) -> dict[str, int]:
     return {k: int(v.replace(",", "")) for k, v in re.findall(r"data-funnel=(\w+)>([\d,]+)<", page)}
 
 
-__all__ = ["write_report", "partial_stats", "funnel_numbers", "table"]
+__all__ = ["write_report", "funnel_numbers", "table"]
