@@ -5,15 +5,15 @@ The algorithms live in curate.dedup (one module each); this stage schedules them
 executor, never a driver loop over rows, memory independent of cluster size:
 1. map: per sample, the normalised text, its bucket keys (exact text + media sha256s, each
    LSH band, optionally each pHash band, the video it asks about), the shingle hashes, the
-   media identity and the keep-rule order (_features);
+   media identity and the keep-rule order (steps.features);
 2. one task plans on compact arrays (8-byte keys and ranks, no row payload): the candidate
-   pairs of every bucket, at most ANCHORS per member (_plan, curate.dedup.buckets);
+   pairs of every bucket, at most ANCHORS per member (steps.plan, curate.dedup.buckets);
 3. shuffle: one task per features block sends the features of paired samples to a few
-   verification partitions (_route), and one task per partition verifies all its pairs at
-   once (_verify_task, curate.dedup.verify);
+   verification partitions (steps.route), and one task per partition verifies all its pairs at
+   once (steps.verify_partition, curate.dedup.verify);
 4. one task takes the connected components of the verified edges and picks the sample to
-   keep in each cluster (_decide, curate.dedup.components);
-5. map: the other members of each cluster become reject rows naming the kept sample (_mark).
+   keep in each cluster (steps.decide, curate.dedup.components);
+5. map: the other members of each cluster become reject rows naming the kept sample (steps.mark).
 
 What counts as a duplicate:
 - exact_duplicate: same normalised text and the same media bytes;
@@ -32,182 +32,14 @@ scores cannot decide: LLM scoring runs after dedupe, so that no GPU time goes to
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar
 
-import numpy as np
-import pyarrow as pa
-
-from curate.dedup.buckets import KINDS, candidate_pairs, sample_keys
+from curate.dedup import steps
 from curate.dedup.clusters import near_duplicate_clusters
-from curate.dedup.components import components
-from curate.dedup.lsh import lsh_settings, near_bucket_keys
-from curate.dedup.minhash import signatures_from_hashes
-from curate.dedup.phash import phash_cached
-from curate.dedup.shingles import sample_text, text_units
-from curate.dedup.verify import verify_pairs
-from curate.records import reject_where
+from curate.dedup.lsh import lsh_settings
 from curate.stages.base import GlobalStage, Job, Resources
-from filters.text_units import is_cjk
 
 __all__ = ["DedupeStage", "near_duplicate_clusters"]
-
-
-FEATURES = pa.schema([("id", pa.string()), ("order", pa.int32()), ("keys", pa.list_(pa.uint64())),
-                      ("shingles", pa.binary()), ("cjk", pa.bool_()), ("media", pa.string()),
-                      ("question", pa.string())])
-ROUTED = pa.schema([("part", pa.int32()), ("node", pa.int64()), ("shingles", pa.binary()),
-                    ("cjk", pa.bool_()), ("media", pa.string()), ("question", pa.string())])
-KEYS = pa.schema([FEATURES.field(n) for n in ("id", "order", "keys")])
-EDGES = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("kind", pa.int8()), ("sim", pa.float64())])
-DECISIONS = pa.schema([("id", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
-
-
-def _features(batch: pa.Table, cfg: dict[str, Any], source_order: dict[str, int]) -> pa.Table:
-    """Per alive sample: its bucket keys, shingle hashes, media identity and keep-rule order."""
-    import pyarrow.compute as pc
-
-    batch = batch.filter(pc.is_null(batch.column("reject_reason")))
-    if not len(batch):
-        return FEATURES.empty_table()
-    convs = batch.column("conversations").to_pylist()
-    media_rows = batch.column("media").to_pylist()
-    norm, hashes = text_units([sample_text(c) for c in convs], cfg["shingle"])
-    has_text = [bool(t) and len(h) > 0 for t, h in zip(norm, hashes)]
-    cjk = np.array([is_cjk(t) for t in norm], bool)
-    bands = None
-    if cfg["near_text"] and any(has_text):
-        bands = near_bucket_keys(signatures_from_hashes(hashes, cfg["num_perm"]), cjk, cfg)
-    keys, media_out, questions = [], [], []
-    for i, (text, conv, mrows) in enumerate(zip(norm, convs, media_rows)):
-        media = []
-        for m in mrows or []:
-            hashed = cfg["near_image"] and m["kind"] == "image" and m.get("path")
-            ph = phash_cached(m["path"]) if hashed else None
-            media.append({"kind": m["kind"], "sha": m.get("sha256") or m.get("ref"), "ph": ph})
-        keys.append(sample_keys(text, media, bands[i] if bands is not None and has_text[i] else None, cfg))
-        media_out.append(json.dumps(media) if media else "[]")
-        questions.append(next((t["value"] for t in conv or [] if t["from"] == "human"), "") or "")
-    order = [source_order.get(s, 1 << 30) for s in batch.column("source").to_pylist()]
-    return pa.table({"id": batch.column("id"), "order": pa.array(order, pa.int32()),
-                     "keys": pa.array(keys, pa.list_(pa.uint64())),
-                     "shingles": [h.astype(np.uint32).tobytes() for h in hashes], "cjk": cjk,
-                     "media": media_out, "question": questions}, schema=FEATURES)
-
-
-def _plan(partitions: int, *key_blocks: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table, int]:
-    """One task on compact arrays (ids, ranks, bucket keys; no row payload): candidate pairs.
-
-    Returns (route: id -> node and the partitions that need its features; pairs: member,
-    anchor, kind, partition; nodes: node -> id, rank; the number of pairs), nodes numbered
-    0..n-1 over the samples that are in at least one candidate pair.
-    """
-    import pyarrow.compute as pc
-
-    tables = [t for t in key_blocks if len(t)]
-    table = pa.concat_tables(tables).combine_chunks() if tables else KEYS.empty_table()
-    n = len(table)
-    by_rank = pc.sort_indices(table, sort_keys=[("order", "ascending"), ("id", "ascending")]).to_numpy()
-    rank = np.empty(n, np.int64)
-    rank[by_rank] = np.arange(n)
-    keys_col = table.column("keys")
-    keys_col = keys_col.chunk(0) if keys_col.num_chunks else pa.array([], pa.list_(pa.uint64()))
-    flat_keys = keys_col.flatten().to_numpy(zero_copy_only=False).astype(np.uint64)
-    docs = pc.list_parent_indices(keys_col).to_numpy(zero_copy_only=False).astype(np.int64)
-    u, v, kind = candidate_pairs(flat_keys, docs, rank)
-    involved = np.unique(np.concatenate((u, v)))
-    compact = np.full(n, -1, np.int64)
-    compact[involved] = np.arange(len(involved))
-    cu, cv = compact[u], compact[v]
-    part = (cu % partitions).astype(np.int32)
-    ids = table.column("id").take(pa.array(involved))
-    # the features of a pair's member and anchor go to the member's partition
-    need = pa.table({"node": np.concatenate((cu, cv)), "part": np.concatenate((part, part))})
-    need = need.group_by("node").aggregate([("part", "distinct")]).sort_by("node")
-    route = pa.table({"id": ids.take(need.column("node")), "node": need.column("node"),
-                      "parts": need.column("part_distinct")})
-    pairs = pa.table({"u": cu, "v": cv, "kind": kind, "part": part})
-    nodes = pa.table({"id": ids, "rank": rank[involved]})
-    return route, pairs, nodes, len(pairs)
-
-
-def _route(block: pa.Table, route: pa.Table, partitions: int) -> list[pa.Table]:
-    """The features of one block's samples that are in candidate pairs, split by the
-    partitions that verify them (a sample may be needed by several)."""
-    import pyarrow.compute as pc
-
-    if not len(block):  # Ray Data may hand on an empty block without the features' schema
-        return [ROUTED.empty_table()] * partitions
-    pos = pc.index_in(block.column("id"), value_set=route.column("id"))
-    hit = pc.is_valid(pos)
-    if not pc.any(hit).as_py():
-        return [ROUTED.empty_table()] * partitions
-    rows = block.filter(hit)
-    r = route.take(pos.filter(hit))
-    parts = r.column("parts").combine_chunks()
-    rep = pc.list_parent_indices(parts)
-    rows = rows.take(rep)
-    part = parts.flatten().cast(pa.int32())
-    routed = pa.table({"part": part, "node": r.column("node").take(rep)}
-                      | {name: rows.column(name) for name in ("shingles", "cjk", "media", "question")},
-                      schema=ROUTED)
-    part_np = part.to_numpy()
-    return [routed.filter(pa.array(part_np == p)) for p in range(partitions)]
-
-
-def _verify_task(pairs: pa.Table, cfg: dict[str, Any], part: int, *pieces: pa.Table) -> pa.Table:
-    """Verify the candidate pairs of partition `part`; `pieces` hold the features they need."""
-    import pyarrow.compute as pc
-
-    group = pa.concat_tables([t for t in pieces if len(t)] or [ROUTED.empty_table()])
-    if not len(group):
-        return EDGES.empty_table()
-    pairs = pairs.filter(pc.equal(pairs.column("part"), part))
-    if not len(pairs):
-        return EDGES.empty_table()
-    node = group.column("node").to_numpy()
-    order = np.argsort(node, kind="stable")
-    node = node[order]
-    local_u = order[np.searchsorted(node, pairs.column("u").to_numpy())]
-    local_v = order[np.searchsorted(node, pairs.column("v").to_numpy())]
-    shingles = group.column("shingles").to_pylist()
-    hashes = [np.frombuffer(s, np.uint32) for s in shingles]
-    offsets = np.concatenate(([0], np.cumsum([len(h) for h in hashes]))).astype(np.int64)
-    flat = np.concatenate(hashes) if hashes else np.zeros(0, np.uint32)
-    kind = pairs.column("kind").to_numpy()
-    ok, sim = verify_pairs(local_u, local_v, kind, flat, offsets, group.column("media").to_pylist(),
-                           group.column("question").to_pylist(), cfg,
-                           group.column("cjk").to_numpy(zero_copy_only=False).astype(bool))
-    return pa.table({"u": pairs.column("u").filter(pa.array(ok)), "v": pairs.column("v").filter(pa.array(ok)),
-                     "kind": kind[ok], "sim": np.round(sim[ok], 4)}, schema=EDGES)
-
-
-def _decide(nodes: pa.Table, *edge_blocks: pa.Table) -> pa.Table:
-    """Connected components over the verified edges (compact int ids); the rows that leave."""
-    tables = [t for t in edge_blocks if len(t)]
-    edges = pa.concat_tables(tables) if tables else EDGES.empty_table()
-    rank = nodes.column("rank").to_numpy()
-    out = components(len(nodes), edges.column("u").to_numpy(), edges.column("v").to_numpy(),
-                     edges.column("kind").to_numpy(), edges.column("sim").to_numpy(), rank)
-    ids = nodes.column("id")
-    kept = ids.take(pa.array(out["kept"])).to_pylist()
-    detail = [f"duplicate of {k} (similarity {s:.2f}, cluster of {z})"
-              for k, s, z in zip(kept, out["sim"].tolist(), out["size"].tolist())]
-    return pa.table({"id": ids.take(pa.array(out["node"])),
-                     "reason": pa.array([KINDS[k] for k in out["kind"].tolist()], pa.string()),
-                     "detail": pa.array(detail, pa.string())})
-
-
-def _mark(batch: pa.Table, decisions: Any) -> pa.Table:
-    """Reject the rows named in the decisions (a Shared table; vectorised lookup by id)."""
-    import pyarrow.compute as pc
-
-    decisions = decisions.value()
-    if not len(decisions) or not len(batch):
-        return batch
-    pos = pc.index_in(batch.column("id"), value_set=decisions.column("id"))
-    return reject_where(batch, pc.is_valid(pos), "dedupe", decisions.column("reason").take(pos),
-                        decisions.column("detail").take(pos))
 
 
 class DedupeStage(GlobalStage):
@@ -239,21 +71,21 @@ class DedupeStage(GlobalStage):
         ex = job.executor
         cfg = self.settings()
         order = {name: i for i, name in enumerate(self.ctx.sources)}
-        feats = ex.dataset(ex.blocks(ex.map(ds, _features, job.resources, cfg=cfg, source_order=order)))
+        feats = ex.dataset(ex.blocks(ex.map(ds, steps.features, job.resources, cfg=cfg, source_order=order)))
         # partitions of the verification: a few per CPU, more when the corpus is large
         partitions = max(2 * ex.cpus(), feats.count() // 200_000)
         key_blocks = ex.blocks(feats.select_columns(["id", "order", "keys"]))
-        route, pairs, nodes, n_pairs = ex.remote(_plan, num_returns=4)(partitions, *key_blocks)
+        route, pairs, nodes, n_pairs = ex.remote(steps.plan, num_returns=4)(partitions, *key_blocks)
         n_pairs = int(ex.get(n_pairs))
         if n_pairs:
             # a direct shuffle: each features block splits into its partitions (one task per
             # block), then one task per partition verifies its pairs; Ray Data's groupby
             # would sort the routed rows first and sample them for its boundaries
-            split = ex.remote(_route, num_returns=partitions)
+            split = ex.remote(steps.route, num_returns=partitions)
             pieces = [split(block, route, partitions) for block in ex.blocks(feats)]
-            verify = ex.remote(_verify_task)
+            verify = ex.remote(steps.verify_partition)
             edges = [verify(pairs, cfg, p, *[block[p] for block in pieces]) for p in range(partitions)]
-            decisions = ex.share(ex.remote(_decide)(nodes, *edges))
+            decisions = ex.share(ex.remote(steps.decide)(nodes, *edges))
         else:
-            decisions = ex.share(DECISIONS.empty_table())
-        return ex.map(ds, _mark, job.resources, decisions=decisions), {"candidate_pairs": n_pairs}
+            decisions = ex.share(steps.DECISIONS.empty_table())
+        return ex.map(ds, steps.mark, job.resources, decisions=decisions), {"candidate_pairs": n_pairs}

@@ -298,7 +298,8 @@ def test_ray_path_applies_threshold_cjk(ray_session):
 def test_route_passes_an_empty_block_without_schema():
     """Ray Data can hand the shuffle an empty block with no columns; it yields empty partitions."""
 
-    from curate.stages.dedupe import ROUTED, _route
+    from curate.dedup.steps import ROUTED
+    from curate.dedup.steps import route as _route
 
     route = pa.table({"id": ["a"], "node": [0], "parts": [[1]]})
     out = _route(pa.table({}), route, 3)
