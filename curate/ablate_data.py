@@ -15,7 +15,7 @@ model fall into loops in long outputs. This experiment tests that claim on SmolL
 4. one table: the looping share with the filter on and off at k, and at k = 0, with bootstrap
    95% intervals over prompts.
 
-    python -m curate.ablate_data --out runs/ablate --train 160 --eval 48 --k 0.05 --steps 32 --seeds 2
+    python -m curate.ablate_data --out runs/ablate --train 120 --eval 48 --k 0.05 --steps 24 --seeds 2
 """
 
 from __future__ import annotations
@@ -154,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/ablate")
     ap.add_argument("--recipe", default="recipes/sft-smollm2.yaml")
-    ap.add_argument("--train", type=int, default=160, help="training conversations")
+    ap.add_argument("--train", type=int, default=120, help="training conversations")
     ap.add_argument("--eval", type=int, default=48, help="held-out prompts")
     ap.add_argument("--k", type=float, default=0.05, help="share of training answers made to loop")
-    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
