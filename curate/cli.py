@@ -269,5 +269,68 @@ def verify_packing(recipe: str, shards: str, sequences: int, tolerance: float, u
     click.echo(f"ok: packed and per-sample logits agree within {tolerance:g}")
 
 
+@main.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--prompts", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSONL: {\"prompt\": ...} or {\"conversations\": [...]} per line")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="prompts decoded together")
+@click.option("--tokenizer", default=None, help="tokenizer folder (default: the run's, or the LLM folder's)")
+@click.option("--out", "out_path", default=None, help="write the JSON lines here instead of stdout")
+def generate(source: str, prompts: str, max_new_tokens: int, temperature: float, batch_size: int,
+             tokenizer: str | None, out_path: str | None) -> None:
+    """Answer held-out prompts with a trained run (RUN/train/latest.pt), a checkpoint or an LLM folder:
+    one JSON line per prompt ({"id", "prompt", "output", "n_tokens", "stopped", "loops"})."""
+    from curate.ablate import loops
+    from curate.generate import GenerateError, Generator, read_prompts
+
+    try:
+        gen = Generator.load(source, tokenizer)
+        rows = gen.generate(read_prompts(prompts), max_new_tokens, batch_size, temperature)
+    except (GenerateError, FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    lines = [json.dumps({k: v for k, v in r.items() if k != "output_ids"} | {"loops": loops(r["output_ids"])},
+                        ensure_ascii=False) for r in rows]
+    if out_path:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_path).write_text("".join(line + "\n" for line in lines))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--input", "inputs", multiple=True, help="manifest(s) replacing the recipe's sources")
+@click.option("--vary", required=True, metavar="KEY=V1,V2", help="the recipe key and its values, one arm each")
+@click.option("--out", required=True, help="folder for the arms, ablation.json and table.txt")
+@click.option("--eval-prompts", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="held-out prompts (JSONL; a conversation's last answer is the reference for held-out loss)")
+@click.option("--steps", type=int, default=None, help="optimizer steps per fine-tune (default train.max_steps)")
+@click.option("--seeds", type=int, default=1, show_default=True, help="fine-tunes per arm (train.seed, +1, ...)")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True, help="prompts decoded together")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe key in every arm")
+@click.option("--no-reference", is_flag=True, help="skip the untuned model's reference row")
+def ablate(recipe: str, inputs: tuple[str, ...], vary: str, out: str, eval_prompts: str, steps: int | None,
+           seeds: int, max_new_tokens: int, batch_size: int, overrides: tuple[str, ...], no_reference: bool) -> None:
+    """Run RECIPE once per value of a key (sharing the stages it does not touch), fine-tune the same
+    model on each arm's shards, and compare the answers to held-out prompts (OUT/ablation.json)."""
+    from curate.ablate import format_table, run_ablation
+    from curate.errors import UserError
+    from curate.generate import GenerateError
+    from curate.recipe import RecipeError
+    from train.model import ModelError
+
+    try:
+        result = run_ablation(recipe, list(inputs) or None, vary, out, eval_prompts, steps, seeds, max_new_tokens,
+                              batch_size, overrides, not no_reference, echo=lambda m: click.echo(m, err=True))
+    except (RecipeError, UserError, GenerateError, ModelError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    click.echo(format_table(result))
+    click.echo(f"ablation.json and table.txt in {out}; took {result['wall_seconds']:.0f}s")
+
+
 if __name__ == "__main__":
     main()

