@@ -168,7 +168,7 @@ def stop_if_nothing_ingested(layout: RunLayout, marker: dict[str, Any]) -> None:
         import pyarrow.parquet as pq
 
         table = pq.read_table(path, columns=["manifest", "line", "reject_reason", "reject_detail"])
-        for r in table.to_pylist():
+        for r in table.sort_by([("manifest", "ascending"), ("line", "ascending")]).to_pylist():  # first of each
             examples.setdefault(r["reject_reason"], r)
     top = sorted(marker.get("rejected", {}).items(), key=lambda kv: (-kv[1], kv[0]))[:5]
     lines = []

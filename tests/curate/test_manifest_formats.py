@@ -290,3 +290,183 @@ def test_no_row_kept_stops_with_the_top_reasons(tmp_path):
     assert "invalid_json x2 (e.g. llava.json:1: Expecting value at column 1); missing_conversations x1" \
         in str(e.value)
     stop_if_nothing_ingested(layout, {"rows": 3, "kept": 1})  # one row is enough to go on
+
+
+# ---------------------------------------------------------------------------- whole runs
+def _turns(q: str, a: str, system: str | None = None) -> list[dict[str, str]]:
+    return ([{"from": "system", "value": system}] if system else []) + [{"from": "human", "value": q},
+                                                                       {"from": "gpt", "value": a}]
+
+
+def build_formats(root: Path) -> tuple[dict, dict, dict]:
+    """One manifest of each format; returns (sources, kept {orig_id: (answer, system, media)},
+    rejected {orig_id or file:position: (reason, line)})."""
+    rnd = random.Random(3)
+    img_dir = root / "images"
+    img_dir.mkdir()
+    seed = iter(range(100))
+
+    def image(name: str, folder: Path = img_dir) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(_png(next(seed)))
+        return name
+
+    kept, rejected = {}, {}
+
+    def sample(oid, q, media=0, system=None):
+        a = _text(rnd)
+        kept[oid] = (a, system, media)
+        return q + " " + _text(rnd, 8), a
+
+    # LLaVA: a JSON array (indented), images beside it, one element not JSON, one with no turns
+    elements = []
+    for i in range(3):
+        q, a = sample(f"llava-{i}", "<image>\n", 1)
+        elements.append(json.dumps({"id": f"llava-{i}", "image": f"images/{image(f'l{i}.png')}",
+                                    "conversations": _turns(q, a)}, indent=2))
+    elements.insert(1, '{"id": "llava-broken", "image": tru}')
+    elements.append(json.dumps({"id": "llava-empty", "conversations": []}))
+    rejected["llava-broken"] = ("invalid_json", 2)
+    rejected["llava-empty"] = ("malformed_conversations", 5)
+    (root / "llava.json").write_text("[\n" + ",\n".join(elements) + "\n]\n")
+    # ShareGPT: a JSON array of text chats, a system turn or a system column, gzip-compressed
+    q0, a0 = sample("sg-0", "Tell me.", system="You answer in one sentence.")
+    q1, a1 = sample("sg-1", "Explain.", system="You are a careful assistant.")
+    share = [{"id": "sg-0", "conversations": _turns(q0, a0, "You answer in one sentence.")},
+             {"id": "sg-1", "system": "You are a careful assistant.", "conversations": _turns(q1, a1)}]
+    (root / "sharegpt.json.gz").write_bytes(gzip.compress(json.dumps(share).encode()))
+    # OpenAI messages with image parts (a path and a data: URL), a bad part type
+    lines = []
+    for i in range(2):
+        q, a = sample(f"oa-{i}", "Describe.", 1, system="Look closely." if i else None)
+        part = ({"type": "image", "image": f"images/{image(f'o{i}.png')}"} if i == 0 else
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,"
+                                                    + base64.b64encode(_png(next(seed))).decode()}})
+        msgs = ([{"role": "system", "content": "Look closely."}] if i else []) + [
+            {"role": "user", "content": [part, {"type": "text", "text": q}]},
+            {"role": "assistant", "content": [{"type": "text", "text": a}]}]
+        lines.append(json.dumps({"id": f"oa-{i}", "messages": msgs}))
+    lines.append(json.dumps({"id": "oa-bad", "messages": [{"role": "user", "content": [{"type": "poem"}]}]}))
+    rejected["oa-bad"] = ("malformed_conversations", 3)
+    (root / "openai.jsonl").write_text("\n".join(lines) + "\n")
+    # LLaMA-Factory: an `images` column, <image> placeholders in the text; one with too few placeholders
+    q, a = sample("lf-0", "<image><image>Which is brighter?", 2)
+    rows = [{"id": "lf-0", "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+             "images": [f"images/{image('f0.png')}", f"images/{image('f1.png')}"]},
+            {"id": "lf-bad", "messages": [{"role": "user", "content": "<image>One?"},
+                                          {"role": "assistant", "content": "Two."}],
+             "images": ["images/f0.png", "images/f1.png"]}]
+    rejected["lf-bad"] = ("placeholder_mismatch", 2)
+    (root / "llamafactory.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    # Hugging Face Parquet: image bytes, audio bytes and decoded audio; one image that is no image
+    q_img, a_img = sample("hf-img", "<image>\nWhat texture?", 1)
+    q_wav, a_wav = sample("hf-wav", "<audio>\nWhat pitch?", 1)
+    q_arr, a_arr = sample("hf-arr", "<audio>\nHow long?", 1)
+    tone = 0.3 * np.sin(2 * np.pi * 330 * np.arange(16000) / 16000)
+    table = pa.table({
+        "id": ["hf-img", "hf-wav", "hf-arr", "hf-bad"],
+        "image": [{"bytes": _png(next(seed)), "path": "x.png"}, None, None, {"bytes": b"not a png", "path": "y.png"}],
+        "audio": [None, {"bytes": _wav(1.0), "path": "a.wav", "array": None, "sampling_rate": None},
+                  {"bytes": None, "path": None, "array": tone.tolist(), "sampling_rate": 16000}, None],
+        "conversations": [_turns(q_img, a_img), _turns(q_wav, a_wav), _turns(q_arr, a_arr),
+                          _turns("<image>\nAnd this?", "Nothing.")]})
+    pq.write_table(table, root / "hf.parquet")
+    rejected["hf-bad"] = ("broken_image", 4)
+    # InternVL meta file: two annotation files, media under their roots, repeat 2 and 0.5
+    meta = {}
+    for name, repeat, n, fmt in (("vl-a", 2, 2, "jsonl"), ("vl-b", 0.5, 4, "json")):
+        media_root = root / "roots" / name
+        objs = []
+        for i in range(n):
+            q, a = sample(f"{name}-{i}", "<image>\nWhat is it?", 1)
+            objs.append({"id": f"{name}-{i}", "image": image(f"{name}{i}.png", media_root),
+                         "conversations": _turns(q, a)})
+        ann = root / "ann" / f"{name}.{fmt}"
+        ann.parent.mkdir(exist_ok=True)
+        ann.write_text("\n".join(json.dumps(o) for o in objs) if fmt == "jsonl" else json.dumps(objs))
+        meta[name] = {"root": str(media_root), "annotation": str(ann), "repeat_time": repeat,
+                      "max_dynamic_patch": 4, "length": n + (1 if name == "vl-b" else 0)}
+    (root / "meta.json").write_text(json.dumps(meta))
+    sources = [{"name": n, "manifests": [str(root / f)]} for n, f in (
+        ("llava", "llava.json"), ("sharegpt", "sharegpt.json.gz"), ("openai", "openai.jsonl"),
+        ("llamafactory", "llamafactory.jsonl"), ("hf", "hf.parquet"))]
+    return {"sources": sources, "sources_from": str(root / "meta.json")}, kept, rejected
+
+
+def _shard_samples(shards: Path):
+    """(sample entry of KEY.json, its token ids) for every sample of every shard."""
+    import tarfile
+
+    for tar_path in sorted(shards.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            members = {m.name: m for m in tar.getmembers()}
+            for name in sorted(n for n in members if n.endswith(".json")):
+                meta = json.loads(tar.extractfile(members[name]).read())
+                ids = np.load(io.BytesIO(tar.extractfile(members[name[:-5] + ".input_ids.npy"]).read()))
+                for s in meta["samples"]:
+                    yield s, ids[s["token_offset"]:s["token_offset"] + s["n_tokens"]].tolist()
+
+
+def _recipe(root: Path, demo: Path, body: dict) -> Path:
+    import yaml
+
+    recipe = {"name": "formats", "seed": 5, **body, "stages": {
+        "transcribe": {"enabled": False}, "audio_qa": {"enabled": False}, "score": {"enabled": False},
+        "tokenize": {"tokenizer": str(demo / "tokenizer")}, "shard": {"max_sequences": 4}}}
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.pipeline
+def test_every_format_reaches_the_shards_with_its_media_and_turns(ray_session, demo_small, tmp_path):
+    from transformers import AutoTokenizer
+
+    from curate.runner import Runner
+
+    body, kept, rejected = build_formats(tmp_path)
+    recipe = load_recipe(_recipe(tmp_path, demo_small, body))
+    out = tmp_path / "run"
+    stats = Runner(recipe, out).run()
+    assert stats["invariant_ok"], stats
+    assert stats["samples_in"] == len(kept) + len(rejected)
+    # bad elements: rejected at their position (the JSONL line, the array element, the table row)
+    rejects = [r for p in (out / "rejects").glob("*.parquet") for r in pq.read_table(p).to_pylist()]
+    by_orig = {r["orig_id"]: r for r in rejects}
+    for oid, (reason, line) in rejected.items():
+        row = by_orig.get(oid) or by_orig.get(f"llava.json:{line}")
+        assert row is not None and (row["reject_reason"], row["line"]) == (reason, line), (oid, row)
+    # repeat 0.5 draws some of vl-b; everything else kept is in the shards, vl-a twice
+    downsampled = {r["orig_id"] for r in rejects if r["reject_reason"] == "not_drawn"}
+    assert downsampled and downsampled < {f"vl-b-{i}" for i in range(4)}, downsampled
+    contents = {r["orig_id"]: r for r in pq.read_table(out / "shards" / "contents.parquet").to_pylist()}
+    assert set(contents) == set(kept) - downsampled
+    assert {o: contents[o]["copies"] for o in contents if o.startswith("vl-a")} == {"vl-a-0": 2, "vl-a-1": 2}
+    # the shards: each sample's media and turns (its answer, its system prompt) as written
+    tok = AutoTokenizer.from_pretrained(str(demo_small / "tokenizer"))
+    seen = set()
+    for sample, ids in _shard_samples(out / "shards"):
+        answer, system, n_media = kept[sample["orig_id"]]
+        text = tok.decode(ids)
+        assert answer in text and (system is None or system in text), (sample["orig_id"], text[:300])
+        assert len(sample["media"]) == n_media, sample
+        if sample["orig_id"].startswith("hf-"):  # Parquet bytes became media files of the shard
+            assert all(m["member"].endswith(".png" if sample["orig_id"] == "hf-img" else ".flac")
+                       for m in sample["media"]), sample
+        seen.add(sample["orig_id"])
+    assert seen == set(contents)
+
+
+@pytest.mark.pipeline
+def test_a_manifest_of_only_bad_rows_stops_after_ingest_with_exit_2(ray_session, demo_small, tmp_path):
+    from click.testing import CliRunner
+
+    from curate.cli import main
+
+    (tmp_path / "bad.json").write_text(json.dumps([{"id": f"b{i}", "conversation": []} for i in range(5)]))
+    recipe = _recipe(tmp_path, demo_small, {"sources": [{"name": "bad", "manifests": [str(tmp_path / "bad.json")]}]})
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "ingest kept none of the 5 manifest rows" in result.output
+    assert "missing_conversations x5 (e.g. bad.json:1: no 'conversations' field)" in result.output
+    assert not list((tmp_path / "run" / "work").glob("01-*"))  # no later stage ran
