@@ -115,7 +115,8 @@ class ArrayScanner:
             if d == 0:
                 if kind != _OPEN or data[pos] != ord("[") or self.opened:
                     if self.opened:
-                        raise JSONArrayError(f"byte {where}: {chr(data[pos])!r} after the array's closing ']'")
+                        raise JSONArrayError(f"byte {where}: {chr(data[pos])!r} after the array's "
+                                             f"closing ']'")
                     raise JSONArrayError(f"byte {where}: {chr(data[pos])!r} where a JSON array should start "
                                          f"with '['")
                 self.opened = True
@@ -189,7 +190,8 @@ def iter_elements(f: BinaryIO, start: int = 0, end: int | None = None,
             raise JSONArrayError(f"byte {offset}: the file ends inside the array (is it complete?)")
 
 
-def count_elements(f: BinaryIO, chunk_bytes: int, block_bytes: int = BLOCK_BYTES) -> list[tuple[int, int, int]]:
+def count_elements(f: BinaryIO, chunk_bytes: int,
+                   block_bytes: int = BLOCK_BYTES) -> list[tuple[int, int, int]]:
     """One pass over an array file: pieces (start, end, elements) of about chunk_bytes each.
 
     Each piece but the last ends right after a top-level comma, so iter_elements can read it

@@ -53,8 +53,8 @@ def compression_of(path: str | Path) -> str | None:
             return name
     for magic, name in UNSUPPORTED_MAGIC.items():
         if head.startswith(magic):
-            raise UserError(f"{path} is a {name} file; a manifest is JSONL, a JSON array or Parquet, plain or "
-                            f"compressed with gzip or zstd")
+            raise UserError(f"{path} is a {name} file; a manifest is JSONL, a JSON array or Parquet, "
+                            f"plain or compressed with gzip or zstd")
     return None
 
 
@@ -128,7 +128,8 @@ def check_manifests(sources: list[Any], base: Path) -> dict[str, list[Path]]:
 CHUNK_BYTES = 16 << 20
 
 
-def manifest_chunks(source: str, manifest: str | Path, chunk_bytes: int = CHUNK_BYTES) -> list[dict[str, Any]]:
+def manifest_chunks(source: str, manifest: str | Path,
+                    chunk_bytes: int = CHUNK_BYTES) -> list[dict[str, Any]]:
     """The pieces of one manifest that tasks read in parallel.
 
     JSONL: byte ranges [start, end) that begin at a line start, with the number of their first
@@ -166,8 +167,8 @@ def manifest_chunks(source: str, manifest: str | Path, chunk_bytes: int = CHUNK_
                 raise UserError(f"{manifest} is not a well-formed JSON array: {e}") from None
         first = 1
         for start, end, n in pieces:
-            chunks.append({"source": source, "manifest": manifest, "start": start, "end": None if compressed else end,
-                           "first_line": first, "lines": n, "format": fmt})
+            chunks.append({"source": source, "manifest": manifest, "start": start,
+                           "end": None if compressed else end, "first_line": first, "lines": n, "format": fmt})
             first += n
         return chunks
     if compressed:
@@ -175,8 +176,8 @@ def manifest_chunks(source: str, manifest: str | Path, chunk_bytes: int = CHUNK_
             lines, size = 0, 0
             for block in iter(lambda: f.read(chunk_bytes), b""):
                 lines, size = lines + block.count(b"\n"), size + len(block)
-        return [{"source": source, "manifest": manifest, "start": 0, "end": None, "first_line": 1, "lines": lines,
-                 "format": fmt}] if size else []
+        return [{"source": source, "manifest": manifest, "start": 0, "end": None, "first_line": 1,
+                 "lines": lines, "format": fmt}] if size else []
     total = Path(manifest).stat().st_size
     start, line = 0, 1
     with open(manifest, "rb") as f:

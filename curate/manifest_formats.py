@@ -87,8 +87,9 @@ def read_sample(obj: dict[str, Any], blobs: Sequence[bytes] = ()) -> Sample:
         column = parse_media_column(obj, kind, blobs)
         inline = [m for m in placeholders[kind] if m is not None]
         if inline and (column or len(inline) < len(placeholders[kind])):
-            raise RecordError("malformed_media", f"the {kind} parts of 'messages' name some {kind}s themselves "
-                                                 f"and leave others to the '{kind}s' column; use one or the other")
+            raise RecordError("malformed_media", f"the {kind} parts of 'messages' name some {kind}s "
+                                                 f"themselves and leave others to the '{kind}s' column; "
+                                                 f"use one or the other")
         media.extend(inline or column)
     return Sample(turns, media)
 
@@ -180,7 +181,8 @@ def parse_media_column(obj: dict[str, Any], kind: str, blobs: Sequence[bytes]) -
     if value is None:
         return []
     refs = value if isinstance(value, list) else [value]
-    if key == kind and not all(isinstance(r, str) and r for r in refs) and not all(_is_struct(r) for r in refs):
+    paths_or_structs = all(isinstance(r, str) and r for r in refs) or all(_is_struct(r) for r in refs)
+    if key == kind and not paths_or_structs:
         raise RecordError("malformed_media", f"'{kind}' must be a path/URL or a list of them")
     return [media_ref(kind, r, n, blobs, key) for n, r in enumerate(refs, start=1)]
 
@@ -225,7 +227,8 @@ def media_ref(kind: str, value: Any, n: int, blobs: Sequence[bytes], key: str | 
 def _data_url(kind: str, url: str, where: str) -> MediaRef:
     head, sep, payload = url.partition(",")
     if not sep or not head.endswith(";base64"):
-        raise RecordError("malformed_media", f"{where}: a data: URL must be base64 ('data:<type>;base64,...')")
+        raise RecordError("malformed_media", f"{where}: a data: URL must be base64 "
+                                             f"('data:<type>;base64,...')")
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):

@@ -478,8 +478,7 @@ class Recipe(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     """the datasets (see sources[].*)"""
     sources_from: str | None = Field(None, examples=["internvl_meta.json"])
-    """an InternVL meta file whose entries are added to sources (as `curate run --meta FILE` does); it is
-    read when the recipe loads, so the run folder's recipe.yaml lists the sources themselves"""
+    """an InternVL meta file whose datasets are added to sources when the recipe loads (docs/manifests.md)"""
     source_defaults: dict[str, Any] = Field(default_factory=dict, examples=[{"n_max": 6}])
     """source settings used for manifests given with --input or a meta file"""
     modality_targets: dict[str, float] = Field(default_factory=dict, examples=[{"text": 0.25}])

@@ -21,15 +21,22 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from curate.manifest_formats import KNOWN_KEYS, ROLE_ALIASES, MediaRef, RecordError, parse_conversations, read_sample
 from curate.errors import UserError
 from curate.layout import RunLayout
+from curate.manifest_formats import (
+    KNOWN_KEYS,
+    ROLE_ALIASES,
+    MediaRef,
+    RecordError,
+    parse_conversations,
+    read_sample,
+)
 from curate.records import CORE_SCHEMA, PLACEHOLDERS, dumps_meta, empty_media, record_id, reject
 from curate.stages.base import Job, Resources, Stage
 from curate.store import MediaStore
 
-__all__ = ["IngestStage", "RecordError", "ROLE_ALIASES", "KNOWN_KEYS", "parse_conversations", "check_placeholders",
-           "infer_modality", "LOOSE_ID_RE", "stop_if_nothing_ingested"]
+__all__ = ["IngestStage", "RecordError", "ROLE_ALIASES", "KNOWN_KEYS", "parse_conversations",
+           "check_placeholders", "infer_modality", "LOOSE_ID_RE", "stop_if_nothing_ingested"]
 
 log = logging.getLogger("curate")
 
@@ -144,13 +151,14 @@ class IngestStage(Stage):
         import pyarrow.compute as pc
         import pyarrow.dataset as pads
 
-        column = pads.dataset(str(job.output_dir), format="parquet").to_table(columns=["source"]).column("source")
+        rows = pads.dataset(str(job.output_dir), format="parquet").to_table(columns=["source"])
+        column = rows.column("source")
         read = {c["values"]: c["counts"] for c in pc.value_counts(column).to_pylist()}
         differ = {name: {"expected": n, "read": read.get(name, 0)} for name, n in expected.items()
                   if read.get(name, 0) != n}
         for name, d in differ.items():
-            log.warning("source %s: its meta file says length %d, its manifests hold %d rows", name, d["expected"],
-                        d["read"])
+            log.warning("source %s: its meta file says length %d, its manifests hold %d rows", name,
+                        d["expected"], d["read"])
         return {"rows_differ_from_length": differ} if differ else {}
 
 
@@ -168,13 +176,15 @@ def stop_if_nothing_ingested(layout: RunLayout, marker: dict[str, Any]) -> None:
         import pyarrow.parquet as pq
 
         table = pq.read_table(path, columns=["manifest", "line", "reject_reason", "reject_detail"])
-        for r in table.sort_by([("manifest", "ascending"), ("line", "ascending")]).to_pylist():  # first of each
+        for r in table.sort_by([("manifest", "ascending"), ("line", "ascending")]).to_pylist():
             examples.setdefault(r["reject_reason"], r)
     top = sorted(marker.get("rejected", {}).items(), key=lambda kv: (-kv[1], kv[0]))[:5]
     lines = []
     for reason, n in top:
         ex = examples.get(reason)
-        where = f" (e.g. {os.path.basename(ex['manifest'])}:{ex['line']}: {ex['reject_detail'][:160]})" if ex else ""
+        where = f"{os.path.basename(ex['manifest'])}:{ex['line']}: {ex['reject_detail'][:160]}" if ex else ""
+        where = f" (e.g. {where})" if where else ""
         lines.append(f"{reason} x{n}{where}")
-    raise UserError(f"ingest kept none of the {rows} manifest rows, so the run stops here: " + "; ".join(lines)
-                    + f". The rejects are in {path}; docs/manifests.md shows the formats a manifest may have.")
+    raise UserError(f"ingest kept none of the {rows} manifest rows, so the run stops here: "
+                    + "; ".join(lines) + f". The rejects are in {path}; docs/manifests.md shows the formats "
+                    f"a manifest may have.")

@@ -28,9 +28,10 @@ from pathlib import Path
 
 MB = int(os.environ.get("BENCH_MANIFEST_MB", "1024"))
 CPUS = int(os.environ["BENCH_MANIFEST_CPUS"]) if os.environ.get("BENCH_MANIFEST_CPUS") else None
-WORDS = ("the a of to in is on with for as at by from picture shows man woman dog cat street car bus red "
-         "blue green small large old young two three near behind holding wearing sitting standing table "
-         "window tree sky building road water light dark white black yellow person people group field").split()
+WORDS = ("the a of to in is on with for as at by from picture shows man woman dog cat street car bus "
+         "red blue green small large old young two three near behind holding wearing sitting standing "
+         "table window tree sky building road water light dark white black yellow person people group "
+         "field").split()
 
 
 def write_manifests(folder: Path, megabytes: int, seed: int = 0) -> tuple[Path, Path, int]:
@@ -47,7 +48,8 @@ def write_manifests(folder: Path, megabytes: int, seed: int = 0) -> tuple[Path, 
             row = {"id": f"s{n}", "image": f"coco/train2017/{n:012d}.jpg", "conversations": [
                 {"from": "human", "value": f"<image>\nWhat is {say(6)}?"},
                 {"from": "gpt", "value": say(rnd.randint(20, 60))},
-                {"from": "human", "value": f"And {say(5)}?"}, {"from": "gpt", "value": say(rnd.randint(5, 25))}]}
+                {"from": "human", "value": f"And {say(5)}?"},
+                {"from": "gpt", "value": say(rnd.randint(5, 25))}]}
             line = json.dumps(row)
             fl.write(line + "\n")
             fa.write(("" if n == 0 else ",\n") + json.dumps(row, indent=2))
@@ -125,8 +127,9 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         jsonl, array, n = write_manifests(folder, MB)
-        print(f"rows: {n}; JSONL {jsonl.stat().st_size / 1e6:.0f} MB, JSON array {array.stat().st_size / 1e6:.0f} MB "
-              f"(indented), written in {time.perf_counter() - t0:.0f}s", flush=True)
+        print(f"rows: {n}; JSONL {jsonl.stat().st_size / 1e6:.0f} MB, JSON array "
+              f"{array.stat().st_size / 1e6:.0f} MB (indented), written in {time.perf_counter() - t0:.0f}s",
+              flush=True)
         recipes = {fmt: Recipe.model_validate({
             "name": "bench", "sources": [{"name": "rows", "manifests": [str(path)]}],
             "ray": {"num_cpus": CPUS, "object_store_memory": 1 << 30}}) for fmt, path in (("jsonl", jsonl),
@@ -138,8 +141,8 @@ def main() -> None:
                 assert kept == n, (fmt, kept, n)
                 size = (jsonl if fmt == "jsonl" else array).stat().st_size
                 print(f"{fmt:>5} try {attempt + 1}: {seconds:7.1f}s  {n / seconds:9.0f} rows/s  "
-                      f"{size / 1e6 / seconds:6.1f} MB/s  peak RSS: largest process {mem.peak_one / 2**20:6.0f} MiB, "
-                      f"process tree {mem.peak_sum / 2**20:6.0f} MiB", flush=True)
+                      f"{size / 1e6 / seconds:6.1f} MB/s  peak RSS: largest process "
+                      f"{mem.peak_one / 2**20:6.0f} MiB, process tree {mem.peak_sum / 2**20:6.0f} MiB", flush=True)
                 if fmt not in best or seconds < best[fmt][0]:
                     best[fmt] = (seconds, kept, mem.peak_one, mem.peak_sum)
         ratio = best["jsonl"][0] / best["array"][0]
