@@ -430,6 +430,10 @@ def test_every_format_reaches_the_shards_with_its_media_and_turns(ray_session, d
     stats = Runner(recipe, out).run()
     assert stats["invariant_ok"], stats
     assert stats["samples_in"] == len(kept) + len(rejected)
+    from curate.layout import read_marker
+
+    marker = read_marker(next((out / "work").glob("*-ingest")))  # the meta file's `length`, checked
+    assert marker["rows_differ_from_length"] == {"vl-b": {"expected": 5, "read": 4}}
     # bad elements: rejected at their position (the JSONL line, the array element, the table row)
     rejects = [r for p in (out / "rejects").glob("*.parquet") for r in pq.read_table(p).to_pylist()]
     by_orig = {r["orig_id"]: r for r in rejects}
