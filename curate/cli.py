@@ -43,13 +43,15 @@ def fail(message: str, code: int = USER_ERROR_EXIT) -> None:
 @main.command()
 @click.argument("recipe")
 @click.option("--input", "inputs", multiple=True, help="manifest(s) replacing the recipe's sources")
+@click.option("--meta", default=None, metavar="FILE",
+              help="an InternVL meta file whose datasets replace the recipe's sources (docs/manifests.md)")
 @click.option("--out", default=None, help="run folder (default runs/<recipe name>)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe key")
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
 @click.option("--retry-failed", is_flag=True, help="download stage: retry URLs that failed before")
 @click.pass_context
-def run(ctx: click.Context, recipe: str, inputs: tuple[str, ...], out: str | None, overrides: tuple[str, ...],
-        address: str | None, retry_failed: bool) -> None:
+def run(ctx: click.Context, recipe: str, inputs: tuple[str, ...], meta: str | None, out: str | None,
+        overrides: tuple[str, ...], address: str | None, retry_failed: bool) -> None:
     """Run RECIPE (a path or a name under recipes/) and write shards, rejects and stats.
 
     A terminal shows one live line per stage (rows, rows/s, elapsed, ETA), then its summary;
@@ -66,7 +68,7 @@ def run(ctx: click.Context, recipe: str, inputs: tuple[str, ...], out: str | Non
     sets = list(overrides) + (["stages.download.retry_failed=true"] if retry_failed else [])
     view = make_view("quiet" if opts.get("quiet") else "auto")
     try:  # everything a user can get wrong is found here, before any work
-        rec = load_recipe(recipe, sets, list(inputs) or None)
+        rec = load_recipe(recipe, sets, list(inputs) or None, meta)
         runner = Runner(rec, out or f"runs/{rec.name}", address, view=view, verbose=opts.get("verbose", False))
         runner.prepare()
         with quiet_terminal(None if opts.get("verbose") else runner.layout.logs / "ray-output.log"):
@@ -79,6 +81,9 @@ def run(ctx: click.Context, recipe: str, inputs: tuple[str, ...], out: str | Non
             stats = runner.run()
     except KeyboardInterrupt:
         raise
+    except UserError as e:  # found during the run (a broken JSON array, no row left after ingest)
+        view.close()
+        fail(str(e))
     except Exception as e:
         import traceback
 

@@ -8,6 +8,7 @@ naming the file, the key path and what was expected. `--set a.b=c` overrides any
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +48,15 @@ class SourceConfig(_Strict):
     """skip the repetition pass (curated academic datasets, as InternVL 2.5 does)"""
     languages: list[str] | None = Field(None, examples=[["en", "zh"]])
     """keep only these fastText language codes (null keeps all)"""
+    media_root: str | None = Field(None, examples=["/data/coco"])
+    """folder that relative media paths resolve against (null: the manifest's folder; InternVL meta `root`)"""
+    expect_rows: int | None = Field(None, ge=0, examples=[665298])
+    """rows the manifests should hold (InternVL meta `length`); ingest warns when it reads another number"""
+
+    @field_validator("media_root")
+    @classmethod
+    def _absolute_root(cls, v: str | None) -> str | None:
+        return os.path.abspath(v) if v else None  # tasks may run in another working directory
 
     @field_validator("name")
     @classmethod
@@ -467,13 +477,26 @@ class Recipe(_Strict):
     """seed for every random choice (mixture, augmentation, voices): same seed, same shards"""
     sources: list[SourceConfig] = Field(min_length=1)
     """the datasets (see sources[].*)"""
+    sources_from: str | None = Field(None, examples=["internvl_meta.json"])
+    """an InternVL meta file whose datasets are added to sources when the recipe loads (docs/manifests.md)"""
     source_defaults: dict[str, Any] = Field(default_factory=dict, examples=[{"n_max": 6}])
-    """source settings used for manifests given with --input"""
+    """source settings used for manifests given with --input or a meta file"""
     modality_targets: dict[str, float] = Field(default_factory=dict, examples=[{"text": 0.25}])
     """target fraction of samples per modality, met by down-sampling (M2-omni: ~25% text)"""
     stages: StagesConfig = StagesConfig()
     ray: RayConfig = RayConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_sources_from(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("sources_from"):
+            from curate.manifest_formats import sources_from_meta
+
+            defaults = dict(data.get("source_defaults") or {})
+            meta = [defaults | s for s in sources_from_meta(data["sources_from"])]
+            data = {**data, "sources": list(data.get("sources") or []) + meta, "sources_from": None}
+        return data
 
     @model_validator(mode="after")
     def _unique_sources(self) -> "Recipe":
@@ -534,8 +557,9 @@ def format_validation_error(path: str, err: ValidationError) -> str:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None,
-                inputs: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe. `inputs` replace the recipe's sources."""
+                inputs: list[str] | None = None, meta: str | None = None) -> Recipe:
+    """Read, override and validate a recipe. `inputs` (manifests) and `meta` (an InternVL meta
+    file's entries) replace the recipe's sources."""
     path = Path(path)
     if not path.exists():
         named = Path("recipes") / f"{path}.yaml"
@@ -554,6 +578,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
         data["sources"] = [
             {**defaults, "name": _source_name(p, i), "manifests": [p]} for i, p in enumerate(inputs)
         ]
+    if meta:
+        data["sources_from"] = meta
+        if not inputs:
+            data["sources"] = []
     for text in overrides or []:
         parts, value = parse_override(text)
         apply_override(data, parts, value)

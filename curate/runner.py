@@ -46,6 +46,7 @@ from curate.recipe import Recipe
 from curate.records import CORE_SCHEMA, REJECT_COLUMNS
 from curate.review import clear_review
 from curate.stages.base import GlobalStage, Job, Resources, RunContext, Stage, check_columns, footer_stats, widen
+from curate.stages.ingest import stop_if_nothing_ingested
 from curate.stages.registry import STAGES, StageSpec
 
 log = logging.getLogger("curate")
@@ -104,6 +105,8 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
 #: rows per Parquet file a stage writes at most: each file is one task of the next stage, so
 #: the work spreads over the cores (and a cluster) whatever the stage before did to its blocks
 ROWS_PER_FILE = 8192
+#: media bytes (Parquet manifests) one block of raw manifest rows carries at most
+BLOB_BYTES = 64 << 20
 
 
 def grant(stage: Stage, cluster: dict[str, float]) -> Resources:
@@ -335,14 +338,19 @@ def _read_alive(paths: pa.Table) -> pa.Table:
 
 def _read_manifest(items: pa.Table) -> Iterator[pa.Table]:
     """The raw rows of manifest pieces (curate.manifest.manifest_chunks), as Arrow tables of
-    ROWS_PER_FILE lines: Ray builds no block row by row, and the ingest stage fuses with this."""
+    ROWS_PER_FILE lines (fewer when media bytes ride along: BLOB_BYTES at most): Ray builds no
+    block row by row, and the ingest stage fuses with this."""
     rows: list[dict[str, Any]] = []
+    blob_bytes = 0
     for item in items.to_pylist():
-        for row in read_lines(item["source"], item["manifest"], item["start"], item["end"], item["first_line"]):
+        for row in read_lines(item["source"], item["manifest"], item["start"], item["end"], item["first_line"],
+                              item.get("format")):
             rows.append(row)
-            if len(rows) == ROWS_PER_FILE:
+            if row.get("blobs"):
+                blob_bytes += sum(len(b) for b in row["blobs"])
+            if len(rows) == ROWS_PER_FILE or blob_bytes >= BLOB_BYTES:
                 yield pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
-                rows = []
+                rows, blob_bytes = [], 0
     yield pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
 
 
@@ -462,6 +470,8 @@ class Runner:
                 job = Job(prev_dir, stage_dir, stage.resolved_resources(), executor)
                 self.run_stage(stage, job, schema, upstream, manifests, skip)
             prev_dir = stage_dir
+            if i == 0:
+                stop_if_nothing_ingested(self.layout, self.summary["stages"][-1])
         from curate.stats import compute_stats
 
         stats = compute_stats(self.out)

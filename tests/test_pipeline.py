@@ -197,13 +197,22 @@ def test_bad_recipe_fails_before_any_work(demo_small, tmp_path):
     assert result.exit_code != 0 and "manifest not found" in result.output and not out.exists()
 
 
-def test_a_manifest_of_only_bad_lines_finishes_with_no_shards(ray_session, demo_small, tmp_path):
+def test_a_manifest_of_only_bad_lines_stops_after_ingest(ray_session, demo_small, tmp_path):
+    """No row kept by ingest: the run stops there (a UserError, exit 2 in the CLI) naming the reasons,
+    with every line in rejects/ingest.parquet, instead of running the later stages on nothing."""
+    import pyarrow.parquet as pq
+
+    from curate.errors import UserError
+
     manifest = tmp_path / "bad.jsonl"
     manifest.write_bytes(b'{"broken": \n\xff\xfe\n{"id": 1}\n')
     recipe = load_recipe(RECIPE, [f"stages.tokenize.tokenizer={demo_small}/tokenizer"], inputs=[str(manifest)])
-    stats = Runner(recipe, tmp_path / "run").run()
-    assert stats["samples_in"] == 3 and stats["samples_out"] == 0 and stats["shards"] == 0
-    assert stats["invariant_ok"] and sum(stats["rejected"].values()) == 3
+    with pytest.raises(UserError, match="ingest kept none of the 3 manifest rows") as e:
+        Runner(recipe, tmp_path / "run").run()
+    assert all(r in str(e.value) for r in ("invalid_json x1", "bad_encoding x1", "missing_conversations x1"))
+    rejects = pq.read_table(tmp_path / "run" / "rejects" / "ingest.parquet")
+    assert sorted(rejects.column("line").to_pylist()) == [1, 2, 3]
+    assert [d.name for d in (tmp_path / "run" / "work").iterdir()] == ["00-ingest"]
 
 
 # ---------------------------------------------------------------------------- what a user sees

@@ -1,71 +1,52 @@
-"""Ingest: parse raw manifest lines into records, checking conversations and placeholders.
+"""Ingest: parse raw manifest rows into records, checking conversations and placeholders.
 
-Accepts the LLaVA / InternVL conversation format:
+Reads every shape of curate.manifest_formats: the LLaVA / InternVL / ShareGPT format
   {"id": ..., "image": str | [str], "video": ..., "audio": ...,
    "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}]}
-`user`/`assistant` are accepted as aliases of `human`/`gpt`. One image with no `<image>`
-placeholder gets one prepended to the first human turn (as LLaVA does); any other
-mismatch between media items and placeholders is a reject.
+(`user`/`assistant` are aliases of `human`/`gpt`), OpenAI-style `messages`, LLaMA-Factory's
+`images` columns and Hugging Face's {bytes, path} media, whose bytes are written to the media
+store here. One image with no `<image>` placeholder gets one prepended to the first human
+turn (as LLaVA does); any other mismatch between media items and placeholders is a reject.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import re
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from curate.records import CORE_SCHEMA, MEDIA_KINDS, PLACEHOLDERS, RowError, dumps_meta, empty_media, record_id, reject
-from curate.stages.base import Resources, Stage
+from curate.errors import UserError
+from curate.layout import RunLayout
+from curate.manifest_formats import (
+    KNOWN_KEYS,
+    ROLE_ALIASES,
+    MediaRef,
+    RecordError,
+    parse_conversations,
+    read_sample,
+)
+from curate.records import CORE_SCHEMA, PLACEHOLDERS, dumps_meta, empty_media, record_id, reject
+from curate.stages.base import Job, Resources, Stage
+from curate.store import MediaStore
 
-ROLE_ALIASES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
-KNOWN_KEYS = {"id", "conversations", *MEDIA_KINDS}
+__all__ = ["IngestStage", "RecordError", "ROLE_ALIASES", "KNOWN_KEYS", "parse_conversations",
+           "check_placeholders", "infer_modality", "LOOSE_ID_RE", "stop_if_nothing_ingested"]
+
+log = logging.getLogger("curate")
+
 LOOSE_ID_RE = re.compile(r'"id"\s*:\s*"([^"\\]{1,200})"')
 
 
-class RecordError(RowError):
-    """A manifest row that is not a usable sample; `reason` is the reject reason."""
-
-
-def parse_conversations(value: Any) -> list[dict[str, str]]:
-    if value is None:
-        raise RecordError("missing_conversations", "no 'conversations' field")
-    if not isinstance(value, list) or not value:
-        raise RecordError("malformed_conversations", "'conversations' must be a non-empty list of turns")
-    turns = []
-    for i, turn in enumerate(value):
-        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-            raise RecordError("malformed_conversations", f"turn {i} needs 'from' and 'value', got {str(turn)[:80]!r}")
-        role = ROLE_ALIASES.get(str(turn["from"]).lower())
-        if role is None:
-            raise RecordError("malformed_conversations", f"turn {i}: unknown speaker {turn['from']!r}")
-        if not isinstance(turn["value"], str):
-            raise RecordError("malformed_conversations", f"turn {i}: 'value' must be a string")
-        turns.append({"from": role, "value": turn["value"]})
-    if not any(t["from"] == "gpt" for t in turns) or not any(t["from"] == "human" for t in turns):
-        raise RecordError("malformed_conversations", "a sample needs at least one human and one gpt turn")
-    return turns
-
-
-def parse_media(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    media = []
-    for kind in MEDIA_KINDS:
-        value = obj.get(kind)
-        if value is None:
-            continue
-        refs = [value] if isinstance(value, str) else value
-        if not isinstance(refs, list) or not all(isinstance(r, str) and r for r in refs):
-            raise RecordError("malformed_media", f"'{kind}' must be a path/URL or a list of them")
-        media.extend(empty_media(kind, r) for r in refs)
-    return media
-
-
-def check_placeholders(turns: list[dict[str, str]], media: list[dict[str, Any]]) -> None:
+def check_placeholders(turns: list[dict[str, str]], media: list[MediaRef]) -> None:
     """Placeholders must match media items; one image with none gets one prepended."""
     for kind, tag in PLACEHOLDERS.items():
-        n_items = sum(m["kind"] == kind for m in media)
+        n_items = sum(m.kind == kind for m in media)
         n_tags = sum(t["value"].count(tag) for t in turns)
         if n_tags == n_items:
             continue
@@ -133,14 +114,77 @@ class IngestStage(Stage):
             row["id"] = record_id(source, str(obj["id"]))
             row["orig_id"] = str(obj["id"])
         try:
-            turns = parse_conversations(obj.get("conversations"))
-            media = parse_media(obj)
-            check_placeholders(turns, media)
+            sample = read_sample(obj, raw_row.get("blobs") or ())
+            turns = sample.turns
+            check_placeholders(turns, sample.media)
+            media = [self.media_item(m) for m in sample.media]
         except RecordError as e:
             return reject(row, self.name, e.reason, str(e))
+        except OSError as e:
+            return reject(row, self.name, "unreadable_file", f"cannot write inline media to the store: {e}")
         declared = getattr(src_cfg, "modality", "auto")
         row.update(conversations=turns, media=media,
                    modality=declared if declared not in (None, "auto") else infer_modality(media),
                    meta=dumps_meta({"orig_id": obj.get("id"),
                                     **{k: v for k, v in obj.items() if k not in KNOWN_KEYS}}))
         return row
+
+    @functools.cached_property
+    def store(self) -> MediaStore:
+        return MediaStore(self.ctx.media_dir)
+
+    def media_item(self, ref: MediaRef) -> dict[str, Any]:
+        """A record's media entry; bytes carried in the row go to the media store (once, by content),
+        and the media stage checks them there as it checks a file."""
+        item = empty_media(ref.kind, ref.ref)
+        if ref.data is not None:
+            item["path"] = str(self.store.put_bytes(ref.data, ref.ext)[0])
+        return item
+
+    def finish(self, job: Job) -> dict[str, Any]:
+        """Rows read per source; a source that declares `expect_rows` (an InternVL meta file's
+        `length`) and read another number is named in a warning and in the marker."""
+        expected = {name: src.expect_rows for name, src in self.ctx.sources.items()
+                    if getattr(src, "expect_rows", None) is not None}
+        if not expected:
+            return {}
+        import pyarrow.compute as pc
+        import pyarrow.dataset as pads
+
+        rows = pads.dataset(str(job.output_dir), format="parquet").to_table(columns=["source"])
+        column = rows.column("source")
+        read = {c["values"]: c["counts"] for c in pc.value_counts(column).to_pylist()}
+        differ = {name: {"expected": n, "read": read.get(name, 0)} for name, n in expected.items()
+                  if read.get(name, 0) != n}
+        for name, d in differ.items():
+            log.warning("source %s: its meta file says length %d, its manifests hold %d rows", name,
+                        d["expected"], d["read"])
+        return {"rows_differ_from_length": differ} if differ else {}
+
+
+def stop_if_nothing_ingested(layout: RunLayout, marker: dict[str, Any]) -> None:
+    """When ingest keeps no row, the run stops (UserError, exit 2) with the top reject reasons
+    and one example of each, instead of running every later stage on nothing."""
+    if marker.get("kept", 1) > 0:
+        return
+    rows = marker.get("rows", 0)
+    if not rows:
+        raise UserError("the manifests hold no rows: nothing to curate (are they empty?)")
+    examples: dict[str, dict[str, Any]] = {}
+    path = Path(layout.rejects("ingest"))
+    if path.exists():
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=["manifest", "line", "reject_reason", "reject_detail"])
+        for r in table.sort_by([("manifest", "ascending"), ("line", "ascending")]).to_pylist():
+            examples.setdefault(r["reject_reason"], r)
+    top = sorted(marker.get("rejected", {}).items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    lines = []
+    for reason, n in top:
+        ex = examples.get(reason)
+        where = f"{os.path.basename(ex['manifest'])}:{ex['line']}: {ex['reject_detail'][:160]}" if ex else ""
+        where = f" (e.g. {where})" if where else ""
+        lines.append(f"{reason} x{n}{where}")
+    raise UserError(f"ingest kept none of the {rows} manifest rows, so the run stops here: "
+                    + "; ".join(lines) + f". The rejects are in {path}; docs/manifests.md shows the formats "
+                    f"a manifest may have.")

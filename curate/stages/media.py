@@ -34,7 +34,7 @@ class MediaStage(Stage):
     name: ClassVar[str] = "media"
     # tasks fan out per block; a batch is only a call
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=128)
-    source_keys: ClassVar[tuple[str, ...]] = ("n_max",)
+    source_keys: ClassVar[tuple[str, ...]] = ("n_max", "media_root")
 
     def inputs(self) -> list[str]:
         return ["media", "manifest", "source"]
@@ -61,7 +61,7 @@ class MediaStage(Stage):
             n_max = per_image_n_max(getattr(src, "n_max", 12), n_images)
             for i, item in enumerate(media):
                 try:
-                    self.prepare(item, os.path.dirname(row["manifest"]), n_max)
+                    self.prepare(item, getattr(src, "media_root", None) or os.path.dirname(row["manifest"]), n_max)
                 except (MediaError, UnsafeReference) as e:
                     reject(row, self.name, e.reason, f"{item['kind']} {i + 1} ({item['ref']}): {e}")
                     break

@@ -2,7 +2,8 @@
 
 Each benchmark measures its own baseline in the same run and prints ratios against it,
 so numbers from different machines stay comparable. `python -m tests.bench NAME` runs one.
-The whole-pipeline load test (bench_load, minutes to an hour) runs only when named:
+The whole-pipeline load test (bench_load, minutes to an hour) and the 1 GB JSON array manifest
+(bench_manifest) run only when named:
 `python -m tests.bench bench_load` (`make bench-load ROWS=1000000`).
 """
 
@@ -14,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-ON_DEMAND = {"bench_load"}  # too long for `make bench`: run by name
+ON_DEMAND = {"bench_load", "bench_manifest"}  # too long for `make bench`: run by name
 
 
 def main(argv: list[str]) -> int:
