@@ -74,7 +74,7 @@ def infer_modality(media: list[dict[str, Any]]) -> str:
 class IngestStage(Stage):
     name: ClassVar[str] = "ingest"
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=512)
-    source_keys: ClassVar[tuple[str, ...]] = ("name", "manifests", "modality", "domain")
+    source_keys: ClassVar[tuple[str, ...]] = ("name", "manifests", "modality", "domain", "expect_rows")
 
     def inputs(self) -> list[str]:
         return ["source", "manifest", "line", "raw"]

@@ -48,7 +48,7 @@ def multi_round_manifest(folder: Path) -> Path:
 @pytest.mark.parametrize("mode", ["partitioned", "stream"])
 def test_small_budgets_split_truncate_and_stay_within_budgets(ray_session, demo_small, tmp_path, monkeypatch, mode):
     max_tokens, max_tiles = 700, 6
-    monkeypatch.setattr("curate.runner.ROWS_PER_FILE", 2)  # several files per stage: some fit, some do not
+    monkeypatch.setattr("curate.runner.files.ROWS_PER_FILE", 2)  # several files per stage: some fit, some do not
     manifest = multi_round_manifest(tmp_path)
     recipe = load_recipe(RECIPE, [f"stages.tokenize.tokenizer={demo_small}/tokenizer",
                                   f"stages.pack.max_tokens={max_tokens}", f"stages.pack.max_tiles={max_tiles}",

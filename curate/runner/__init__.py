@@ -19,7 +19,6 @@ The run folder's paths are in curate.layout.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -27,10 +26,8 @@ import logging
 import os
 import shutil
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,12 +37,15 @@ import yaml
 
 from curate.errors import UserError
 from curate.layout import RunLayout, read_marker, write_json_atomic, write_parquet_atomic, write_text_atomic
-from curate.manifest import RAW_SCHEMA, check_manifests, manifest_chunks, read_lines
+from curate.manifest import RAW_SCHEMA, check_manifests, manifest_chunks
 from curate.progress import ProgressView, count_rows
 from curate.recipe import Recipe
 from curate.records import CORE_SCHEMA, REJECT_COLUMNS
 from curate.review import clear_review
-from curate.stages.base import GlobalStage, Job, Resources, RunContext, Stage, check_columns, footer_stats, widen
+from curate.runner import files as stage_files
+from curate.runner.executor import RayExecutor, apply_stage, grant, map_options
+from curate.runner.files import input_files, link_or_copy, unchanged_files, written_schemas
+from curate.stages.base import GlobalStage, Job, RunContext, Stage, check_columns, widen
 from curate.stages.ingest import stop_if_nothing_ingested
 from curate.stages.registry import STAGES, StageSpec
 
@@ -100,258 +100,6 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
         raise UserError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); check the address "
                         f"(`ray status` on the head node prints it), or drop --address / RAY_ADDRESS to run "
                         f"on a local Ray") from None
-
-
-#: rows per Parquet file a stage writes at most: each file is one task of the next stage, so
-#: the work spreads over the cores (and a cluster) whatever the stage before did to its blocks
-ROWS_PER_FILE = 8192
-#: media bytes (Parquet manifests) one block of raw manifest rows carries at most
-BLOB_BYTES = 64 << 20
-
-
-def grant(stage: Stage, cluster: dict[str, float]) -> Resources:
-    """The resources `stage` runs with, decided once per run: what the recipe asks
-    (Stage.requested_resources) settled against the cluster (`ray.cluster_resources()`): a
-    `gpu_if_available` stage gets one GPU, and no CPU, where the cluster has a GPU."""
-    res = stage.requested_resources()
-    if not res.gpu_if_available:
-        return res
-    if not res.gpus and cluster.get("GPU", 0) >= 1:
-        return res.with_(gpus=1, cpus=0, gpu_if_available=False)
-    return res.with_(gpu_if_available=False)
-
-
-def map_options(res: Resources, actor: bool, whole_blocks: bool = False,
-                cluster_cpus: int = 1) -> dict[str, Any]:
-    """Ray Data map_batches arguments for a stage's resources (as `grant` decided them).
-
-    whole_blocks: no Ray batch size, for vectorised functions and for callers that slice
-    themselves. Ray fuses a read into the map that follows it only when the map has no batch
-    size; unfused, the read runs as separate tasks that hold CPUs the map then waits for.
-    An actor stage without a pool size autoscales up to one actor per `cluster_cpus` it can hold.
-    """
-    import ray
-
-    opts: dict[str, Any] = {"batch_format": "pyarrow", "batch_size": None if whole_blocks else res.batch_size,
-                            "num_cpus": res.cpus}
-    if res.memory_gb:
-        opts["memory"] = res.memory_gb * 1024**3
-    if res.gpus:
-        opts["num_gpus"] = res.gpus
-    if actor:
-        size = res.actors
-        if size is None:
-            most = max(1, int(cluster_cpus // (res.cpus if res.cpus > 0 else 1)))
-            opts["compute"] = ray.data.ActorPoolStrategy(min_size=1, max_size=most)
-        else:
-            opts["compute"] = ray.data.ActorPoolStrategy(size=size)
-    elif res.actors is not None:
-        opts["compute"] = ray.data.TaskPoolStrategy(size=res.actors)
-    return opts
-
-
-@dataclass(frozen=True)
-class SharedRef:
-    """A value in Ray's object store that a task reads with `.value()` (curate.stages.base.Shared).
-
-    Arrow tables come back without a copy, so every batch of a map may read a large table."""
-
-    ref: Any
-
-    def value(self) -> Any:
-        import ray
-
-        return ray.get(self.ref)
-
-
-class RayExecutor:
-    """The engine a GlobalStage is handed (curate.stages.base.Executor): the stages' only way to Ray."""
-
-    def cluster(self) -> dict[str, float]:
-        """The cluster's resources (CPU, GPU, memory...), as Ray counts them."""
-        import ray
-
-        return dict(ray.cluster_resources())
-
-    def cpus(self) -> int:
-        return max(1, int(self.cluster().get("CPU", 1)))
-
-    def map(self, ds: Any, fn: Callable[..., pa.Table], resources: Resources, **fn_kwargs: Any) -> Any:
-        return ds.map_batches(fn, **map_options(resources, actor=False, whole_blocks=True), fn_kwargs=fn_kwargs)
-
-    def remote(self, fn: Callable[..., Any], num_returns: int = 1, cpus: float = 1.0) -> Callable[..., Any]:
-        import ray
-
-        return ray.remote(num_returns=num_returns, num_cpus=cpus)(fn).remote
-
-    def get(self, futures: Any) -> Any:
-        import ray
-
-        return ray.get(futures)
-
-    def share(self, value: Any) -> SharedRef:
-        import ray
-
-        return SharedRef(value if isinstance(value, ray.ObjectRef) else ray.put(value))
-
-    def blocks(self, ds: Any) -> list[Any]:
-        return list(ds.materialize().to_arrow_refs())
-
-    def dataset(self, blocks: list[Any]) -> Any:
-        import ray
-
-        if blocks and all(isinstance(b, pa.Table) for b in blocks):
-            return ray.data.from_arrow(blocks)
-        return ray.data.from_arrow_refs(blocks)
-
-    def group_moments(self, ds: Any, key: str, column: str) -> dict[Any, dict[str, float]]:
-        from ray.data.aggregate import Count, Mean, Std
-
-        rows = ds.groupby(key).aggregate(
-            Count(column, ignore_nulls=True, alias_name="n"),
-            Mean(column, alias_name="mean"),
-            Std(column, ddof=0, alias_name="std"),
-        ).take_all()
-        return {r[key]: {"n": int(r["n"]), "mean": float(r["mean"]), "std": float(r["std"] or 0.0)} for r in rows}
-
-
-class _StageActor:
-    """Actor wrapper: the stage's setup() runs once per actor, in its constructor."""
-
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
-        stage.ensure_setup()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.stage(batch)
-
-
-class _StageTask:
-    """Task wrapper of a plain stage: whole blocks in, the stage called on slices of its batch size.
-
-    The map gets whole blocks (no Ray batch size) because Ray does not fuse a read into a
-    map that has one: the read then runs as its own tasks, holding a CPU the stage needs.
-    Fused, one task reads a file, runs the stage and writes its output. The slices keep
-    each call, and its Python objects, at the stage's batch size.
-
-    A `setup_in_tasks` stage is set up once per worker process: Ray reuses worker processes
-    between tasks, so the set-up copy is kept in the process under a key made once per stage
-    run; a later run (or stage) brings a new key and the old copy is dropped.
-    """
-
-    _cache: ClassVar[dict[str, Stage]] = {}
-
-    def __init__(self, stage: Stage, batch_size: int | None) -> None:
-        self.stage = stage
-        self.batch_size = batch_size
-        self.key = uuid.uuid4().hex
-
-    def __call__(self, block: pa.Table) -> pa.Table:
-        stage = self._cache.get(self.key)
-        if stage is None:
-            self._cache.clear()
-            stage = self._cache[self.key] = self.stage
-            stage.ensure_setup()
-        step = self.batch_size or len(block)
-        if len(block) <= step:
-            return stage(block)
-        return pa.concat_tables([stage(block.slice(i, step)) for i in range(0, len(block), step)])
-
-
-def apply_stage(stage: Stage, ds: Any, job: Job, skip: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """The stage's Ray plan over `ds`, and facts for its marker (the one place a stage is executed)."""
-    if skip:
-        return ds, {}  # nothing to do: rows pass through, no worker starts
-    if job.executor is None:
-        job = dataclasses.replace(job, executor=RayExecutor())
-    if isinstance(stage, GlobalStage):
-        return stage.transform(ds, job)
-    if stage.needs_actor():
-        opts = map_options(job.resources, actor=True, cluster_cpus=job.executor.cpus())
-        return ds.map_batches(_StageActor, fn_constructor_args=(stage,), **opts), {}
-    opts = map_options(job.resources, actor=False, whole_blocks=True)  # _StageTask slices them
-    # a subclass named after the stage, so Ray's operator, progress and process names say
-    # "MapBatches(MediaStage)", not "MapBatches(_StageTask)"
-    task = type(type(stage).__name__, (_StageTask,), {})
-    return ds.map_batches(task(stage, job.resources.batch_size), **opts), {}
-
-
-def written_schemas(stages: list[Stage], skips: list[str | None]) -> list[pa.Schema]:
-    """The schema of the files each stage writes: its output schema, with the (null) columns
-    of the skipped stages right after it. A skipped stage passes rows through, so it then
-    finds its own output schema in its input files and hard-links them instead of writing
-    every row again with a column of nulls (the CLIP stage without a model: its clip_score)."""
-    out: list[pa.Schema] = []
-    schema = RAW_SCHEMA
-    for stage in stages:
-        schema = stage.output_schema(schema)
-        out.append(schema)
-    for i in range(len(stages)):
-        j = i
-        while j + 1 < len(stages) and skips[j + 1] and out[j + 1].names[:len(out[i])] == out[i].names:
-            j += 1
-        out[i] = out[j] if j > i else out[i]
-    return out
-
-
-def input_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.parquet"))
-
-
-def unchanged_files(folder: Path, schema: pa.Schema,
-                    keeps: Callable[[Any], bool] | None = None) -> tuple[list[Path], list[Path]]:
-    """(files the stage would write again row for row, the other files with rows): a file is
-    unchanged when it has rows, `schema`, a footer whose statistics count no rejected row
-    (every reject_reason null), and `keeps(footer)` says the stage leaves its rows as they
-    are (None: a skipped stage, which leaves every row). Reads only the footers."""
-    unchanged, others = [], []
-    for path in input_files(folder):
-        footer = pq.read_metadata(path)
-        if not footer.num_rows:
-            continue
-        stats = footer_stats(footer, "reject_reason") or [None]
-        all_alive = all(s is not None and s.has_null_count and s.null_count == footer.row_group(g).num_rows
-                        for g, s in enumerate(stats))
-        same = all_alive and footer.schema.to_arrow_schema().equals(schema) and (keeps is None or keeps(footer))
-        (unchanged if same else others).append(path)
-    return unchanged, others
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """A hard link (no bytes written; every write in a run folder makes a new file), or a copy
-    where the file system has no links."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def _alive(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch.column("reject_reason")))
-
-
-def _read_alive(paths: pa.Table) -> pa.Table:
-    """The alive rows of the Parquet files named in `paths` (one file per task)."""
-    tables = [_alive(pq.read_table(p)) for p in paths.column("path").to_pylist()]
-    return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
-
-
-def _read_manifest(items: pa.Table) -> Iterator[pa.Table]:
-    """The raw rows of manifest pieces (curate.manifest.manifest_chunks), as Arrow tables of
-    ROWS_PER_FILE lines (fewer when media bytes ride along: BLOB_BYTES at most): Ray builds no
-    block row by row, and the ingest stage fuses with this."""
-    rows: list[dict[str, Any]] = []
-    blob_bytes = 0
-    for item in items.to_pylist():
-        for row in read_lines(item["source"], item["manifest"], item["start"], item["end"], item["first_line"],
-                              item.get("format")):
-            rows.append(row)
-            if row.get("blobs"):
-                blob_bytes += sum(len(b) for b in row["blobs"])
-            if len(rows) == ROWS_PER_FILE or blob_bytes >= BLOB_BYTES:
-                yield pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
-                rows, blob_bytes = [], 0
-    yield pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
 
 
 class Runner:
@@ -493,13 +241,13 @@ class Runner:
 
         if job.input_dir is None:
             return ray.data.from_items(pieces, override_num_blocks=max(1, len(pieces))).map_batches(
-                _read_manifest, batch_format="pyarrow")
+                stage_files.read_manifest, batch_format="pyarrow")
         # one task per file, fused with the stage and its write: Ray's read_parquet packs files
         # into read tasks of 128 MiB, so a stage of 100k text rows ran as two tasks, one of them
         # long after the other had finished; files hold at most ROWS_PER_FILE rows
         paths = [str(p) for p in (files if files is not None else input_files(job.input_dir))]
         return ray.data.from_items([{"path": f} for f in paths], override_num_blocks=max(1, len(paths))).map_batches(
-            _read_alive, batch_format="pyarrow")
+            stage_files.read_alive, batch_format="pyarrow")
 
     def run_stage(self, stage: Stage, job: Job, schema: pa.Schema, config_hash: str,
                   manifests: dict[str, list[Path]], skip: str | None) -> None:
@@ -530,7 +278,8 @@ class Runner:
             # one row group per file: without row_group_size, Arrow writes every chunk of a block
             # as its own row group (a stage's batches: 89 groups of ~80 rows in a tokenize file),
             # and reading such a file back took 4-5x as long as reading one group
-            out.write_parquet(str(tmp), max_rows_per_file=ROWS_PER_FILE, row_group_size=ROWS_PER_FILE)
+            rows = stage_files.ROWS_PER_FILE
+            out.write_parquet(str(tmp), max_rows_per_file=rows, row_group_size=rows)
         tmp.mkdir(parents=True, exist_ok=True)
         for path in unchanged:
             link_or_copy(path, tmp / path.name)
@@ -603,4 +352,5 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, address: str | None = None) 
     return Runner(recipe, out_dir, address).run()
 
 
-__all__ = ["Runner", "run_recipe", "build_stages", "apply_stage", "stage_hash", "STAGES", "CORE_SCHEMA"]
+__all__ = ["Runner", "run_recipe", "build_stages", "load_class", "apply_stage", "stage_hash", "grant", "map_options",
+           "RayExecutor", "link_or_copy", "unchanged_files", "written_schemas", "STAGES", "CORE_SCHEMA"]
