@@ -237,7 +237,7 @@ class PiperTTS:
             path = piper_model_path(voice)
             try:
                 model, noise = seed_noise_inputs(path.read_bytes())
-            except (ValueError, IndexError) as e:  # IndexError: a truncated protobuf
+            except ValueError as e:  # not ONNX, or noise nodes it cannot feed
                 raise TTSError(f"piper voice {path}: cannot feed its noise from outside: {e}") from e
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = opts.inter_op_num_threads = self.threads
