@@ -189,8 +189,14 @@ class PiperTTS:
     generator that every call advances, so a clip would depend on the calls before it in that
     process. The voice is rewritten once at load (curate.onnx_noise) to read that noise from
     inputs, drawn here per clip from numpy generators seeded by (seed, voice, text, node): the
-    same clip comes out of any actor, in any order, after a crash and resume. The session runs
-    sequentially on `threads` intra-op threads (1 by default) with deterministic compute on."""
+    same clip comes out of any actor, in any order, after a crash and resume.
+
+    The session runs on one thread, sequentially, with deterministic compute on, whatever `threads`
+    (the CPUs the runner granted the stage) says: onnxruntime splits a kernel's sums by its
+    intra-op thread count, so the samples change with it (the same clips with 3 threads instead
+    of 1 differed by up to 3e-6, enough to flip a 16-bit sample and so the stored FLAC), and a
+    recipe's resources must not change its shards. Inter-op threads would keep the bytes but
+    were no faster on this graph. More CPUs speed Piper up through more actors instead."""
 
     name = "piper"
 
@@ -237,10 +243,10 @@ class PiperTTS:
             path = piper_model_path(voice)
             try:
                 model, noise = seed_noise_inputs(path.read_bytes())
-            except (ValueError, IndexError) as e:  # IndexError: a truncated protobuf
+            except ValueError as e:  # not ONNX, or noise nodes it cannot feed
                 raise TTSError(f"piper voice {path}: cannot feed its noise from outside: {e}") from e
             opts = ort.SessionOptions()
-            opts.intra_op_num_threads = opts.inter_op_num_threads = self.threads
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 1  # not self.threads: see the docstring
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             opts.use_deterministic_compute = True
             session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
@@ -307,7 +313,7 @@ class PiperTTS:
 
 
 def make_backends(default: str = "espeak", speed: int = 160, threads: int = 1) -> dict[str, TTSBackend]:
-    """Both back-ends; `threads`: the CPU threads of each Piper voice's onnxruntime session."""
+    """Both back-ends; `threads`: the CPUs granted, which Piper keeps to one (see PiperTTS)."""
     if default not in BACKENDS:
         raise ValueError(f"unknown TTS back-end {default!r}; use espeak or piper")
     return {"espeak": EspeakTTS(speed=speed), "piper": PiperTTS(threads)}

@@ -102,6 +102,42 @@ def test_voice_specs_and_unknown_voices():
         PiperTTS().synthesize("hello", "models/nope.onnx")
 
 
+def noise_model(op: str = "RandomNormalLike", **attrs) -> bytes:
+    """y = op(x) for a float [2, 3] input x, with the node's attributes `attrs`."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(op, ["x"], ["y"], name="draw", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_random_normal_like_nodes_read_their_noise_from_an_input(tmp_path):
+    import onnxruntime as ort
+
+    from curate.onnx_noise import NoiseInput, seed_noise_inputs
+
+    model, found = seed_noise_inputs(noise_model(dtype=1))
+    assert found == [NoiseInput("noise_0", "noise_0_shape", "draw")]
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    x, noise = np.zeros((2, 3), np.float32), np.arange(1, 7, dtype=np.float32)
+    for fed, expected in ((noise, noise), (noise[:4], [1, 2, 3, 4, 1, 2]), (np.r_[noise, 9], noise)):
+        y, shape = session.run(None, {"x": x, "noise_0": fed})  # a short array repeats, a long one is cut
+        assert np.array_equal(y, np.reshape(expected, (2, 3))) and shape.tolist() == [2, 3]
+    for y in (session.run(None, {"x": x, "noise_0": noise})[0] for _ in range(2)):
+        assert np.array_equal(y, noise.reshape(2, 3))  # no generator inside: every run the same
+    plain = noise_model("RandomUniformLike", dtype=1)
+    assert seed_noise_inputs(plain) == (plain, [])  # nothing to feed: the model unchanged
+    with pytest.raises(ValueError, match="'mean' set is not supported"):
+        seed_noise_inputs(noise_model(mean=1.0))
+    with pytest.raises(ValueError, match="not an ONNX model"):
+        seed_noise_inputs(b"\xff" * 40)
+    (tmp_path / "bad.onnx").write_bytes(b"\xff" * 40)
+    (tmp_path / "bad.onnx.json").write_text("{}")
+    with pytest.raises(TTSError, match="cannot feed its noise from outside: not an ONNX model"):
+        PiperTTS().voice(str(tmp_path / "bad.onnx"))
+
+
 def f0_hz(audio: np.ndarray, sr: int = tts.SAMPLE_RATE) -> float:
     """Median autocorrelation pitch (60-400 Hz) of the voiced 40 ms frames, hop 10 ms.
 

@@ -36,7 +36,7 @@ class FakeWhisper:
         FakeWhisper.built.append({"path": path, **kwargs})
 
 
-def test_a_recipes_cpus_reach_the_whisper_and_piper_threads(tmp_path, monkeypatch):
+def test_a_recipes_cpus_reach_whisper_but_piper_keeps_one_thread(tmp_path, monkeypatch):
     import faster_whisper
 
     monkeypatch.setattr(faster_whisper, "WhisperModel", FakeWhisper)
@@ -54,7 +54,8 @@ def test_a_recipes_cpus_reach_the_whisper_and_piper_threads(tmp_path, monkeypatc
     piper = audio_qa.tts["piper"]
     assert piper.threads == 3
     options = piper.voice("joe").sess.get_session_options()  # the bundled voice, really loaded
-    assert options.intra_op_num_threads == options.inter_op_num_threads == 3
+    # onnxruntime's sums depend on its thread count: Piper stays on one so the cpus keep the bytes
+    assert options.intra_op_num_threads == options.inter_op_num_threads == 1
 
 
 def test_without_a_block_the_class_default_is_used(tmp_path, monkeypatch):
