@@ -134,8 +134,9 @@ class AudioQAStage(Stage):
         return model_name(self.config.asr_model, "whisper-base")  # the read-back Whisper
 
     def threads(self) -> int:
-        """CPU threads of the read-back Whisper and of each Piper voice: the CPUs the runner
-        granted a worker (resources.cpus); they run one after the other."""
+        """CPU threads of the read-back Whisper: the CPUs the runner granted a worker
+        (resources.cpus). Piper takes it too but keeps one thread (curate.tts.PiperTTS: its
+        float sums, and so the clips, change with the thread count)."""
         return max(1, int(self.resolved_resources().cpus))
 
     def inputs(self) -> list[str]:
