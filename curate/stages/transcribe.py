@@ -17,7 +17,10 @@ For each sample with audio:
    written into that turn and into `meta.transcript`, with `meta.transcript_source = "asr"`
    (asr_action `filled`).
    The transcript gate (one model): a reference farther than `max_ref_wer` from the ASR text
-   (asr_wer: WER, CER for Chinese) is a mismatch, e.g. another clip's transcript. By default
+   is a mismatch, e.g. another clip's transcript. The distance is counted in characters
+   (curate.asr.reference_error: normalised texts, English numbers spelled out, spaces left
+   out; CER over text units for Chinese), not words: on a one-word prompt a word error rate
+   is 0 or 1 and cannot tell "fiftieth" heard as "50s" from another clip's word. By default
    (`on_mismatch: reject`) the sample is rejected `transcript_mismatch` with the rate and both
    texts in the detail (asr_action `mismatch`); `replace` writes the ASR text instead
    (meta.transcript_source = "asr_replaced", asr_action `replaced`). Rejecting is the default:
@@ -240,9 +243,11 @@ class TranscribeStage(Stage):
 
     def gate(self, row: dict[str, Any], meta: dict[str, Any], turn: int | None, ref: str, heard: str,
              lang: str) -> None:
-        """One model: a reference farther than max_ref_wer from the ASR text is a mismatch."""
+        """One model: a reference farther than max_ref_wer from the ASR text (by characters,
+        curate.asr.reference_error) is a mismatch."""
         cfg = self.config
-        if not mismatched(row["asr_wer"], cfg.max_ref_wer):
+        name, rate = asr.reference_error(ref, heard, lang)
+        if not mismatched(rate, cfg.max_ref_wer):
             return
         if cfg.on_mismatch == "replace":
             self.set_transcript(row, meta, turn, heard, "asr_replaced")
@@ -250,7 +255,7 @@ class TranscribeStage(Stage):
             return
         row["asr_action"] = "mismatch"
         reject(row, self.name, "transcript_mismatch",
-               f"{asr.error_name(ref, heard, lang)} {row['asr_wer']:.3f} > stages.transcribe.max_ref_wer "
+               f"{name} {rate:.3f} > stages.transcribe.max_ref_wer "
                f"{cfg.max_ref_wer}: reference {excerpt(ref)!r}, heard {excerpt(heard)!r}")
 
     @staticmethod

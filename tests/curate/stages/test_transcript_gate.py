@@ -48,7 +48,7 @@ def test_default_gate_keeps_the_own_transcript_and_rejects_another_clips(ctx, cl
     assert other["reject_reason"] == "transcript_mismatch" and other["reject_stage"] == "transcribe"
     assert other["asr_action"] == "mismatch" and other["asr_wer"] > TranscribeConfig().max_ref_wer
     detail = other["reject_detail"]
-    assert detail.startswith("WER ") and "max_ref_wer" in detail
+    assert detail.startswith("CER ") and "max_ref_wer" in detail
     assert repr(OTHER) in detail and f"heard {other['asr_text']!r}" in detail
     assert asr.wer(OWN, other["asr_text"]) <= 0.1  # what was heard is the clip's own sentence
 
@@ -90,3 +90,35 @@ def test_decision_and_excerpt():
     assert excerpt("a  b\n c") == "a b c"
     long = excerpt("x" * 200 + " middle " + "y" * 200, 100)
     assert long == "x" * 50 + " [...] " + "y" * 50
+
+
+def test_the_gate_counts_characters_with_numbers_spelled_out_on_both_sides():
+    assert asr.spell_numbers("the 50th of 19 and the 50s") == "the fiftieth of nineteen and the fiftys"
+    assert asr.spell_numbers("press twenty first") == "press twenty first"  # not normalised: words stay
+    # Whisper's normaliser writes numbers as digits; the gate spells them out again, so an
+    # ordinal heard as its cardinal is two letters off, not a whole "word" of three characters
+    assert asr.reference_error("sixth", "6.") == ("CER", pytest.approx(2 / 5))
+    assert asr.reference_error("twenty-first", "21st") == ("CER", 0.0)
+    assert asr.reference_error("It costs forty-two dollars.", "it costs $42") == ("CER", 0.0)
+    assert asr.reference_error("Press 3 to re-record.", "press three to rerecord") == ("CER", 0.0)
+
+
+def test_short_references_are_not_all_or_nothing():
+    # by words a one-word prompt misheard by a letter or split in two scores 1 or 2 ...
+    assert asr.wer("tick", "dick") == 1.0 and asr.wer("lowercase", "Lower case.") == 2.0
+    # ... by characters (spaces left out) it is close, while another clip's word stays far
+    assert asr.reference_error("tick", "dick") == ("CER", 0.25)
+    assert asr.reference_error("lowercase", "Lower case.") == ("CER", 0.0)
+    assert asr.reference_error("Call-Forward Unconditional.", "Call forward and conditional.")[1] < 0.1
+    default = TranscribeConfig().max_ref_wer
+    assert not mismatched(asr.reference_error("tick", "dick")[1], default)
+    assert mismatched(asr.reference_error("Tuesday", "Monday.")[1], default)
+    assert mismatched(asr.reference_error("seventieth", "Equals.")[1], default)
+    assert mismatched(asr.reference_error("The conference is now unlocked.", "10th.")[1], default)
+    assert asr.reference_error("", "") == ("CER", 0.0) and asr.reference_error("", "a")[1] == 1.0
+    assert asr.reference_error("abc", "")[1] == 1.0
+
+
+def test_other_spaced_languages_are_not_spelled_in_english():
+    assert asr.reference_error("Bonjour 42", "bonjour 42", "fr") == ("CER", 0.0)
+    assert asr.reference_error("quarante-deux", "42", "fr")[1] == 1.0  # no English num2words for French
