@@ -307,15 +307,23 @@ def spell_numbers(text: str) -> str:
     return " ".join(spell(w) for w in text.split())
 
 
+def _unparenthesize(text: str) -> str:
+    """Parentheses as plain punctuation: Whisper's normalisers drop the words between them (its
+    "(laughs)"), but in a read reference they are spoken ("extremely long (longer than 255
+    characters)")."""
+    return text.replace("(", " ").replace(")", " ")
+
+
 def char_error(reference: str, hypothesis: str, language: str = "en") -> float:
-    """Character error rate of two texts after normalisation (English: Whisper's normaliser, then
-    numbers in words), spaces left out ("lower case" and "lowercase", "n b s" and "nbs" are the
-    same letters): edits over the reference's characters; an empty reference scores 0 only
-    against an empty hypothesis."""
+    """Character error rate of two texts after normalisation (parentheses kept as punctuation;
+    English: Whisper's normaliser, then numbers in words), spaces left out ("lower case" and
+    "lowercase", "n b s" and "nbs" are the same letters): edits over the reference's
+    characters; an empty reference scores 0 only against an empty hypothesis."""
     import jiwer
 
     english = language.startswith("en")
-    ref, hyp = ("".join((spell_numbers(normalize(t)) if english else normalize(t, language)).split())
+    ref, hyp = ("".join((spell_numbers(normalize(_unparenthesize(t))) if english
+                         else normalize(_unparenthesize(t), language)).split())
                 for t in (reference, hypothesis))
     if not ref:
         return 0.0 if not hyp else 1.0

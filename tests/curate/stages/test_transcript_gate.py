@@ -122,3 +122,13 @@ def test_short_references_are_not_all_or_nothing():
 def test_other_spaced_languages_are_not_spelled_in_english():
     assert asr.reference_error("Bonjour 42", "bonjour 42", "fr") == ("CER", 0.0)
     assert asr.reference_error("quarante-deux", "42", "fr")[1] == 1.0  # no English num2words for French
+
+
+def test_words_in_parentheses_are_compared_not_dropped():
+    ref = "If the name is extremely long (longer than 255 characters), it may be cut."
+    assert asr.normalize(ref) == "if the name is extremely long it may be cut"  # Whisper's normaliser drops them
+    assert asr.reference_error(ref, "If the name is extremely long, longer than 255 characters, it may be cut.") \
+        == ("CER", 0.0)
+    # a reference whose words sit inside parentheses is still checked against what was heard
+    assert mismatched(asr.reference_error("(The weather was cold all week.)", "Press one for sales.")[1],
+                      TranscribeConfig().max_ref_wer)
