@@ -20,6 +20,10 @@
   Chinese, and the mixed error rate of Chinese-English code-switching, after Whisper's basic
   normaliser (punctuation of both scripts removed). Chinese has no spaces, so a word error
   rate would count a whole clause as one word.
+- `reference_error(ref, hyp, language)`: the transcript gate's rate, characters in every
+  language: for spaced scripts the character error rate without spaces, English numbers
+  spelled out on both sides (num2words), so a misheard or split word costs its letters, not
+  a whole word of a one-word prompt.
 - `vote(hypotheses, agree, majority)`: agreement of several transcripts of one clip
   (Baichuan-omni's ASR ensemble): keep when every pair is within `agree`; otherwise correct
   to the transcript that a strict majority agrees with (pairwise error rate <= `majority`);
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,6 +284,61 @@ def error_rate(reference: str, hypothesis: str, language: str | None = "en") -> 
 
 def error_name(reference: str, hypothesis: str = "", language: str | None = "en") -> str:
     return "CER" if uses_units(reference, hypothesis, language) else "WER"
+
+
+_NUMBER = re.compile(r"^(\d+)(st|nd|rd|th|s)?$")
+
+
+def spell_numbers(text: str) -> str:
+    """A normalised English text with its numbers in words ("50th" -> "fiftieth", "19" ->
+    "nineteen", "50s" -> "fiftys"): Whisper's normaliser writes spelled numbers as digits, which
+    puts "fiftieth" (4 characters as "50th") one edit from "50s" but "sixth" ("6th") two from "6"."""
+    from num2words import num2words
+
+    def spell(word: str) -> str:
+        m = _NUMBER.match(word)
+        if not m:
+            return word
+        n, suffix = int(m.group(1)), m.group(2)
+        if suffix in ("st", "nd", "rd", "th"):
+            return num2words(n, to="ordinal")
+        return num2words(n) + ("s" if suffix == "s" else "")
+
+    return " ".join(spell(w) for w in text.split())
+
+
+def _unparenthesize(text: str) -> str:
+    """Parentheses as plain punctuation: Whisper's normalisers drop the words between them (its
+    "(laughs)"), but in a read reference they are spoken ("extremely long (longer than 255
+    characters)")."""
+    return text.replace("(", " ").replace(")", " ")
+
+
+def char_error(reference: str, hypothesis: str, language: str = "en") -> float:
+    """Character error rate of two texts after normalisation (parentheses kept as punctuation;
+    English: Whisper's normaliser, then numbers in words), spaces left out ("lower case" and
+    "lowercase", "n b s" and "nbs" are the same letters): edits over the reference's
+    characters; an empty reference scores 0 only against an empty hypothesis."""
+    import jiwer
+
+    english = language.startswith("en")
+    ref, hyp = ("".join((spell_numbers(normalize(_unparenthesize(t))) if english
+                         else normalize(_unparenthesize(t), language)).split())
+                for t in (reference, hypothesis))
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return float(jiwer.cer(ref, hyp or ""))
+
+
+def reference_error(reference: str, hypothesis: str, language: str | None = "en") -> tuple[str, float]:
+    """(name, rate) of a reference transcript against the ASR text, as the transcript gate judges
+    it: characters, not words. For Chinese and Japanese `error_rate` (CER over text units); for
+    other languages `char_error`. A word error rate is too coarse for a gate: on a one-word
+    reference one misheard word ("fiftieth" heard as "50s", "tick" as "dick") scores 1, the same
+    as another clip's word, and a split word ("Call forward and conditional") costs two."""
+    if uses_units(reference, hypothesis, language):
+        return "CER", error_rate(reference, hypothesis, language)
+    return "CER", char_error(reference, hypothesis, language or "en")
 
 
 def pairwise_error(texts: list[str], language: str | None = "en") -> np.ndarray:

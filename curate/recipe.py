@@ -305,6 +305,10 @@ class TranscribeConfig(StageConfig):
     """ensemble: a transcript within this WER (CER for Chinese) of a strict majority replaces the reference (correct)"""
     drop_easy: bool = False
     """ensemble: reject samples every model transcribed exactly (asr_too_easy, as Baichuan-omni)"""
+    max_ref_wer: float | None = Field(0.5, ge=0)
+    """without an ensemble: a reference transcript farther than this character error rate (normalised texts, numbers spelled out) from the ASR text is a mismatch, handled by `on_mismatch` (null: no gate; 0.5 kept no swapped transcript of real speech, see docs/benchmarks.md)"""
+    on_mismatch: Literal["reject", "replace"] = "reject"
+    """a mismatched reference: reject the sample (transcript_mismatch, both texts in the detail) or replace the reference by the ASR text (meta.transcript_source = "asr_replaced"; only with a model you trust)"""
     options: dict[str, Any] = Field(default_factory=dict, examples=[{"beam_size": 1}])
     """extra faster-whisper transcribe() arguments (default: greedy, temperature 0)"""
 

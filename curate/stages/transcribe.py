@@ -16,11 +16,22 @@ For each sample with audio:
    reference is empty (no `transcript` and an empty assistant turn) gets the ASR text
    written into that turn and into `meta.transcript`, with `meta.transcript_source = "asr"`
    (asr_action `filled`).
+   The transcript gate (one model): a reference farther than `max_ref_wer` from the ASR text
+   is a mismatch, e.g. another clip's transcript. The distance is counted in characters
+   (curate.asr.reference_error: normalised texts, English numbers spelled out, spaces left
+   out; CER over text units for Chinese), not words: on a one-word prompt a word error rate
+   is 0 or 1 and cannot tell "fiftieth" heard as "50s" from another clip's word. By default
+   (`on_mismatch: reject`) the sample is rejected `transcript_mismatch` with the rate and both
+   texts in the detail (asr_action `mismatch`); `replace` writes the ASR text instead
+   (meta.transcript_source = "asr_replaced", asr_action `replaced`). Rejecting is the default:
+   above the line tiny.en mishears a clip (a one-word prompt, an ordinal heard as digits) about
+   as often as the reference is wrong, and a lost sample costs less than a wrong target.
 4. Ensemble (`ensemble` lists more model folders): every model transcribes the clip; with
    the reference they vote (curate.asr.vote): `keep`, `correct` (the reference is replaced
    by the majority transcript, meta.transcript_source = "asr_majority") or reject
-   `asr_disagreement`. `drop_easy` rejects samples every model got exactly right
-   (`asr_too_easy`, Baichuan-omni drops them from SFT).
+   `asr_disagreement`; it replaces the one-model gate (several models outvote one
+   mishearing). `drop_easy` rejects samples every model got exactly right (`asr_too_easy`,
+   Baichuan-omni drops them from SFT).
 5. Languages: the default `model` (tiny.en) is English-only. A clip whose language is known
    and not English (recipe `language`, manifest `meta.language`, a fastText `language`
    column, or a reference transcript in CJK characters) is decoded by `model_multilingual`
@@ -52,6 +63,7 @@ from curate.tts import SAMPLE_RATE
 
 SEGMENT_TYPE = pa.struct([("item", pa.int32()), ("start", pa.float64()), ("end", pa.float64()),
                           ("text", pa.string()), ("avg_logprob", pa.float64()), ("no_speech_prob", pa.float64())])
+EXCERPT_CHARS = 300  # each text shown in a transcript_mismatch detail
 
 
 class ClipError(RowError):
@@ -216,6 +228,7 @@ class TranscribeStage(Stage):
         row["asr_wer"] = asr.error_rate(ref, heard[0], lang)
         row["asr_action"] = "checked"
         if len(heard) < 2:
+            self.gate(row, meta, turn, ref, heard[0], lang)
             return
         verdict = asr.vote([ref, *heard], cfg.agree_wer, cfg.majority_wer, lang)
         detail = (f"mean pairwise {asr.error_name(ref, heard[0], lang)} {verdict.mean_wer:.3f}, "
@@ -227,6 +240,23 @@ class TranscribeStage(Stage):
         elif verdict.action == "correct":
             self.set_transcript(row, meta, turn, [ref, *heard][verdict.choice], "asr_majority")
         row["asr_action"] = verdict.action
+
+    def gate(self, row: dict[str, Any], meta: dict[str, Any], turn: int | None, ref: str, heard: str,
+             lang: str) -> None:
+        """One model: a reference farther than max_ref_wer from the ASR text (by characters,
+        curate.asr.reference_error) is a mismatch."""
+        cfg = self.config
+        name, rate = asr.reference_error(ref, heard, lang)
+        if not mismatched(rate, cfg.max_ref_wer):
+            return
+        if cfg.on_mismatch == "replace":
+            self.set_transcript(row, meta, turn, heard, "asr_replaced")
+            row["asr_action"] = "replaced"
+            return
+        row["asr_action"] = "mismatch"
+        reject(row, self.name, "transcript_mismatch",
+               f"{name} {rate:.3f} > stages.transcribe.max_ref_wer "
+               f"{cfg.max_ref_wer}: reference {excerpt(ref)!r}, heard {excerpt(heard)!r}")
 
     @staticmethod
     def set_transcript(row: dict[str, Any], meta: dict[str, Any], turn: int | None, text: str,
@@ -259,6 +289,21 @@ class TranscribeStage(Stage):
                                                   "mime": "audio/flac", "duration": seconds, "tiles": 0}
             if _insert_after_placeholder(row["conversations"], i, PLACEHOLDERS["audio"]):
                 media.insert(i + 1, item)
+
+
+def mismatched(error_rate: float | None, max_ref_wer: float | None) -> bool:
+    """The gate's rule: the reference is not the clip's when its error rate against the ASR text
+    exceeds max_ref_wer (None: no gate)."""
+    return max_ref_wer is not None and error_rate is not None and error_rate > max_ref_wer
+
+
+def excerpt(text: str, max_chars: int = EXCERPT_CHARS) -> str:
+    """A text for a reject detail: whitespace collapsed, head and tail of a long one."""
+    text = " ".join(text.split())
+    if len(text) <= max_chars:
+        return text
+    half = max_chars // 2
+    return f"{text[:half]} [...] {text[-half:]}"
 
 
 def _insert_after_placeholder(turns: list[dict[str, str]], index: int, tag: str) -> bool:
