@@ -174,13 +174,15 @@ class FilterConfig(StageConfig):
     repetition_threshold: float = Field(0.5, ge=0, le=1)
     """repetition score at or above which a sample is rejected (0.5: one signal at its threshold)"""
     heuristics: bool = True
-    """InternVL rules (filters.heuristics): empty/trivial answer, answer = question, zero/char runs, duplicate lines, long sentences, placeholders"""
+    """InternVL rules (filters.heuristics): empty/trivial answer, answer = question, zero/char runs, duplicate lines,
+    long sentences, placeholders"""
     min_answer_chars: int = Field(HEURISTICS.min_answer_chars, ge=0)
     """empty_answer: answers with fewer characters are rejected"""
     max_sentence_words: int = Field(HEURISTICS.max_sentence_words, ge=1)
     """abnormal_sentence_length: a sentence with more words is rejected (English and other spaced scripts)"""
     max_sentence_chars_cjk: int = Field(HEURISTICS.max_sentence_chars_cjk, ge=1)
-    """abnormal_sentence_length for mostly Chinese/Japanese sentences (ending at 。！？；… too): more characters are rejected (a Latin word counts one; about the English 300 words, as a Chinese word averages 1.5 characters)"""
+    """abnormal_sentence_length for mostly Chinese/Japanese sentences (ending at 。！？；… too): more characters are
+    rejected (a Latin word counts one; about the English 300 words, as a Chinese word averages 1.5 characters)"""
     max_zero_run: int = Field(HEURISTICS.max_zero_run, ge=2)
     """zero_run: this many zeros in a row are rejected"""
     max_char_run: int = Field(HEURISTICS.max_char_run, ge=2)
@@ -217,7 +219,9 @@ class DedupeConfig(StageConfig):
     threshold: float = Field(0.8, gt=0, le=1)
     """Jaccard similarity at or above which two texts are near duplicates"""
     threshold_cjk: float = Field(0.6, gt=0, le=1)
-    """the same for two mostly Chinese/Japanese texts (units are characters: a 60-character paragraph with one 13-character clause inserted keeps a Jaccard of 0.70; on real Chinese prose 0.6 finds 99% of one-word/one-clause copies and distinct paragraphs stay below 0.46)"""
+    """the same for two mostly Chinese/Japanese texts (units are characters: a 60-character paragraph with one
+    13-character clause inserted keeps a Jaccard of 0.70; on real Chinese prose 0.6 finds 99% of one-word/one-clause
+    copies and distinct paragraphs stay below 0.46)"""
     shingle: int = Field(5, ge=1)
     """n-gram size of the shingles, in units: words, or characters in CJK text (filters.text_units)"""
     num_perm: int = Field(128, ge=16)
@@ -265,7 +269,8 @@ class ScoreConfig(StageConfig):
     max_chars: int = Field(6000, ge=100)
     """sample text longer than this is cut (head and tail kept) before it goes into a prompt"""
     loss_clean: bool = False
-    """Baichuan-omni loss-based cleaning: reject samples whose loss under the reference model is outside mean +/- k std of their source"""
+    """Baichuan-omni loss-based cleaning: reject samples whose loss under the reference model is outside mean +/- k std
+    of their source"""
     loss_model: str | None = Field(None, examples=["models/qwen2.5-0.5b"])
     """reference model folder for loss_clean (null: `model`); transformers/vllm back-ends only"""
     loss_k: float = Field(1.0, gt=0)
@@ -273,7 +278,8 @@ class ScoreConfig(StageConfig):
     loss_min_samples: int = Field(8, ge=2)
     """sources with fewer scored samples are not loss-cleaned (a std of few points means nothing)"""
     options: dict[str, Any] = Field(default_factory=dict, examples=[{"max_new_tokens": 16, "concurrency": 8}])
-    """back-end settings: max_new_tokens, temperature, guided, device, dtype, concurrency, timeout_s, retries, api_key_env, gpu_memory_utilization"""
+    """back-end settings: max_new_tokens, temperature, guided, device, dtype, concurrency, timeout_s, retries,
+    api_key_env, gpu_memory_utilization"""
 
 
 class TranscribeConfig(StageConfig):
@@ -282,11 +288,13 @@ class TranscribeConfig(StageConfig):
     model: str | None = Field(None, examples=["models/whisper-small-ct2"])
     """CTranslate2 Whisper folder (null: the tiny.en model installed by `make setup`)"""
     model_multilingual: str | None = Field(None, examples=["models/whisper-small-ct2"])
-    """multilingual CTranslate2 Whisper for clips not in English (Chinese: meta.language, LID or a CJK reference) when `model` is English-only; it also detects the language of clips with none (null: Whisper base from `make setup`)"""
+    """multilingual CTranslate2 Whisper for clips not in English (Chinese: meta.language, LID or a CJK reference) when
+    `model` is English-only; it also detects the language of clips with none (null: Whisper base from `make setup`)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """where Whisper runs (cpu: int8, cuda: float16; auto: cuda when CTranslate2 sees a GPU)"""
     language: str | None = Field(None, examples=["en"])
-    """spoken language code of every clip (null: per clip from meta.language, the LID column or the reference script, else detected)"""
+    """spoken language code of every clip (null: per clip from meta.language, the LID column or the reference script,
+    else detected)"""
     vad: bool = False
     """skip non-speech with faster-whisper's Silero VAD before decoding"""
     window_seconds: float = Field(300.0, ge=30)
@@ -306,9 +314,12 @@ class TranscribeConfig(StageConfig):
     drop_easy: bool = False
     """ensemble: reject samples every model transcribed exactly (asr_too_easy, as Baichuan-omni)"""
     max_ref_wer: float | None = Field(0.5, ge=0)
-    """without an ensemble: a reference transcript farther than this character error rate (normalised texts, numbers spelled out) from the ASR text is a mismatch, handled by `on_mismatch` (null: no gate; 0.5 kept no swapped transcript of real speech, see docs/benchmarks.md)"""
+    """without an ensemble: a reference transcript farther than this character error rate (normalised texts, numbers
+    spelled out) from the ASR text is a mismatch, handled by `on_mismatch` (null: no gate; 0.5 kept no swapped
+    transcript of real speech, see docs/benchmarks.md)"""
     on_mismatch: Literal["reject", "replace"] = "reject"
-    """a mismatched reference: reject the sample (transcript_mismatch, both texts in the detail) or replace the reference by the ASR text (meta.transcript_source = "asr_replaced"; only with a model you trust)"""
+    """a mismatched reference: reject the sample (transcript_mismatch, both texts in the detail) or replace the
+    reference by the ASR text (meta.transcript_source = "asr_replaced"; only with a model you trust)"""
     options: dict[str, Any] = Field(default_factory=dict, examples=[{"beam_size": 1}])
     """extra faster-whisper transcribe() arguments (default: greedy, temperature 0)"""
 
@@ -323,9 +334,11 @@ class AudioQAConfig(StageConfig):
     voices: list[str] = Field(default_factory=lambda: ["piper:joe", "piper:joe*0.86", "piper:joe*1.1",
                                                        "piper:joe*0.93"],
                               examples=[["piper:joe", "piper:joe*0.86", "espeak:en-us", "espeak:en+f3"]])
-    """voice settings `[espeak:|piper:]name[*pitch]`, one picked per sample from the seed and the sample id (piper:joe is the bundled Piper voice, or give a local .onnx path; *pitch shifts it, e.g. *0.86 deeper)"""
+    """voice settings `[espeak:|piper:]name[*pitch]`, one picked per sample from the seed and the sample id (piper:joe
+    is the bundled Piper voice, or give a local .onnx path; *pitch shifts it, e.g. *0.86 deeper)"""
     voices_zh: list[str] = Field(default_factory=list, examples=[["piper:models/zh_CN-huayan-medium.onnx"]])
-    """Piper voices (local .onnx with its .onnx.json) for Chinese samples; empty: Chinese samples are not eligible and are counted as `not eligible: no Chinese voice` (espeak-ng Mandarin read back by Whisper base had CER above 2.9)"""
+    """Piper voices (local .onnx with its .onnx.json) for Chinese samples; empty: Chinese samples are not eligible and
+    are counted as `not eligible: no Chinese voice` (espeak-ng Mandarin read back by Whisper base had CER above 2.9)"""
     tts: Literal["espeak", "piper"] = "espeak"
     """back-end of voices written without a prefix: espeak (espeak-ng binary) or piper (onnxruntime)"""
     speed: int = Field(160, ge=60, le=450)

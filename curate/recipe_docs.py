@@ -33,7 +33,7 @@ def iter_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[s
         if sub is None and getattr(ann, "__origin__", None) is list:
             (inner,) = ann.__args__
             if isinstance(inner, type) and issubclass(inner, BaseModel):
-                rows.append((key, "list", None, field.description or "", None))
+                rows.append((key, "list", None, " ".join((field.description or "").split()), None))
                 rows += iter_keys(inner, f"{key}[].")
                 continue
         if sub is not None:
@@ -45,7 +45,7 @@ def iter_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[s
             type_name = "one of " + ", ".join(map(str, ann.__args__))
         else:
             type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-        rows.append((key, type_name, default, field.description or "", example))
+        rows.append((key, type_name, default, " ".join((field.description or "").split()), example))
     return rows
 
 

@@ -247,7 +247,8 @@ def test_gate_rejects_a_wrong_or_truncated_clip(qa_stage, broken):
 def test_voice_summary_counts_kept_and_rejected_per_voice():
     table = pa.table({"audio_qa_voice": [None, "piper:joe", "piper:joe", "piper:joe*0.86"],
                       "reject_reason": [None, None, "tts_asr_mismatch", None]})
-    assert voice_summary(table) == {"piper:joe": {"kept": 1, "rejected": 1}, "piper:joe*0.86": {"kept": 1, "rejected": 0}}
+    assert voice_summary(table) == {"piper:joe": {"kept": 1, "rejected": 1},
+                                    "piper:joe*0.86": {"kept": 1, "rejected": 0}}
 
 
 def test_question_and_caption_rewriting():
@@ -296,7 +297,8 @@ def test_transcribe_fills_checks_and_rejects_bad_audio(ctx, speech, bad_clips):
     assert filled["reject_reason"] is None and filled["asr_action"] == "filled"
     assert asr.wer(q, filled["conversations"][1]["value"]) <= 0.1
     assert json.loads(filled["meta"])["transcript_source"] == "asr"
-    assert checked["asr_action"] == "checked" and checked["asr_wer"] <= 0.1 and checked["conversations"][1]["value"] == q
+    assert checked["asr_action"] == "checked" and checked["asr_wer"] <= 0.1
+    assert checked["conversations"][1]["value"] == q
     seg = checked["asr_segments"][0]
     assert seg["item"] == 0 and 0 <= seg["start"] < seg["end"] <= 3.0 and seg["text"]
     assert 0 < checked["asr_confidence"] <= 1 and checked["asr_no_speech_prob"] < 0.5

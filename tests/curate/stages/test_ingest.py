@@ -42,7 +42,8 @@ def test_aliases_and_modalities():
     assert row["modality"] == "multi_image" and [t["from"] for t in row["conversations"]] == ["human", "gpt"]
     assert parse({"video": "v.mp4", "conversations": conv("<video> what?")})["modality"] == "video"
     assert parse({"audio": "a.wav", "conversations": conv("<audio>")})["modality"] == "audio"
-    assert parse({"audio": "a.wav", "image": "i.jpg", "conversations": conv("<image><audio>")})["modality"] == "interleaved"
+    both = {"audio": "a.wav", "image": "i.jpg", "conversations": conv("<image><audio>")}
+    assert parse(both)["modality"] == "interleaved"
 
 
 def test_bad_lines_become_rejects_with_reasons():
