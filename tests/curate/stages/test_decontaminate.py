@@ -147,3 +147,18 @@ def test_stage_on_ray(ray_session, tmp_path):
     out = {r["id"]: r for r in apply_on_ray(DecontaminateStage(cfg, make_ctx(tmp_path)), rows, tmp_path)}
     assert out["leak"]["reject_reason"] == "benchmark_overlap" and "item=hist-3" in out["leak"]["reject_detail"]
     assert sum(r["reject_reason"] is not None for r in out.values()) == 1
+
+
+def test_report_counts_overlaps_per_benchmark_with_examples():
+    from curate.report.html import section_benchmarks
+
+    details = ['benchmark=mmlu item=bio-17 turn=2 shared="which of the following best describes"',
+               'benchmark=gsm8k item=row 4 turn=1 shared="小明有五个苹果"',
+               'benchmark=mmlu item=hist-3 turn=1 shared="in which year did the treaty"', "duplicate of x"]
+    rejects = pa.table({"id": ["a", "b", "c", "d"], "reject_detail": details,
+                        "reject_reason": ["benchmark_overlap"] * 3 + ["near_duplicate"]})
+    page = section_benchmarks(rejects)
+    assert page.index("mmlu") < page.index("gsm8k")  # most samples first
+    assert "<td class=n>2</td>" in page and "<td class=n>1</td>" in page
+    assert "bio-17 (which of the following best describes)" in page and "row 4 (小明有五个苹果)" in page
+    assert section_benchmarks(rejects.slice(3)) == ""
