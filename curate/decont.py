@@ -248,7 +248,8 @@ def _candidates(h: np.ndarray, who: np.ndarray, start: np.ndarray,
     return list(zip(who[maybe][hit].tolist(), start[maybe][hit].tolist(), lo[hit].tolist(), hi[hit].tolist()))
 
 
-def _verify(us: list[str], s: int, n: int, index: BenchmarkIndex, lo: int, hi: int) -> tuple[str, str, str] | None:
+def _verify(us: list[str], s: int, n: int, index: BenchmarkIndex, lo: int,
+            hi: int) -> tuple[str, str, str] | None:
     """(benchmark, key, shared text) when the n units at `s` really occur in an item whose
     hash matched; the shared run is extended while the next unit still occurs there."""
     gram = us[s: s + n]

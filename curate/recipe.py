@@ -252,6 +252,7 @@ class BenchmarkConfig(_Strict):
     path: str = Field(examples=["benchmarks/mmlu_test.jsonl"])
     """JSONL, JSON array or Parquet file, plain or gzip/zstd (relative to the working directory)"""
     fields: BenchmarkFields = BenchmarkFields()
+    """which columns hold the question, choices, answer and id"""
 
 
 class DecontaminateConfig(StageConfig):
@@ -260,9 +261,9 @@ class DecontaminateConfig(StageConfig):
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
     """evaluation sets to remove (empty: stage skipped); each `{name, path, fields}`"""
     ngram: int = Field(13, ge=4)
-    """a sample sharing this many consecutive normalised words with a benchmark item is rejected (benchmark_overlap; 13 as GPT-3 and Llama used)"""
+    """a sample sharing this many normalised words in a row with a benchmark item leaves (GPT-3 used 13)"""
     ngram_cjk: int = Field(30, ge=4)
-    """the same in characters, for mostly Chinese/Japanese items (30 characters: about 20 Chinese words)"""
+    """the same in characters, for mostly Chinese/Japanese items (30: about 20 Chinese words)"""
 
 
 class ScoreConfig(StageConfig):

@@ -58,9 +58,10 @@ def corpus(rng: np.random.Generator, vocab: list[str], items: list[tuple[str, st
             q = "Please answer: " + items[int(rng.integers(len(items)))][1].lower()
             planted += 1
         convs.append([{"from": "human", "value": q}, {"from": "gpt", "value": a}])
-    table = pa.table({"id": [f"t{j}" for j in range(N_ROWS)], "source": ["bench"] * N_ROWS, "conversations": convs,
-                      "reject_stage": pa.nulls(N_ROWS, pa.string()), "reject_reason": pa.nulls(N_ROWS, pa.string()),
-                      "reject_detail": pa.nulls(N_ROWS, pa.string())})
+    none = pa.nulls(N_ROWS, pa.string())
+    table = pa.table({"id": [f"t{j}" for j in range(N_ROWS)], "source": ["bench"] * N_ROWS,
+                      "conversations": convs, "reject_stage": none, "reject_reason": none,
+                      "reject_detail": none})
     return table, planted
 
 
@@ -121,14 +122,17 @@ def main() -> None:
     scale = LOAD_FILTER_RATE / filter_rate  # this machine now against bench_load's run
     # the stage's work plus the Parquet read and write of its rows that every stage that runs pays
     extra = LOAD_ROWS * (1 / rate + 1 / io_rate) / (scale * LOAD_CORES)
+    size_mb = (index.hashes.nbytes + index.item_of.nbytes + index.bitmap.nbytes + index.items.nbytes) / 2**20
     print(f"index: {N_ITEMS:,} items -> {len(index):,} 13-grams in {t_build:.1f}s "
-          f"({(index.hashes.nbytes + index.item_of.nbytes + index.bitmap.nbytes + index.items.nbytes) / 2**20:.0f} MB)")
+          f"({size_mb:.0f} MB)")
     print(f"lookup: {N_ROWS:,} rows ({mb:.0f} MB of turns) in {t_check:.1f}s: {rate:,.0f} rows/s/core, "
           f"{mb / t_check:.1f} MB/s/core; rejected {rejected} of {planted} planted")
-    print(f"filter stage on the same rows: {filter_rate:,.0f} rows/s/core (bench_load: {LOAD_FILTER_RATE:,}); "
+    print(f"filter stage on the same rows: {filter_rate:,.0f} rows/s/core "
+          f"(bench_load: {LOAD_FILTER_RATE:,}); "
           f"decontamination / filter = {rate / filter_rate:.2f}")
     print(f"Parquet write + read of the same rows: {io_rate:,.0f} rows/s/core")
-    print(f"projected at bench-load ROWS=1000000 ({LOAD_ROWS:,} rows, {LOAD_CORES} cores, {LOAD_WALL:.0f} s): "
+    print(f"projected at bench-load ROWS=1000000 ({LOAD_ROWS:,} rows, {LOAD_CORES} cores, "
+          f"{LOAD_WALL:.0f} s): "
           f"+{extra:.0f} s = +{100 * extra / LOAD_WALL:.1f}% (+{t_build:.0f} s index build on the driver)")
 
 

@@ -20,7 +20,8 @@ from tests.builders import apply_on_ray, make_ctx, make_row
 MMLU = [
     {"id": "bio-17", "question": "Which of the following best describes the primary function of the "
      "mitochondria in eukaryotic cells during aerobic respiration?",
-     "choices": ["Producing ATP", "Synthesising proteins", "Storing lipids", "Dividing the nucleus"], "answer": 0},
+     "choices": ["Producing ATP", "Synthesising proteins", "Storing lipids", "Dividing the nucleus"],
+     "answer": 0},
     {"id": "hist-3", "question": "In which year did the treaty that ended the Thirty Years' War get signed "
      "in the cities of Osnabrück and Münster?", "choices": ["1648", "1618", "1714", "1815"], "answer": 0},
 ]
@@ -49,7 +50,7 @@ def hits(texts, index):
 def test_exact_and_lightly_edited_english_questions_are_found(index):
     q = MMLU[0]["question"]
     edited = ("Quick quiz!! WHICH of the following best-describes the primary function of the mitochondria, "
-              "in eukaryotic cells during anaerobic respiration?")  # case, punctuation, a word changed at the end
+              "in eukaryotic cells during anaerobic respiration?")  # case, punctuation, last words changed
     texts = [f"Please help me with my homework. {q} Thanks!", edited,
              "A. Producing ATP B. Synthesising proteins C. Storing lipids D. Dividing the nucleus, "
              "and which of the following best describes"]  # the choices with the question's opening
@@ -80,7 +81,8 @@ def test_chinese_questions_are_found_by_characters_and_common_phrases_are_not(in
 
 def test_a_hash_match_is_checked_on_the_text(index):
     """Items whose text no longer holds the n-grams their hashes came from: nothing is found."""
-    other = pa.array([" " + " ".join(normal_units("an unrelated text")) + " "] * len(index.items), pa.large_string())
+    unrelated = " " + " ".join(normal_units("an unrelated text")) + " "
+    other = pa.array([unrelated] * len(index.items), pa.large_string())
     clashing = dataclasses.replace(index, items=index.items.set_column(2, "text", other))
     assert find_overlaps([MMLU[0]["question"], GSM[0]["question"]], clashing) == {}
 
@@ -100,8 +102,8 @@ def test_benchmark_files_in_each_manifest_format(tmp_path, fmt):
         path.write_text(json.dumps(rows))
     else:
         pq.write_table(pa.Table.from_pylist(rows), path)
-    cfg = DecontaminateConfig(benchmarks=[{"name": "mmlu", "path": str(path),
-                                           "fields": {"question": "prompt", "choices": "options", "id": "qid"}}])
+    fields = {"question": "prompt", "choices": "options", "id": "qid"}
+    cfg = DecontaminateConfig(benchmarks=[{"name": "mmlu", "path": str(path), "fields": fields}])
     stage = DecontaminateStage(cfg, make_ctx(tmp_path))
     stage.validate()
     index, info = stage.build()
@@ -135,7 +137,7 @@ def test_check_block_rejects_with_benchmark_item_and_shared_text(index):
     out = check_block(table, _Shared(index)).to_pylist()
     assert [r["reject_reason"] for r in out] == [None, "benchmark_overlap", "empty_answer"]
     assert out[1]["reject_stage"] == "decontaminate"
-    assert out[1]["reject_detail"].startswith('benchmark=mmlu item=bio-17 turn=2 shared="which of the following')
+    assert out[1]["reject_detail"].startswith('benchmark=mmlu item=bio-17 turn=2 shared="which of the')
 
 
 def test_stage_on_ray(ray_session, tmp_path):
@@ -145,7 +147,8 @@ def test_stage_on_ray(ray_session, tmp_path):
     rows = [make_row(f"r{i}", "Explain photosynthesis.", "Plants turn light into sugar.") for i in range(20)]
     rows.append(make_row("leak", MMLU[1]["question"].upper(), "1648"))
     out = {r["id"]: r for r in apply_on_ray(DecontaminateStage(cfg, make_ctx(tmp_path)), rows, tmp_path)}
-    assert out["leak"]["reject_reason"] == "benchmark_overlap" and "item=hist-3" in out["leak"]["reject_detail"]
+    assert out["leak"]["reject_reason"] == "benchmark_overlap"
+    assert "item=hist-3" in out["leak"]["reject_detail"]
     assert sum(r["reject_reason"] is not None for r in out.values()) == 1
 
 
