@@ -235,6 +235,41 @@ class DedupeConfig(StageConfig):
     captioning corpora), video_instructions (default true), video_instruction_cosine (0.9)"""
 
 
+class BenchmarkFields(_Strict):
+    """Which columns of a benchmark file hold an item's parts (a missing column is skipped)."""
+
+    question: str = "question"
+    """the question (or prompt) column"""
+    choices: str | None = Field("choices", examples=["options"])
+    """the answer choices: a list, a dict or a string (null: none)"""
+    answer: str | None = Field("answer", examples=["solution"])
+    """the answer, indexed when it is text (an index into the choices adds nothing; null: none)"""
+    id: str | None = Field(None, examples=["id"])
+    """the item's name in reject details (null: its row number)"""
+
+
+class BenchmarkConfig(_Strict):
+    """One evaluation set whose items must not appear in the training data."""
+
+    name: str = Field(examples=["mmlu"])
+    """the benchmark's name in reject details and the report"""
+    path: str = Field(examples=["benchmarks/mmlu_test.jsonl"])
+    """JSONL, JSON array or Parquet file, plain or gzip/zstd (relative to the working directory)"""
+    fields: BenchmarkFields = BenchmarkFields()
+    """which columns hold the question, choices, answer and id"""
+
+
+class DecontaminateConfig(StageConfig):
+    """Benchmark decontamination by n-gram overlap (curate.stages.decontaminate, curate.decont)."""
+
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
+    """evaluation sets to remove (empty: stage skipped); each `{name, path, fields}`"""
+    ngram: int = Field(13, ge=4)
+    """a sample sharing this many normalised words in a row with a benchmark item leaves (GPT-3 used 13)"""
+    ngram_cjk: int = Field(30, ge=4)
+    """the same in characters, for mostly Chinese/Japanese items (30: about 20 Chinese words)"""
+
+
 class ScoreConfig(StageConfig):
     """LLM quality scoring: domain, 0-10 score, repetition check, loss-based cleaning (curate.stages.score)."""
 
@@ -413,6 +448,7 @@ class StagesConfig(_Strict):
     media: MediaConfig = MediaConfig()
     filter: FilterConfig = FilterConfig()
     dedupe: DedupeConfig = DedupeConfig()
+    decontaminate: DecontaminateConfig = DecontaminateConfig()
     score: ScoreConfig = ScoreConfig(enabled=False)
     transcribe: TranscribeConfig = TranscribeConfig(enabled=False)
     audio_qa: AudioQAConfig = AudioQAConfig(enabled=False)

@@ -2,7 +2,8 @@
 
 Readable in a minute: the funnel, every stage's rows, time and throughput (and which stages
 have not run yet, for a partial run), rejects by stage and reason with three examples each
-(the manifest's own id, source, an excerpt, the detail) and where the review files are, a
+(the manifest's own id, source, an excerpt, the detail), benchmark overlaps per benchmark
+with example items, and where the review files are, a
 per-source table, the score histograms with their thresholds, packing fill per shard,
 tokens and tiles per sample by modality, and the download section. Every section is a table
 or a plot; nothing is a raw JSON dump. `curate report DIR` rewrites it for any run folder.
@@ -215,6 +216,7 @@ def section_rejects(layout: RunLayout) -> str:
                              _excerpt(p), _clip(p.get("reject_detail") or "", 200)])
     out += "<h3>Examples (three per reason)</h3><div class=ex>" + table(
         ["stage: reason", "id", "source", "excerpt", "detail"], examples, numeric=set()) + "</div>"
+    out += section_benchmarks(rejects)
     files = [f"<code>{_e(p.relative_to(layout.root))}</code>" for p in sorted(layout.rejects_dir.glob("*.parquet"))]
     review = layout.review()
     if review.exists():
@@ -223,6 +225,26 @@ def section_rejects(layout: RunLayout) -> str:
     out += "<p>All rejects: " + ", ".join(files) + " (in the run folder; "
     out += "<code>curate find RUN ID</code> tells where one sample went).</p>"
     return out
+
+
+def section_benchmarks(rejects: pa.Table) -> str:
+    """Samples rejected for a benchmark overlap, per benchmark, with example items and the
+    text they share (from the decontaminate stage's details; empty when there are none)."""
+    import re
+
+    picked = rejects.filter(pc.equal(rejects.column("reject_reason"), "benchmark_overlap"))
+    if not len(picked):
+        return ""
+    found = [re.match(r'benchmark=(\S+) item=(.*?) turn=\d+ shared="(.*)"?$', d or "")
+             for d in picked.column("reject_detail").to_pylist()]
+    per: dict[str, list[tuple[str, str, str]]] = {}
+    for m, rid in zip(found, picked.column("id").to_pylist()):
+        if m:
+            per.setdefault(m.group(1), []).append((m.group(2), rid, m.group(3).rstrip('"')))
+    rows = [[name, len(hits), "; ".join(f"{item} ({_clip(shared, 80)})" for item, _, shared in hits[:3])]
+            for name, hits in sorted(per.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+    return ("<h3>Benchmark overlap (decontaminate), per benchmark</h3>"
+            + table(["benchmark", "samples", "example items (shared text)"], rows, numeric={1}, cls="x"))
 
 
 def _conversations(layout: RunLayout, ids: list[str]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ STAGES = [
     StageSpec("filter", "curate.stages.filter:FilterStage", "filter"),
     StageSpec("filter_clip", "curate.stages.filter_clip:ClipFilterStage", "filter"),
     StageSpec("dedupe", "curate.stages.dedupe:DedupeStage", "dedupe"),
+    StageSpec("decontaminate", "curate.stages.decontaminate:DecontaminateStage", "decontaminate"),
     StageSpec("score", "curate.stages.score:ScoreStage", "score"),
     StageSpec("score_loss", "curate.stages.score_loss:LossCleanStage", "score"),
     StageSpec("audio_qa", "curate.stages.audio_qa:AudioQAStage", "audio_qa"),
