@@ -8,6 +8,7 @@ naming the file, the key path and what was expected. `--set a.b=c` overrides any
 from __future__ import annotations
 
 import glob
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -128,6 +129,10 @@ class DownloadConfig(StageConfig):
     """if set, only these hosts (or their subdomains) are fetched"""
     deny_hosts: list[str] = Field(default_factory=list, examples=[["tracker.example.com"]])
     """hosts (or their subdomains) never fetched"""
+    allow_private: bool = False
+    """connect to private, loopback, link-local (169.254.169.254), shared, multicast and reserved addresses too (default: such a URL, or a redirect to one, is rejected `private_address`; checked on the resolved address of every connection)"""
+    allow_networks: list[str] = Field(default_factory=list, examples=[["10.20.0.0/16", "127.0.0.1/32"]])
+    """CIDR blocks fetched even though they are not public (e.g. an intranet media server), without allow_private"""
     resize_max_side: int | None = Field(None, ge=16, examples=[2048])
     """re-encode downloaded images whose longer side exceeds this (null: keep bytes as fetched)"""
     jpeg_quality: int = Field(95, ge=1, le=100)
@@ -138,6 +143,17 @@ class DownloadConfig(StageConfig):
     """re-fetch URLs whose last attempt failed for good (set by `curate run --retry-failed`)"""
     options: dict[str, Any] = Field(default_factory=dict, examples=[{}])
     """extra keyword arguments for the fsspec file systems (s3://, gs://)"""
+
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks_ok(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{net!r} is no CIDR block (e.g. 10.0.0.0/8 or fd00::/8): {e}") from None
+        return v
 
 
 class MediaConfig(StageConfig):
