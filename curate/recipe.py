@@ -311,6 +311,12 @@ class TranscribeConfig(StageConfig):
     """longer clips are rejected (audio_too_long)"""
     silence_dbfs: float = Field(-60.0, le=0)
     """clips quieter than this RMS level are rejected (silent_audio)"""
+    hallucination_check: bool = True
+    """reject transcripts Whisper invents over non-speech (asr_hallucination, filters.asr_hallucination): only punctuation, a subtitler's credit, only an outro ("Thanks for watching!") on a clip long for it, a tail looping over one n-gram, or more text than the clip can hold"""
+    max_words_per_second: float = Field(6.0, gt=0)
+    """hallucination check: more words than this per second of clip (about twice a fast English speaker) is not speech"""
+    max_cjk_chars_per_second: float = Field(12.0, gt=0)
+    """hallucination check: the same for CJK characters (Mandarin is spoken at about 4-5 per second)"""
     video_audio: bool = False
     """attach a video's audio track as cross-modal audio (an `<audio>` item after its `<video>`)"""
     ensemble: list[str] = Field(default_factory=list, examples=[["models/whisper-base-ct2"]])
