@@ -130,9 +130,9 @@ class DownloadConfig(StageConfig):
     deny_hosts: list[str] = Field(default_factory=list, examples=[["tracker.example.com"]])
     """hosts (or their subdomains) never fetched"""
     allow_private: bool = False
-    """connect to private, loopback, link-local (169.254.169.254), shared, multicast and reserved addresses too (default: such a URL, or a redirect to one, is rejected `private_address`; checked on the resolved address of every connection)"""
+    """also fetch from private, loopback, link-local, multicast, reserved addresses (else: private_address)"""
     allow_networks: list[str] = Field(default_factory=list, examples=[["10.20.0.0/16", "127.0.0.1/32"]])
-    """CIDR blocks fetched even though they are not public (e.g. an intranet media server), without allow_private"""
+    """CIDR blocks fetched though not public (an intranet media server), the rest stays refused"""
     resize_max_side: int | None = Field(None, ge=16, examples=[2048])
     """re-encode downloaded images whose longer side exceeds this (null: keep bytes as fetched)"""
     jpeg_quality: int = Field(95, ge=1, le=100)
@@ -312,9 +312,9 @@ class TranscribeConfig(StageConfig):
     silence_dbfs: float = Field(-60.0, le=0)
     """clips quieter than this RMS level are rejected (silent_audio)"""
     hallucination_check: bool = True
-    """reject transcripts Whisper invents over non-speech (asr_hallucination, filters.asr_hallucination): only punctuation, a subtitler's credit, only an outro ("Thanks for watching!") on a clip long for it, a tail looping over one n-gram, or more text than the clip can hold"""
+    """reject transcripts Whisper invents over non-speech: outros, credits, loops, too fast (asr_hallucination)"""
     max_words_per_second: float = Field(6.0, gt=0)
-    """hallucination check: more words than this per second of clip (about twice a fast English speaker) is not speech"""
+    """hallucination check: more words per second of clip than this (twice a fast speaker) is no speech"""
     max_cjk_chars_per_second: float = Field(12.0, gt=0)
     """hallucination check: the same for CJK characters (Mandarin is spoken at about 4-5 per second)"""
     video_audio: bool = False
