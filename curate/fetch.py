@@ -5,7 +5,11 @@ Every fetch is bounded: connect/read timeouts per attempt, and a deadline per at
 watchdog shuts the socket down when it passes, so slow headers, a body dripping one byte at
 a time, or a body that never ends all stop at the deadline. Also a byte cap that aborts the
 transfer (never reads it all), a redirect limit with the scheme checked at every hop
-(http/https only), host allow/deny lists. Retries with exponential backoff and jitter happen
+(http/https only), host allow/deny lists, and no connection to a private, loopback,
+link-local, multicast or reserved address unless the recipe opts in (curate.security.AddressPolicy:
+the check is on the address the socket connects to, resolved once per connection, redirect hops
+included, so neither a public name that resolves to 10.0.0.1 nor a DNS answer that changes between
+check and connect gets through; `private_address`, never retried). Retries with exponential backoff and jitter happen
 only for retryable failures: timeouts (but not an attempt that ran into its deadline: a
 server that slow would only hold a worker slot again), connection resets and refusals,
 truncated bodies, 429 and 5xx. The content type is sniffed from the bytes
@@ -18,6 +22,7 @@ the threads of a download worker.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import random
@@ -29,7 +34,7 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 
-from curate.security import NETWORK_SCHEMES
+from curate.security import NETWORK_SCHEMES, AddressPolicy
 
 USER_AGENT = "omnicurate/0.1 (+https://github.com/omnicurate/omnicurate)"
 RETRYABLE = {"timeout", "connection_error", "truncated", "http_429", "http_error"}
@@ -124,11 +129,58 @@ class _Watched:
         return super().getresponse(*args, **kwargs)
 
 
-class _HTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+class AddressRefused(Exception):
+    """Every address a host resolves to is refused by the AddressPolicy (not an OSError, so
+    urllib3 hands it up unchanged instead of retrying or wrapping it)."""
+
+
+class _Guarded:
+    """Connection mixin: resolves the host once, refuses the addresses the policy refuses and
+    connects to exactly the addresses it checked (TLS still verifies the certificate against the
+    host name). Mirrors urllib3.util.connection.create_connection otherwise."""
+
+    def __init__(self, *args: Any, policy: AddressPolicy | None = None, **kwargs: Any) -> None:
+        self.policy = policy
+        super().__init__(*args, **kwargs)
+
+    def _new_conn(self) -> socket.socket:
+        if self.policy is None:
+            return super()._new_conn()
+        host = self._dns_host.strip("[]")
+        try:
+            found = socket.getaddrinfo(host, self.port, urllib3.util.connection.allowed_gai_family(),
+                                       socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise urllib3.exceptions.NameResolutionError(self.host, self, e) from e
+        allowed, refused = [], []
+        for res in found:
+            why = self.policy.refusal(res[4][0])
+            if why:
+                refused.append(f"{res[4][0]} ({why})")
+            else:
+                allowed.append(res)
+        if not allowed:
+            raise AddressRefused(f"{self.host} resolves to {', '.join(dict.fromkeys(refused)) or 'nothing'}: "
+                                 f"not fetched (stages.download.allow_private / allow_networks opt in)")
+        err: OSError | None = None
+        for *_, sockaddr in allowed:  # an IP literal: create_connection does no DNS lookup for it
+            try:
+                return urllib3.util.connection.create_connection(
+                    (sockaddr[0], self.port), self.timeout, source_address=self.source_address,
+                    socket_options=self.socket_options)
+            except OSError as e:
+                err = e
+        if isinstance(err, TimeoutError):
+            raise urllib3.exceptions.ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})") from err
+        raise urllib3.exceptions.NewConnectionError(self, f"Failed to establish a new connection: {err}") from err
+
+
+class _HTTPConnection(_Watched, _Guarded, urllib3.connection.HTTPConnection):
     pass
 
 
-class _HTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+class _HTTPSConnection(_Watched, _Guarded, urllib3.connection.HTTPSConnection):
     pass
 
 
@@ -187,7 +239,8 @@ class Fetcher:
                  retries: int = 2, backoff: float = 0.5, max_bytes: int = 64 << 20, max_redirects: int = 5,
                  allow_hosts: list[str] | None = None, deny_hosts: list[str] | None = None,
                  per_host: int = 4, pool_size: int = 16, user_agent: str = USER_AGENT,
-                 fsspec_options: dict[str, Any] | None = None) -> None:
+                 fsspec_options: dict[str, Any] | None = None, allow_private: bool = False,
+                 allow_networks: list[str] | None = None) -> None:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.total_timeout = total_timeout
         self.retries, self.backoff = retries, backoff
@@ -196,8 +249,11 @@ class Fetcher:
         self.per_host = per_host
         self.user_agent = user_agent
         self.fsspec_options = fsspec_options or {}
+        self.policy = AddressPolicy.from_config(allow_private, allow_networks)
         self.pool = urllib3.PoolManager(num_pools=64, maxsize=pool_size, retries=False, block=False)
-        self.pool.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        # every connection of every pool checks its peer address against the policy
+        self.pool.pool_classes_by_scheme = {"http": functools.partial(_HTTPPool, policy=self.policy),
+                                            "https": functools.partial(_HTTPSPool, policy=self.policy)}
         self._hosts: dict[str, threading.Semaphore] = {}
         self._lock = threading.Lock()
 
@@ -285,6 +341,8 @@ class Fetcher:
         try:
             resp = self.pool.request("GET", url, headers={"User-Agent": self.user_agent}, redirect=False,
                                      preload_content=False, timeout=timeout, retries=False)
+        except AddressRefused as e:
+            raise FetchError("private_address", f"{url}: {e}", final=True) from None
         except urllib3.exceptions.NewConnectionError as e:  # refused, unreachable (a TimeoutError subclass)
             raise FetchError("connection_error", f"cannot connect: {e}") from None
         except urllib3.exceptions.TimeoutError as e:

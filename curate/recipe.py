@@ -8,6 +8,7 @@ naming the file, the key path and what was expected. `--set a.b=c` overrides any
 from __future__ import annotations
 
 import glob
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -128,6 +129,10 @@ class DownloadConfig(StageConfig):
     """if set, only these hosts (or their subdomains) are fetched"""
     deny_hosts: list[str] = Field(default_factory=list, examples=[["tracker.example.com"]])
     """hosts (or their subdomains) never fetched"""
+    allow_private: bool = False
+    """also fetch from private, loopback, link-local, multicast, reserved addresses (else: private_address)"""
+    allow_networks: list[str] = Field(default_factory=list, examples=[["10.20.0.0/16", "127.0.0.1/32"]])
+    """CIDR blocks fetched though not public (an intranet media server), the rest stays refused"""
     resize_max_side: int | None = Field(None, ge=16, examples=[2048])
     """re-encode downloaded images whose longer side exceeds this (null: keep bytes as fetched)"""
     jpeg_quality: int = Field(95, ge=1, le=100)
@@ -138,6 +143,17 @@ class DownloadConfig(StageConfig):
     """re-fetch URLs whose last attempt failed for good (set by `curate run --retry-failed`)"""
     options: dict[str, Any] = Field(default_factory=dict, examples=[{}])
     """extra keyword arguments for the fsspec file systems (s3://, gs://)"""
+
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks_ok(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{net!r} is no CIDR block (e.g. 10.0.0.0/8 or fd00::/8): {e}") from None
+        return v
 
 
 class MediaConfig(StageConfig):
@@ -338,6 +354,12 @@ class TranscribeConfig(StageConfig):
     """longer clips are rejected (audio_too_long)"""
     silence_dbfs: float = Field(-60.0, le=0)
     """clips quieter than this RMS level are rejected (silent_audio)"""
+    hallucination_check: bool = True
+    """reject transcripts Whisper invents over non-speech: outros, credits, loops, too fast (asr_hallucination)"""
+    max_words_per_second: float = Field(6.0, gt=0)
+    """hallucination check: more words per second of clip than this (twice a fast speaker) is no speech"""
+    max_cjk_chars_per_second: float = Field(12.0, gt=0)
+    """hallucination check: the same for CJK characters (Mandarin is spoken at about 4-5 per second)"""
     video_audio: bool = False
     """attach a video's audio track as cross-modal audio (an `<audio>` item after its `<video>`)"""
     ensemble: list[str] = Field(default_factory=list, examples=[["models/whisper-base-ct2"]])

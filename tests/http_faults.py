@@ -5,7 +5,9 @@ Routes: /img/<name> (good JPEG), /wrongtype.jpg (JPEG served as text/html), /not
 (drips past the read timeout), /drip, /slowheaders, /endless (bytes keep coming, never done),
 /big (larger than the byte cap), /loop (redirect loop), /tofile (redirect to file://),
 /redirect (to a good image), /truncated (Content-Length larger than the body),
-/reset (connection reset). `hits` counts requests per path.
+/reset (connection reset), /goto/<url> (redirect to that URL). `hits` counts requests per path.
+The download stage refuses loopback addresses by default: a Fetcher pointed at this server needs
+`allow_private=True` or `allow_networks=["127.0.0.0/8"]` (stages.download.allow_private).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def jpeg_bytes(seed: int = 0, size: tuple[int, int] = (640, 480)) -> bytes:
 
 
 class FaultServer:
-    def __init__(self, images: dict[str, bytes] | None = None) -> None:
+    def __init__(self, images: dict[str, bytes] | None = None, host: str = "127.0.0.1") -> None:
         self.images = images or {f"{i}.jpg": jpeg_bytes(i) for i in range(4)}
         self.hits: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -115,6 +117,8 @@ class FaultServer:
                     self.redirect("file:///etc/passwd")
                 elif path == "/redirect":
                     self.redirect("/img/1.jpg")
+                elif path.startswith("/goto/"):
+                    self.redirect(path[len("/goto/"):])
                 elif path == "/truncated":
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(img) + 5000))
@@ -134,13 +138,14 @@ class FaultServer:
             def handle_error(self, request, client_address) -> None:
                 pass  # clients that hang up on /slow, /big, /reset are the point of those routes
 
-        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
+        self.host = host
+        self.httpd = QuietServer((host, 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def __enter__(self) -> "FaultServer":
         self.thread.start()

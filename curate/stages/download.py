@@ -2,8 +2,9 @@
 
 For each batch, the distinct network URLs (http, https, s3, gs) of media items that have
 no stored path yet are fetched by a thread pool sharing one connection pool (curate.fetch:
-timeouts, byte cap, redirects checked, host lists, retries with backoff for retryable
-errors only, content sniffed from the bytes). Fetched bytes go to the media store
+timeouts, byte cap, redirects checked, host lists, no private addresses unless
+`allow_private` / `allow_networks`, retries with backoff for retryable errors only, content
+sniffed from the bytes). Fetched bytes go to the media store
 (sha256 names), optionally re-encoded when larger than `resize_max_side`. The media item
 gets its store `path`, `sha256`, `bytes` and `mime`; the media stage then validates it.
 A sample with a media URL that fails for good is rejected with the fetch's reason.
@@ -82,7 +83,8 @@ class DownloadStage(Stage):
                                total_timeout=c.total_timeout_s, retries=c.retries, backoff=c.backoff_s,
                                max_bytes=c.max_bytes, max_redirects=c.max_redirects, allow_hosts=c.allow_hosts,
                                deny_hosts=c.deny_hosts, per_host=c.per_host, pool_size=c.concurrency,
-                               user_agent=c.user_agent, fsspec_options=c.options)
+                               user_agent=c.user_agent, fsspec_options=c.options,
+                               allow_private=c.allow_private, allow_networks=c.allow_networks)
         layout = self.ctx.layout
         self.store = MediaStore(layout.media)
         self.index = UrlIndex(layout.url_index)
@@ -154,8 +156,10 @@ class DownloadStage(Stage):
 
     def store_result(self, r: FetchResult) -> dict[str, Any]:
         """Put fetched bytes in the store (resized if asked); the index entry for the URL."""
+        # a refused address is decided again under the next run's recipe (no request was made)
+        again = r.retryable or r.reason == "private_address"
         entry: dict[str, Any] = {"url": r.url, "status": "ok" if r.ok else "failed", "reason": r.reason,
-                                 "error": r.error, "retryable": r.retryable, "kind": r.kind, "mime": r.mime,
+                                 "error": r.error, "retryable": again, "kind": r.kind, "mime": r.mime,
                                  "time": time.time()}
         if not r.ok:
             return entry

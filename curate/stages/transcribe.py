@@ -3,7 +3,8 @@
 For each sample with audio:
 1. The clip is decoded (16 kHz mono), checked (broken -> `broken_audio`, longer than
    `max_seconds` -> `audio_too_long`, RMS below `silence_dbfs` -> `silent_audio`) and
-   transcribed window by window (curate.asr); an empty transcript -> `no_speech`. These
+   transcribed window by window (curate.asr); an empty transcript -> `no_speech`, one Whisper
+   invented over non-speech -> `asr_hallucination` (filters.asr_hallucination). These
    rejects apply to speech samples (modality audio); an attached video track that fails
    only leaves the video without its audio.
 2. Columns: `asr_text`, `asr_language`, `asr_segments` (item, start, end, text, avg_logprob,
@@ -60,6 +61,7 @@ from curate.records import PLACEHOLDER_RE, PLACEHOLDERS, RowError, dumps_meta, r
 from curate.stages.base import Resources, Stage, model_name
 from curate.store import MediaStore
 from curate.tts import SAMPLE_RATE
+from filters import asr_hallucination as hallucination
 
 SEGMENT_TYPE = pa.struct([("item", pa.int32()), ("start", pa.float64()), ("end", pa.float64()),
                           ("text", pa.string()), ("avg_logprob", pa.float64()), ("no_speech_prob", pa.float64())])
@@ -196,6 +198,9 @@ class TranscribeStage(Stage):
                               options=cfg.options) for m in models]
         if not out[0].text:
             raise ClipError("no_speech", f"Whisper heard no speech in {seconds:.1f}s of audio")
+        if cfg.hallucination_check and (found := hallucination.check(
+                out[0].text, seconds, cfg.max_words_per_second, cfg.max_cjk_chars_per_second)):
+            raise ClipError("asr_hallucination", "; ".join(found))
         return out
 
     def models_for(self, audio: Any, language: str | None, reference: str | None) -> tuple[list[Any], str | None]:

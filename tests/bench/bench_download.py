@@ -57,7 +57,8 @@ def stage_path(urls: list[str], out: Path, resize: int | None) -> int:
     from curate.stages.base import RunContext
     from curate.stages.download import DownloadStage
 
-    cfg = DownloadConfig(concurrency=16, per_host=16, resize_max_side=resize, jpeg_quality=90)
+    cfg = DownloadConfig(concurrency=16, per_host=16, resize_max_side=resize, jpeg_quality=90,
+                         allow_private=True)  # the server is on loopback
     stage = DownloadStage(cfg, RunContext(out_dir=str(out)))
     stage.setup()
     rows = [{"id": str(i), "reject_reason": None, "media": [{"kind": "image", "ref": u, "path": None}]}

@@ -13,7 +13,9 @@ from curate.recipe import load_recipe
 from curate.runner import Runner
 from tests.http_faults import FaultServer, closed_port, jpeg_bytes
 
-FAST = dict(connect_timeout=0.5, read_timeout=0.3, total_timeout=3.0, retries=2, backoff=0.01, max_bytes=2_000_000)
+# the fault server is on loopback, which the download stage refuses unless the recipe opts in
+FAST = dict(connect_timeout=0.5, read_timeout=0.3, total_timeout=3.0, retries=2, backoff=0.01, max_bytes=2_000_000,
+            allow_private=True)
 RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "sft-stage3.yaml"
 
 
@@ -108,6 +110,7 @@ def test_run_fetches_stores_rejects_and_resumes(ray_session, demo_small, server,
     sets = [f"stages.tokenize.tokenizer={demo_small}/tokenizer", "stages.download.enabled=true",
             "stages.download.connect_timeout_s=0.5", "stages.download.read_timeout_s=0.5",
             "stages.download.retries=1", "stages.download.backoff_s=0.01", "stages.download.max_bytes=2000000",
+            "stages.download.allow_private=true",
             "modality_targets={}"] + [f"stages.{k}.enabled=false" for k in ("filter", "dedupe", "score", "transcribe",
                                                                             "audio_qa")]
     recipe = load_recipe(RECIPE, sets, inputs=[str(manifest)])
@@ -166,3 +169,105 @@ def test_the_stage_is_skipped_for_an_input_without_urls(tmp_path):
     dead = [make_row("d", media=[remote], modality="image", reject_stage="ingest", reject_reason="bad_record")]
     assert "nothing to fetch" in stage.input_skip_reason(folder("none", text, stored + dead, []))
     assert stage.input_skip_reason(folder("one", text, text + [make_row("u", media=[local, remote])])) is None
+
+
+# ---------------------------------------------------------------------------- private addresses
+OPT_OUT = {k: v for k, v in FAST.items() if k != "allow_private"}  # the defaults: no private address
+
+
+@pytest.mark.parametrize("address,kind", [
+    ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"), ("192.168.0.7", "private"),
+    ("fd12::1", "private"), ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
+    ("224.0.0.251", "multicast"), ("ff02::1", "multicast"), ("0.0.0.0", "unspecified"), ("::", "unspecified"),
+    ("240.0.0.1", "reserved"), ("100.100.100.200", "not global"),
+    ("::ffff:169.254.169.254", "link-local (IPv4 169.254.169.254 inside IPv6)"),
+    ("2002:a00:1::1", "private (IPv4 10.0.0.1 inside IPv6)"),
+    ("93.184.215.14", None), ("2606:4700::6810:85e5", None),
+])
+def test_non_public_addresses_are_named(address, kind):
+    from curate.security import AddressPolicy
+
+    assert AddressPolicy().refusal(address) == kind
+    assert AddressPolicy(allow_private=True).refusal(address) is None
+
+
+def test_allow_networks_opens_only_its_blocks():
+    from curate.security import AddressPolicy
+
+    policy = AddressPolicy.from_config(allow_networks=["127.0.0.1/32", "fd00::/8"])
+    assert policy.refusal("127.0.0.1") is None and policy.refusal("::ffff:127.0.0.1") is None
+    assert policy.refusal("fd12::1") is None
+    assert policy.refusal("127.0.0.2") == "loopback" and policy.refusal("10.0.0.1") == "private"
+    from curate.recipe import DownloadConfig
+
+    with pytest.raises(ValueError, match="no CIDR block"):
+        DownloadConfig(allow_networks=["10.0.0.0/33"])
+
+
+def test_a_loopback_url_is_refused_by_default_and_fetched_with_the_opt_in(server):
+    before = server.hits.get("/img/2.jpg", 0)
+    refused = Fetcher(**OPT_OUT).fetch(server.url("/img/2.jpg"))
+    assert refused.reason == "private_address" and refused.attempts == 1
+    assert "127.0.0.1 (loopback)" in refused.error and "allow_private" in refused.error
+    assert server.hits.get("/img/2.jpg", 0) == before  # refused before connecting: no request
+    assert Fetcher(**OPT_OUT, allow_private=True).fetch(server.url("/img/2.jpg")).ok
+    assert Fetcher(**OPT_OUT, allow_networks=["127.0.0.0/8"]).fetch(server.url("/img/2.jpg")).ok
+    assert server.hits["/img/2.jpg"] == before + 2
+
+
+def test_a_redirect_to_a_refused_address_is_refused(server):
+    """The allow list admits the first server (127.0.0.1), the redirect leads to 127.0.0.2."""
+    with FaultServer(host="127.0.0.2") as inner:
+        hop = server.url("/goto/" + inner.url("/img/1.jpg"))
+        r = Fetcher(**OPT_OUT, allow_networks=["127.0.0.1/32"]).fetch(hop)
+        assert r.reason == "private_address" and "127.0.0.2 (loopback)" in r.error
+        assert inner.url("/img/1.jpg") in r.error  # the detail names the hop that was refused
+        assert inner.hits == {}
+        assert Fetcher(**OPT_OUT, allow_networks=["127.0.0.1/32", "127.0.0.2/32"]).fetch(hop).ok
+        assert inner.hits == {"/img/1.jpg": 1}
+
+
+def test_a_name_resolving_to_a_private_address_is_refused(server, monkeypatch):
+    import socket
+
+    r = Fetcher(**OPT_OUT).fetch(f"http://localhost:{server.port}/img/0.jpg")
+    assert r.reason == "private_address" and "localhost resolves to" in r.error and "loopback" in r.error
+    # a public-looking name whose DNS answer is private; the answer changes after the first lookup
+    # (DNS rebinding): the connection goes to the address that was checked, looked up once
+    real, answers, asked = socket.getaddrinfo, ["127.0.0.1", "127.0.0.2"], []
+
+    def fake(host, *args, **kwargs):
+        if host != "media.example.org":
+            return real(host, *args, **kwargs)
+        asked.append(host)
+        return real(answers[min(len(asked), 2) - 1], *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    url = f"http://media.example.org:{server.port}/img/0.jpg"
+    assert Fetcher(**OPT_OUT).fetch(url).reason == "private_address"
+    asked.clear()
+    ok = Fetcher(**OPT_OUT, allow_networks=["127.0.0.1/32"]).fetch(url)
+    assert ok.ok and len(asked) == 1
+    answers.reverse()  # now the first answer is the refused one, the later ones the allowed one
+    asked.clear()
+    r = Fetcher(**OPT_OUT, allow_networks=["127.0.0.1/32"]).fetch(url)
+    assert r.reason == "private_address" and "127.0.0.2" in r.error and len(asked) == 1
+
+
+def test_the_stage_rejects_private_addresses_and_decides_again_next_run(server, tmp_path):
+    from curate.recipe import DownloadConfig
+    from curate.records import empty_media
+    from curate.stages.download import DownloadStage
+    from tests.builders import make_ctx, make_row
+
+    url = server.url("/img/3.jpg")
+
+    def run(**config):
+        stage = DownloadStage(DownloadConfig(**config), make_ctx(tmp_path))
+        stage.setup()
+        return stage.process_rows([make_row("p", media=[empty_media("image", url)], modality="image")])[0]
+
+    row = run()
+    assert row["reject_reason"] == "private_address" and "127.0.0.1 (loopback)" in row["reject_detail"]
+    row = run(allow_networks=["127.0.0.1/32"])  # the URL index does not keep the refusal
+    assert row["reject_reason"] is None and row["media"][0]["path"]
