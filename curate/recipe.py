@@ -219,6 +219,15 @@ class FilterConfig(StageConfig):
     """single-image samples whose answer-image cosine similarity is below this are rejected"""
     clip_resources: ResourcesConfig = ResourcesConfig()
     """Ray resources of the CLIP part (one actor by default, one GPU each when the cluster has GPUs)"""
+    nsfw: bool = False
+    """NudeNet's 320n detector (filters/nsfw.py, nudenet==3.4.2) on every image and sampled video frame; off by
+    default: it costs about 20-35 ms an image on one CPU core, several times the media stage's own work"""
+    nsfw_threshold: float = Field(0.5, ge=0, le=1)
+    """unsafe_image: a sample with an image or frame where an exposed genitalia, female breast, anus or buttocks
+    class (filters.nsfw.UNSAFE_LABELS) scores at least this is rejected, with the labels as detail"""
+    nsfw_review_threshold: float = Field(0.3, ge=0, le=1)
+    """nsfw_borderline: a sample whose best unsafe score is at least this but under nsfw_threshold is kept, flagged
+    and written to review/ (NudeNet reports nothing under 0.25)"""
     write_review: bool = True
     """write every rejected or flagged sample with its scores to <out>/review/filter-*.jsonl for a human"""
     options: dict[str, Any] = Field(default_factory=dict, examples=[{"repetition.tail_units": 4}])
