@@ -2,7 +2,7 @@
 
 A few thousand samples whose answer repeats a sentence at the end, or loops over two
 statements, teach a model to loop (InternVL 2.5, sec. 4.3). One signal alone either
-misses a pattern or flags ordinary text, so nine cheap signals are measured and each is
+misses a pattern or flags ordinary text, so twelve cheap signals are measured and each is
 mapped to a strength in [0, 1] that reaches 0.5 exactly at its threshold:
 
 1. `periodic_coverage` - the longest stretch of tokens (words and punctuation runs) that
@@ -35,6 +35,24 @@ mapped to a strength in [0, 1] that reaches 0.5 exactly at its threshold:
    gives about 0.45-0.55, a loop far less. Strength 0.5 at 0.20 and 0 at
    0.35, so it only decides when the text is extremely redundant.
 
+Three more catch the loops a small instruction model writes when greedy decoding runs to
+the end of its token budget, which the nine above measured at 0.12-0.49 (a real-model
+benchmark: tests/bench/bench_real_loops.py):
+10. `char_tail_units` - units of a character-periodic stretch that ends the text, with a
+   unit of up to 200 characters holding no space ("UserManagerUserManager...",
+   "-background-background..."): one token to the signals above. The stretch must span
+   60 characters (loop_min_chars). Threshold 4 units.
+11. `counter_run` - numbers in the counting run that ends the text: each number (or each
+   position of a unit of up to 3 numbers) goes up by a fixed step, with the same text
+   between them ("[1] [2] [3] ...", "Chapter 7: The End ... Chapter 8: The End ..."). A
+   numbered list passes (other text after each number) and so does a short count. Threshold
+   12 numbers.
+12. `near_copy_units` - units of a run of near copies that ends the text: sentences and
+   lines (segments) compared by word-bigram shingles, segment i a near copy of segment
+   i - q (Jaccard >= 0.5) for a unit of q = 1..12 segments, so a paragraph, a sentence group
+   or a menu repeated with a word or a number changed. The run must span 150 characters.
+   Threshold 3 units.
+
 Texts longer than 40,000 characters are scored on their first and last 20,000.
 Tokens are script-aware (filters.text_units): a Chinese or Japanese character is one token,
 as a word is in English, so a Chinese sentence looping without spaces, or with a counter
@@ -52,6 +70,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import string
 import zlib
 from collections import Counter
 from typing import Any, NamedTuple
@@ -61,6 +80,10 @@ import numpy as np
 from filters.text_units import CJK_RANGES, UNIT_RE
 
 WORD = re.compile(r"\w+")
+NUMBER = re.compile(r"[0-9]+")
+SEGMENT_BREAK = re.compile(r"\n|(?<=[.!?])\s+")  # near_copy_units' segments: lines and sentences
+_PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
+_LIST_START = set("0123456789-*+( \t")
 # words, single CJK characters (filters.text_units) and runs of punctuation / operators
 TOKEN = re.compile(f"[{CJK_RANGES}]|[^\\W{CJK_RANGES}]+|[^\\w\\s]+")
 LIST_NUMBER = re.compile(r"^(?:[-*+]\s*)?\(?\d+[.):]\s*")
@@ -79,6 +102,9 @@ class Thresholds:
     line_run: float = 4.0
     char_run: int = 24
     compression: float = 0.20
+    char_tail_units: float = 4.0
+    counter_run: float = 12.0
+    near_copy_units: float = 2.5
 
     # shape of the signals (not thresholds)
     max_period: int = 120  # longest repeating unit looked for, in tokens (words, CJK characters)
@@ -90,6 +116,12 @@ class Thresholds:
     min_line_repeats: int = 3  # dup_line_ratio needs one line at least this often
     compression_ok: float = 0.35  # compression ratio at or above which that signal is 0
     compression_min_bytes: int = 300  # shorter texts always compress poorly: signal off
+    char_tail_max_unit: int = 200  # longest unit of char_tail_units, in characters
+    char_tail_probe: int = 16  # ... whose last this many characters must recur one unit earlier
+    counter_max_numbers: int = 3  # most numbers in one unit of counter_run
+    near_copy_max_segments: int = 12  # most segments (sentences, lines) in one unit of near_copy_units
+    near_copy_jaccard: float = 0.5  # word-bigram Jaccard at which two segments are near copies
+    near_copy_min_chars: int = 150  # near_copy_units only counts runs at least this long
     max_chars: int = 40_000  # longer texts: head and tail windows of half this are scored, the worse wins
 
     @classmethod
@@ -295,6 +327,125 @@ def word_compression_ratio(text: str) -> float:
     return len(zlib.compress(raw, 6)) / max(1, len(raw))
 
 
+def char_tail_units(text: str, t: Thresholds = DEFAULT) -> float:
+    """Units of the character-periodic stretch that ends the text (trailing spaces aside): a
+    unit of 1..char_tail_max_unit characters holding a letter or digit and no space, so a loop
+    inside one "word" that the token signals cannot see; the stretch at least loop_min_chars long. A period p is tried only where the last char_tail_probe characters
+    recur p earlier; of those, the one giving the most units wins."""
+    s = text.rstrip()
+    k = t.char_tail_probe
+    top = min(t.char_tail_max_unit, len(s) - k)
+    if top < 1:
+        return 0.0
+    tail = np.frombuffer(s[-(top + k):].encode("utf-32-le"), dtype=np.uint32)
+    p = np.arange(1, top + 1)
+    candidates = p[(tail[(top - p)[:, None] + np.arange(k)] == tail[top:]).all(axis=1)]
+    if not len(candidates):
+        return 0.0
+    codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32)
+    n, best = len(codes), 0.0
+    for q in candidates.tolist():
+        unit = s[n - q:]
+        if not any(c.isalnum() for c in unit) or any(c.isspace() for c in unit):
+            continue
+        differ = np.flatnonzero(codes[q:] != codes[:-q])
+        span = n - 1 - differ[-1] if len(differ) else n  # differ[-1] + q is the last character off the period
+        if span >= t.loop_min_chars:
+            best = max(best, span / q)
+    return best
+
+
+def counter_run(text: str, t: Thresholds = DEFAULT) -> float:
+    """Numbers in the counting run that holds the text's last number (or the one before, as
+    the budget may cut the last one short): a unit of m numbers
+    (m = 1..counter_max_numbers) in which each position counts by a fixed step (0 allowed)
+    from one unit to the next, with the same text (spaces collapsed, lower case) between the
+    numbers, position by position ("[1] [2] [3]", "Step 7: ... Step 8: ..."). A numbered list
+    has other text after each number, so its numbers do not make a run."""
+    # the run is not empty only if the last 2m + 1 numbers count (or those before the last, which
+    # the budget may have cut), for some m: those few, found from the end of the reversed text,
+    # say whether the rest must be read
+    m_top = t.counter_max_numbers
+    tail = [int(text[len(text) - m.end():len(text) - m.start()])
+            for m in itertools.islice(NUMBER.finditer(text[::-1]), 2 * m_top + 2)]
+    if not any(len(tail) > o + 2 * m and tail[o] - tail[o + m] == tail[o + m] - tail[o + 2 * m]
+               for o in (0, 1) for m in range(1, m_top + 1)):
+        return 0.0
+    found = list(NUMBER.finditer(text))
+    value: dict[int, int] = {}
+    gap: dict[int, str] = {}
+
+    def num(j: int) -> int:
+        if j not in value:
+            value[j] = int(found[j].group())
+        return value[j]
+
+    def sep(j: int) -> str:  # the text between number j and number j + 1
+        if j not in gap:
+            gap[j] = " ".join(text[found[j].end():found[j + 1].start()].lower().split())
+        return gap[j]
+
+    best = 0
+    for last in (len(found) - 1, len(found) - 2):  # the last number may be cut short
+        for m in range(1, m_top + 1):
+            j = last  # number j continues the run if it counts on from j - m and j - 2m
+            while (j >= 2 * m and num(j) - num(j - m) == num(j - m) - num(j - 2 * m)
+                   and sep(j - 1) == sep(j - 1 - m)):
+                j -= 1
+            if j < last:
+                best = max(best, last - j + 2 * m)
+    return float(best)
+    found = list(NUMBER.finditer(text[-t.max_chars:])) if False else None  # noqa: F841 (kept simple)
+    return 0.0
+
+
+def _segments(text: str) -> tuple[list[set], list[int]]:
+    """Sentences and lines of a text (a leading list number removed), as word-bigram sets
+    (one word: that word), with their lengths in characters; segments without a word are left out.
+    A sentence ends at ".", "!" or "?" before a space; words are what ASCII punctuation separates."""
+    shingles, sizes = [], []
+    for part in SEGMENT_BREAK.split(text):
+        if part[:1] in _LIST_START:
+            part = LIST_NUMBER.sub("", part.lstrip())
+        words = part.lower().translate(_PUNCT_TO_SPACE).split()
+        if words:
+            shingles.append(set(zip(words, words[1:])) if len(words) > 1 else {words[0]})
+            sizes.append(len(part))
+    return shingles, sizes
+
+
+def near_copy_units(text: str, t: Thresholds = DEFAULT) -> float:
+    """Units of the run of segments (sentences and lines) that ends the text and repeats with
+    variation: segment i a near copy of segment i - q (word-bigram Jaccard at least
+    near_copy_jaccard), q = 1..near_copy_max_segments segments a unit. The last segment
+    may be cut short, so the run may also end one segment before it. Runs of fewer than
+    two units or under near_copy_min_chars characters count 0. Read from a tail window of
+    800 characters, widened while a run reaches the window's first segment."""
+    window, tau = 800, t.near_copy_jaccard
+    while True:
+        shingles, sizes = _segments(text[-window:])
+        n, best, reaches_start = len(shingles), 0.0, False
+        for end in (n - 1, n - 2):  # the last segment may be cut short
+            for q in range(1, min(t.near_copy_max_segments, (end + 1) // 2) + 1):
+                i = end
+                while i >= q and _near(shingles[i], shingles[i - q], tau):
+                    i -= 1
+                run = end - i  # segments i + 1 - q .. end are the stretch
+                if run:
+                    reaches_start |= i < q
+                    if run >= q and sum(sizes[i + 1 - q:end + 1]) >= t.near_copy_min_chars:
+                        best = max(best, (run + q) / q)
+        if not reaches_start or window >= min(len(text), t.max_chars):
+            return best
+        window *= 4
+
+
+def _near(a: set, b: set, tau: float) -> bool:
+    """Jaccard(a, b) >= tau, i.e. |a & b| (1 + tau) >= tau (|a| + |b|)."""
+    return len(a & b) * (1 + tau) >= tau * (len(a) + len(b))
+
+
+
 # ------------------------------------------------------------------------------ combining
 def _strength(value: float, threshold: float) -> float:
     """0 at 0, 0.5 at the threshold, 1 at twice the threshold (higher value = worse)."""
@@ -315,6 +466,7 @@ class _Known(NamedTuple):
     char: bool = True  # a character loop may exist
     one_line: bool = False  # the text is one content line
     compression: float | None = None
+    char_tail: bool = True  # a character loop may end the text
 
 
 _NOTHING_KNOWN = _Known()
@@ -348,6 +500,9 @@ def _signals(text: str, ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, i
         "line_run": line_run,
         "char_run": float(longest_char_run(text)) if known.char else 0.0,
         "compression": compression,
+        "char_tail_units": char_tail_units(text, t) if known.char_tail else 0.0,
+        "counter_run": counter_run(text, t),
+        "near_copy_units": near_copy_units(text, t),
     }
     return _with_strengths(values, t)
 
@@ -356,7 +511,8 @@ def _with_strengths(values: dict[str, float], t: Thresholds) -> dict[str, float]
     """The raw values followed by each one's strength and the score."""
     strengths = {name: _strength(values[name], getattr(t, name))
                  for name in ("periodic_coverage", "tail_units", "tail_coverage", "loop_units", "ngram_coverage",
-                              "dup_line_ratio", "line_run", "char_run")}
+                              "dup_line_ratio", "line_run", "char_run", "char_tail_units", "counter_run",
+                              "near_copy_units")}
     ok, thr = t.compression_ok, t.compression
     strengths["compression"] = float(min(1.0, max(0.0, 0.5 * (ok - values["compression"]) / (ok - thr))))
     out = dict(values)
@@ -493,6 +649,7 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
     ngram = _repeated_windows(ids[is_word], word_tix, word_off, t.ngram, t.ngram_min_count,
                               eligible=n_words >= t.ngram * t.ngram_min_count)
     char = _char_run_candidates(codes, offs, lengths)
+    char_tail = _char_tail_candidates(codes, cls, offs, lengths, t)
     compressed = _compression_ratios(codes, cls, starts[is_word], ends[is_word], word_off, lengths, t)
     breaks = np.flatnonzero(np.take(_ASCII_LINE_BREAK, codes))
     one_line = np.ones(n_texts, bool)
@@ -503,7 +660,8 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
     out = []
     for i, text in enumerate(texts):
         a, b = tok_off[i], tok_off[i + 1]
-        known = _Known(bool(periodic[i]), bool(ngram[i]), bool(char[i]), bool(one_line[i]), compressed[i])
+        known = _Known(bool(periodic[i]), bool(ngram[i]), bool(char[i]), bool(one_line[i]), compressed[i],
+                       bool(char_tail[i]))
         out.append(_signals(text, ids[a:b], starts[a:b] - offs[i], ends[a:b] - offs[i], is_word[a:b], t, known))
     return out
 
@@ -585,6 +743,26 @@ def _char_run_candidates(codes: np.ndarray, offs: np.ndarray, lengths: np.ndarra
             run = eq[js[:, None] + np.arange(reach - k + 1)].all(axis=1)
             cand[text[run]] = True
     return cand
+
+
+def _char_tail_candidates(codes: np.ndarray, cls: np.ndarray, offs: np.ndarray, lengths: np.ndarray,
+                          t: Thresholds) -> np.ndarray:
+    """Texts where char_tail_units tries a period: the last char_tail_probe characters of the
+    text without its trailing spaces recur p = 1..char_tail_max_unit characters earlier, inside
+    the text. One (texts x (max_unit + probe)) matrix of each text's last characters for the batch."""
+    k, top = t.char_tail_probe, t.char_tail_max_unit
+    ends = offs[:-1] + lengths
+    solid = np.flatnonzero(cls != 0)  # str.rstrip() removes exactly the ASCII class-0 characters
+    if not len(solid):
+        return np.zeros(len(lengths), bool)
+    at = np.searchsorted(solid, ends) - 1
+    last = np.where(at >= 0, solid[np.maximum(at, 0)] + 1, 0)
+    last = np.where(last > offs[:-1], last, offs[:-1])  # end of the stripped text
+    pos = last[:, None] - (top + k) + np.arange(top + k)
+    tails = np.where(pos >= offs[:-1, None], codes[np.maximum(pos, 0)].astype(np.int16), np.int16(-1))
+    windows = np.lib.stride_tricks.sliding_window_view(tails, k, axis=1)[:, :top]  # window j: p = top - j
+    found = (windows == tails[:, None, top:]).all(axis=2).any(axis=1)
+    return found & (last - offs[:-1] > k)  # char_tail_units needs at least one period to try
 
 
 def _compression_ratios(codes: np.ndarray, cls: np.ndarray, word_starts: np.ndarray, word_ends: np.ndarray,
