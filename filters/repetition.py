@@ -81,9 +81,9 @@ from filters.text_units import CJK_RANGES, UNIT_RE
 
 WORD = re.compile(r"\w+")
 NUMBER = re.compile(r"[0-9]+")
-SEGMENT_BREAK = re.compile(r"\n|(?<=[.!?])\s+")  # near_copy_units' segments: lines and sentences
+SEGMENT_BREAK = re.compile(r"[.!?]+\s+|\n")  # near_copy_units' segments: lines and sentences
 _PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
-_LIST_START = set("0123456789-*+( \t")
+LIST_NUMBERS = re.compile(r"(?m)^[ \t]*(?:[-*+][ \t]*)?\(?\d+[.):][ \t]*")  # LIST_NUMBER at every line start
 # words, single CJK characters (filters.text_units) and runs of punctuation / operators
 TOKEN = re.compile(f"[{CJK_RANGES}]|[^\\W{CJK_RANGES}]+|[^\\w\\s]+")
 LIST_NUMBER = re.compile(r"^(?:[-*+]\s*)?\(?\d+[.):]\s*")
@@ -400,14 +400,14 @@ def counter_run(text: str, t: Thresholds = DEFAULT) -> float:
 
 
 def _segments(text: str) -> tuple[list[set], list[int]]:
-    """Sentences and lines of a text (a leading list number removed), as word-bigram sets
-    (one word: that word), with their lengths in characters; segments without a word are left out.
-    A sentence ends at ".", "!" or "?" before a space; words are what ASCII punctuation separates."""
+    """Sentences and lines of a text (list numbers at line starts removed), as word-bigram
+    sets (one word: that word), with their lengths in characters; segments without a word are
+    left out. A sentence ends at ".", "!" or "?" before a space; words are what ASCII
+    punctuation and spaces separate, lower-cased."""
+    marked = SEGMENT_BREAK.sub("\0", LIST_NUMBERS.sub("", text))  # the end mark is punctuation: dropped
     shingles, sizes = [], []
-    for part in SEGMENT_BREAK.split(text):
-        if part[:1] in _LIST_START:
-            part = LIST_NUMBER.sub("", part.lstrip())
-        words = part.lower().translate(_PUNCT_TO_SPACE).split()
+    for part in marked.lower().translate(_PUNCT_TO_SPACE).split("\0"):
+        words = part.split()
         if words:
             shingles.append(set(zip(words, words[1:])) if len(words) > 1 else {words[0]})
             sizes.append(len(part))
@@ -467,6 +467,7 @@ class _Known(NamedTuple):
     one_line: bool = False  # the text is one content line
     compression: float | None = None
     char_tail: bool = True  # a character loop may end the text
+    counter: bool = True  # a counting run may end the text
 
 
 _NOTHING_KNOWN = _Known()
@@ -501,7 +502,7 @@ def _signals(text: str, ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, i
         "char_run": float(longest_char_run(text)) if known.char else 0.0,
         "compression": compression,
         "char_tail_units": char_tail_units(text, t) if known.char_tail else 0.0,
-        "counter_run": counter_run(text, t),
+        "counter_run": counter_run(text, t) if known.counter else 0.0,
         "near_copy_units": near_copy_units(text, t),
     }
     return _with_strengths(values, t)
@@ -650,6 +651,7 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
                               eligible=n_words >= t.ngram * t.ngram_min_count)
     char = _char_run_candidates(codes, offs, lengths)
     char_tail = _char_tail_candidates(codes, cls, offs, lengths, t)
+    counter = _counter_candidates(codes, offs, t)
     compressed = _compression_ratios(codes, cls, starts[is_word], ends[is_word], word_off, lengths, t)
     breaks = np.flatnonzero(np.take(_ASCII_LINE_BREAK, codes))
     one_line = np.ones(n_texts, bool)
@@ -661,7 +663,7 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
     for i, text in enumerate(texts):
         a, b = tok_off[i], tok_off[i + 1]
         known = _Known(bool(periodic[i]), bool(ngram[i]), bool(char[i]), bool(one_line[i]), compressed[i],
-                       bool(char_tail[i]))
+                       bool(char_tail[i]), bool(counter[i]))
         out.append(_signals(text, ids[a:b], starts[a:b] - offs[i], ends[a:b] - offs[i], is_word[a:b], t, known))
     return out
 
@@ -763,6 +765,42 @@ def _char_tail_candidates(codes: np.ndarray, cls: np.ndarray, offs: np.ndarray, 
     windows = np.lib.stride_tricks.sliding_window_view(tails, k, axis=1)[:, :top]  # window j: p = top - j
     found = (windows == tails[:, None, top:]).all(axis=2).any(axis=1)
     return found & (last - offs[:-1] > k)  # char_tail_units needs at least one period to try
+
+
+_POW10 = 10 ** np.arange(19, dtype=np.int64)
+
+
+def _counter_candidates(codes: np.ndarray, offs: np.ndarray, t: Thresholds) -> np.ndarray:
+    """Texts where counter_run reads further than its first look: the last three of the last
+    2m + 1 digit runs, or of those before the last one, count by a fixed step for some m.
+    Runs are valued at once (digits times powers of ten, summed per run); a run of more than
+    18 digits, too long for int64, is taken to count."""
+    n_texts = len(offs) - 1
+    cand = np.zeros(n_texts, bool)
+    digit = (codes >= 48) & (codes <= 57)
+    pos = np.flatnonzero(digit)
+    if not len(pos):
+        return cand
+    first = np.ones(len(pos), bool)
+    first[1:] = pos[1:] != pos[:-1] + 1  # a digit that starts a run
+    run_of = np.cumsum(first) - 1
+    starts = pos[first]
+    ends = np.append(pos[np.flatnonzero(first)[1:] - 1] + 1, pos[-1] + 1)
+    exponent = ends[run_of] - 1 - pos
+    values = np.add.reduceat((codes[pos] - 48).astype(np.int64) * _POW10[np.minimum(exponent, 18)],
+                             np.flatnonzero(first))
+    too_long = ends - starts > 18
+    text_of = np.searchsorted(offs, starts, side="right") - 1
+    count = np.bincount(text_of, minlength=n_texts)
+    last = np.cumsum(count) - 1  # each text's last run (where count > 0)
+    for o in (0, 1):
+        for m in range(1, t.counter_max_numbers + 1):
+            ok = count > o + 2 * m
+            a = np.where(ok, last - o, 0)
+            b, c = np.maximum(a - m, 0), np.maximum(a - 2 * m, 0)
+            steady = values[a] - values[b] == values[b] - values[c]
+            cand |= ok & (steady | too_long[a] | too_long[b] | too_long[c])
+    return cand
 
 
 def _compression_ratios(codes: np.ndarray, cls: np.ndarray, word_starts: np.ndarray, word_ends: np.ndarray,

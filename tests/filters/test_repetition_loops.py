@@ -16,6 +16,7 @@ from filters.repetition import (
     repetition_signals,
     repetition_signals_batch,
 )
+from tests.filters.test_repetition_paths import assert_same
 
 INTRO = ("To set up the project, install the package with pip and create a configuration file in your "
          "home folder. The file names the data folder and the model to load.\n\n")
@@ -142,7 +143,13 @@ def test_new_thresholds_from_recipe_options():
     assert not is_repetitive(text, loose), fired(repetition_signals(text, loose))
 
 
-def test_batch_path_gives_the_same_signals():
+def test_batch_path_gives_the_full_measurement():
+    """The batch's cheap checks (a character loop or a counting run may end the text) skip
+    only texts where the signal is 0: every case here, and counters cut anywhere."""
     texts = list(GLUED.values()) + list(COUNTERS.values()) + list(NEAR_COPIES.values()) + list(LOOK_ALIKES.values())
-    texts += ["abc" * 30 + " ", "x" * 5, "", "é" + "abc" * 30]
-    assert repetition_signals_batch(texts) == [repetition_signals_batch([x])[0] for x in texts]
+    texts += ["abc" * 30 + " ", "x" * 5, "", "é" + "abc" * 30, "7" * 40 + " 1 2 3", "1 2 3 " + "9" * 25 + " 4"]
+    count = " ".join(f"[{i}]" for i in range(95, 130))
+    texts += [count[:cut] for cut in range(0, len(count), 7)] + [count[-cut:] for cut in range(1, len(count), 11)]
+    assert sum(repetition_signals(x)["counter_run_s"] > 0 for x in texts) > 20
+    assert_same(texts, Thresholds())
+    assert repetition_signals_batch(texts) == [repetition_signals(x) for x in texts]
