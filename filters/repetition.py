@@ -48,10 +48,10 @@ benchmark: tests/bench/bench_real_loops.py):
    numbered list passes (other text after each number) and so does a short count. Threshold
    12 numbers.
 12. `near_copy_units` - units of a run of near copies that ends the text: sentences and
-   lines (segments) compared by word-bigram shingles, segment i a near copy of segment
-   i - q (Jaccard >= 0.5) for a unit of q = 1..12 segments, so a paragraph, a sentence group
-   or a menu repeated with a word or a number changed. The run must span 150 characters.
-   Threshold 3 units.
+   lines (segments) compared by word-bigram shingles, each segment of the run with a near
+   copy (Jaccard >= 0.5) among the 12 before it, a unit as long as the farthest copy, so a
+   paragraph, a sentence group or a menu repeated with a word or a number changed. The run
+   must span 150 characters. Threshold 2.5 units (two copies and the budget cutting the third).
 
 Texts longer than 40,000 characters are scored on their first and last 20,000.
 Tokens are script-aware (filters.text_units): a Chinese or Japanese character is one token,
@@ -416,28 +416,43 @@ def _segments(text: str) -> tuple[list[set], list[int]]:
 
 def near_copy_units(text: str, t: Thresholds = DEFAULT) -> float:
     """Units of the run of segments (sentences and lines) that ends the text and repeats with
-    variation: segment i a near copy of segment i - q (word-bigram Jaccard at least
-    near_copy_jaccard), q = 1..near_copy_max_segments segments a unit. The last segment
-    may be cut short, so the run may also end one segment before it. Runs of fewer than
-    two units or under near_copy_min_chars characters count 0. Read from a tail window of
-    800 characters, widened while a run reaches the window's first segment."""
-    window, tau = 800, t.near_copy_jaccard
+    variation: every segment of the run has a near copy (word-bigram Jaccard at least
+    near_copy_jaccard) among the near_copy_max_segments segments before it, and a unit is
+    the farthest such copy, d segments back: units = (run + d) / d, so a sentence, a sentence
+    group or a paragraph repeated with a word changed. The last segment may be cut short by
+    the budget: it needs only near_copy_jaccard of its bigrams in its copy, and the run may
+    also end one segment before it. Runs of fewer than two units or under near_copy_min_chars
+    characters count 0. Read from a tail window of 800 characters, widened while a run
+    reaches the window's first segments."""
+    window, tau, top = 800, t.near_copy_jaccard, t.near_copy_max_segments
     while True:
         shingles, sizes = _segments(text[-window:])
         n, best, reaches_start = len(shingles), 0.0, False
         for end in (n - 1, n - 2):  # the last segment may be cut short
-            for q in range(1, min(t.near_copy_max_segments, (end + 1) // 2) + 1):
-                i = end
-                while i >= q and _near(shingles[i], shingles[i - q], tau):
-                    i -= 1
-                run = end - i  # segments i + 1 - q .. end are the stretch
-                if run:
-                    reaches_start |= i < q
-                    if run >= q and sum(sizes[i + 1 - q:end + 1]) >= t.near_copy_min_chars:
-                        best = max(best, (run + q) / q)
+            i, far = end, 0
+            while i >= 1:
+                d = _copy_back(shingles, i, min(top, i), tau, cut=i == n - 1)
+                if not d:
+                    break
+                far, i = max(far, d), i - 1
+            run = end - i  # segments i + 1 - far .. end are the stretch
+            if run:
+                reaches_start |= i < top
+                if run >= far and sum(sizes[i + 1 - far:end + 1]) >= t.near_copy_min_chars:
+                    best = max(best, (run + far) / far)
         if not reaches_start or window >= min(len(text), t.max_chars):
             return best
         window *= 4
+
+
+def _copy_back(shingles: list[set], i: int, top: int, tau: float, cut: bool) -> int:
+    """How many segments back the nearest near copy of segment i is (0: none in top)."""
+    a = shingles[i]
+    for d in range(1, top + 1):
+        b = shingles[i - d]
+        if (len(a & b) >= tau * len(a)) if cut else _near(a, b, tau):
+            return d
+    return 0
 
 
 def _near(a: set, b: set, tau: float) -> bool:
