@@ -358,8 +358,8 @@ def char_tail_units(text: str, t: Thresholds = DEFAULT) -> float:
 def counter_run(text: str, t: Thresholds = DEFAULT) -> float:
     """Numbers in the counting run that holds the text's last number (or the one before, as
     the budget may cut the last one short): a unit of m numbers
-    (m = 1..counter_max_numbers) in which each position counts by a fixed step (0 allowed)
-    from one unit to the next, with the same text (spaces collapsed, lower case) between the
+    (m = 1..counter_max_numbers) in which each position counts by a fixed step (0 allowed,
+    but not at every position: that is a copy, not a count) from one unit to the next, with the same text (spaces collapsed, lower case) between the
     numbers, position by position ("[1] [2] [3]", "Step 7: ... Step 8: ..."). A numbered list
     has other text after each number, so its numbers do not make a run."""
     # the run is not empty only if the last 2m + 1 numbers count (or those before the last, which
@@ -369,7 +369,7 @@ def counter_run(text: str, t: Thresholds = DEFAULT) -> float:
     tail = [int(text[len(text) - m.end():len(text) - m.start()])
             for m in itertools.islice(NUMBER.finditer(text[::-1]), 2 * m_top + 2)]
     if not any(len(tail) > o + 2 * m and tail[o] - tail[o + m] == tail[o + m] - tail[o + 2 * m]
-               for o in (0, 1) for m in range(1, m_top + 1)):
+               and (m > 1 or tail[o] != tail[o + 1]) for o in (0, 1) for m in range(1, m_top + 1)):
         return 0.0
     found = list(NUMBER.finditer(text))
     value: dict[int, int] = {}
@@ -392,7 +392,7 @@ def counter_run(text: str, t: Thresholds = DEFAULT) -> float:
             while (j >= 2 * m and num(j) - num(j - m) == num(j - m) - num(j - 2 * m)
                    and sep(j - 1) == sep(j - 1 - m)):
                 j -= 1
-            if j < last:
+            if j < last and any(num(last - k) != num(last - k - m) for k in range(m)):  # not a copy
                 best = max(best, last - j + 2 * m)
     return float(best)
     found = list(NUMBER.finditer(text[-t.max_chars:])) if False else None  # noqa: F841 (kept simple)
@@ -787,7 +787,8 @@ _POW10 = 10 ** np.arange(19, dtype=np.int64)
 
 def _counter_candidates(codes: np.ndarray, offs: np.ndarray, t: Thresholds) -> np.ndarray:
     """Texts where counter_run reads further than its first look: the last three of the last
-    2m + 1 digit runs, or of those before the last one, count by a fixed step for some m.
+    2m + 1 digit runs, or of those before the last one, count by a fixed step for some m
+    (not 0 when m = 1).
     Runs are valued at once (digits times powers of ten, summed per run); a run of more than
     18 digits, too long for int64, is taken to count."""
     n_texts = len(offs) - 1
@@ -813,7 +814,7 @@ def _counter_candidates(codes: np.ndarray, offs: np.ndarray, t: Thresholds) -> n
             ok = count > o + 2 * m
             a = np.where(ok, last - o, 0)
             b, c = np.maximum(a - m, 0), np.maximum(a - 2 * m, 0)
-            steady = values[a] - values[b] == values[b] - values[c]
+            steady = (values[a] - values[b] == values[b] - values[c]) & ((m > 1) | (values[a] != values[b]))
             cand |= ok & (steady | too_long[a] | too_long[b] | too_long[c])
     return cand
 

