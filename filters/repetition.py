@@ -422,23 +422,31 @@ def near_copy_units(text: str, t: Thresholds = DEFAULT) -> float:
     group or a paragraph repeated with a word changed. The last segment may be cut short by
     the budget: it needs only near_copy_jaccard of its bigrams in its copy, and the run may
     also end one segment before it. Runs of fewer than two units or under near_copy_min_chars
-    characters count 0. Read from a tail window of 800 characters, widened while a run
+    characters count 0, and so do exact copies (every segment equal to its copy in word
+    bigrams; in the first unit, which may begin inside the text before the loop, a part of its
+    copy) unless the budget cut the last one short: a complete exact loop is the periodic
+    signals' job (tail_units, tail_coverage, line_run). Read from a tail window of 800 characters, widened while a run
     reaches the window's first segments."""
     window, tau, top = 800, t.near_copy_jaccard, t.near_copy_max_segments
     while True:
         shingles, sizes = _segments(text[-window:])
         n, best, reaches_start = len(shingles), 0.0, False
         for end in (n - 1, n - 2):  # the last segment may be cut short
-            i, far = end, 0
+            i, far, pairs = end, 0, []
             while i >= 1:
                 d = _copy_back(shingles, i, min(top, i), tau, cut=i == n - 1)
                 if not d:
                     break
+                pairs.append((i, i - d))
                 far, i = max(far, d), i - 1
             run = end - i  # segments i + 1 - far .. end are the stretch
             if run:
                 reaches_start |= i < top
-                if run >= far and sum(sizes[i + 1 - far:end + 1]) >= t.near_copy_min_chars:
+                # exact copies count only when the budget cut the last one (a part of its copy);
+                # a first-unit segment that holds more (the text before the loop) is exact too
+                varied = any(shingles[a] != shingles[b] and not (shingles[a] <= shingles[b] and b <= i)
+                             for a, b in pairs)
+                if varied and run >= far and sum(sizes[i + 1 - far:end + 1]) >= t.near_copy_min_chars:
                     best = max(best, (run + far) / far)
         if not reaches_start or window >= min(len(text), t.max_chars):
             return best

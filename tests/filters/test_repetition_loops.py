@@ -132,9 +132,13 @@ def test_the_signals_read_what_they_say():
     assert counter_run("Item 1: $10 Item 2: $10 Item 3: $10") == 6.0  # one position counts, one stays
     assert counter_run("1. apples\n2. pears\n3. plums\n4. figs") == 0.0  # other text after each number
     # two units of a near copy are not a loop; the segments must also span near_copy_min_chars
-    twice = "The weather in Paris is mild in spring, and the old town is busy with visitors all day long. " * 2
+    twice = " ".join(f"The weather in {c} is mild in spring, and the old town is busy with visitors all day long."
+                     for c in ("Paris", "Lyon"))
     assert near_copy_units(INTRO + twice) == 2.0
-    assert near_copy_units("It is done. " * 6) == 0.0
+    assert near_copy_units("It is done, and it is over. " * 6) == 0.0
+    # a complete exact loop is the periodic signals' job; cut by the budget it counts here too
+    same = " ".join(["The weather in Paris is mild in spring, and the old town is busy all day long."] * 4)
+    assert near_copy_units(INTRO + same) == 0.0 and near_copy_units(INTRO + same + " The weather in") == 5.0
 
 
 def test_new_thresholds_from_recipe_options():
