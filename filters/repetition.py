@@ -45,8 +45,8 @@ benchmark: tests/bench/bench_real_loops.py):
 11. `counter_run` - numbers in the counting run that ends the text: each number (or each
    position of a unit of up to 3 numbers) goes up by a fixed step, with the same text
    between them ("[1] [2] [3] ...", "Chapter 7: The End ... Chapter 8: The End ..."). A
-   numbered list passes (other text after each number) and so does a short count. Threshold
-   12 numbers.
+   numbered list passes (other text after each number) and so does a count to ten. Threshold
+   11 numbers.
 12. `near_copy_units` - units of a run of near copies that ends the text: sentences and
    lines (segments) compared by word-bigram shingles, each segment of the run with a near
    copy (Jaccard >= 0.5) among the 12 before it, a unit as long as the farthest copy, so a
@@ -103,7 +103,7 @@ class Thresholds:
     char_run: int = 24
     compression: float = 0.20
     char_tail_units: float = 4.0
-    counter_run: float = 12.0
+    counter_run: float = 11.0
     near_copy_units: float = 2.5
 
     # shape of the signals (not thresholds)
@@ -422,10 +422,10 @@ def near_copy_units(text: str, t: Thresholds = DEFAULT) -> float:
     group or a paragraph repeated with a word changed. The last segment may be cut short by
     the budget: it needs only near_copy_jaccard of its bigrams in its copy, and the run may
     also end one segment before it. Runs of fewer than two units or under near_copy_min_chars
-    characters count 0, and so do exact copies (every segment equal to its copy in word
-    bigrams; in the first unit, which may begin inside the text before the loop, a part of its
-    copy) unless the budget cut the last one short: a complete exact loop is the periodic
-    signals' job (tail_units, tail_coverage, line_run). Read from a tail window of 800 characters, widened while a run
+    characters count 0, and so do exact copies of min_units units or more (every segment
+    equal to its copy in word bigrams; in the first unit, which may begin inside the text
+    before the loop, a part of its copy) unless the budget cut the last one short: such a
+    loop is a periodic stretch, the periodic signals' job (tail_units, tail_coverage, line_run). Read from a tail window of 800 characters, widened while a run
     reaches the window's first segments."""
     window, tau, top = 800, t.near_copy_jaccard, t.near_copy_max_segments
     while True:
@@ -446,8 +446,10 @@ def near_copy_units(text: str, t: Thresholds = DEFAULT) -> float:
                 # a first-unit segment that holds more (the text before the loop) is exact too
                 varied = any(shingles[a] != shingles[b] and not (shingles[a] <= shingles[b] and b <= i)
                              for a, b in pairs)
-                if varied and run >= far and sum(sizes[i + 1 - far:end + 1]) >= t.near_copy_min_chars:
-                    best = max(best, (run + far) / far)
+                units = (run + far) / far
+                if ((varied or units < t.min_units) and run >= far
+                        and sum(sizes[i + 1 - far:end + 1]) >= t.near_copy_min_chars):
+                    best = max(best, units)
         if not reaches_start or window >= min(len(text), t.max_chars):
             return best
         window *= 4
