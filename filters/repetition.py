@@ -564,6 +564,7 @@ _ASCII_ALNUM = np.array([chr(c).isalnum() for c in range(128)], dtype=bool)
 _ASCII_LINE_BREAK = np.isin(np.arange(256), [10, 11, 12, 13, 28, 29, 30])
 _BATCH_CHARS = 1 << 17  # characters per chunk: bounds the chunk's arrays
 _BATCH_TEXTS = 1024  # texts per chunk: their index fits the low 10 bits of a key
+_SMALL_BATCH = 16  # fewer texts: char_tail_units and counter_run measured without the batch checks
 
 
 _POWERS: list[np.ndarray] = []
@@ -678,8 +679,10 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
     ngram = _repeated_windows(ids[is_word], word_tix, word_off, t.ngram, t.ngram_min_count,
                               eligible=n_words >= t.ngram * t.ngram_min_count)
     char = _char_run_candidates(codes, offs, lengths)
-    char_tail = _char_tail_candidates(codes, cls, offs, lengths, t)
-    counter = _counter_candidates(codes, offs, t)
+    if n_texts >= _SMALL_BATCH:
+        char_tail, counter = _char_tail_candidates(codes, cls, offs, lengths, t), _counter_candidates(codes, offs, t)
+    else:  # their fixed cost is more than measuring the signals of a few texts
+        char_tail = counter = np.ones(n_texts, bool)
     compressed = _compression_ratios(codes, cls, starts[is_word], ends[is_word], word_off, lengths, t)
     breaks = np.flatnonzero(np.take(_ASCII_LINE_BREAK, codes))
     one_line = np.ones(n_texts, bool)
