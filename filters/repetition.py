@@ -51,7 +51,11 @@ benchmark: tests/bench/bench_real_loops.py):
    lines (segments) compared by word-bigram shingles, each segment of the run with a near
    copy (Jaccard >= 0.5) among the 12 before it, a unit as long as the farthest copy, so a
    paragraph, a sentence group or a menu repeated with a word or a number changed. The run
-   must span 150 characters. Threshold 2.5 units (two copies and the budget cutting the third).
+   must span 150 characters; a complete exact loop of 3 units or more is left to the periodic
+   signals. Threshold 2.5 units (two copies and the budget cutting the third).
+On 300 hand-labelled generations of SmolLM2-135M-Instruct the twelve signals reach precision
+1.000 and recall 0.955 (0.965 on the 100 held out while tuning), against 0.847 for the nine;
+on 2,000 real ShareGPT answers they flag the same 21 (1.05%) as the nine.
 
 Texts longer than 40,000 characters are scored on their first and last 20,000.
 Tokens are script-aware (filters.text_units): a Chinese or Japanese character is one token,
