@@ -2,7 +2,7 @@
 
 A few thousand samples whose answer repeats a sentence at the end, or loops over two
 statements, teach a model to loop (InternVL 2.5, sec. 4.3). One signal alone either
-misses a pattern or flags ordinary text, so nine cheap signals are measured and each is
+misses a pattern or flags ordinary text, so twelve cheap signals are measured and each is
 mapped to a strength in [0, 1] that reaches 0.5 exactly at its threshold:
 
 1. `periodic_coverage` - the longest stretch of tokens (words and punctuation runs) that
@@ -35,6 +35,28 @@ mapped to a strength in [0, 1] that reaches 0.5 exactly at its threshold:
    gives about 0.45-0.55, a loop far less. Strength 0.5 at 0.20 and 0 at
    0.35, so it only decides when the text is extremely redundant.
 
+Three more catch the loops a small instruction model writes when greedy decoding runs to
+the end of its token budget, which the nine above measured at 0.12-0.49 (a real-model
+benchmark: tests/bench/bench_real_loops.py):
+10. `char_tail_units` - units of a character-periodic stretch that ends the text, with a
+   unit of up to 200 characters holding no space ("UserManagerUserManager...",
+   "-background-background..."): one token to the signals above. The stretch must span
+   60 characters (loop_min_chars). Threshold 4 units.
+11. `counter_run` - numbers in the counting run that ends the text: each number (or each
+   position of a unit of up to 3 numbers) goes up by a fixed step, with the same text
+   between them ("[1] [2] [3] ...", "Chapter 7: The End ... Chapter 8: The End ..."). A
+   numbered list passes (other text after each number) and so does a count to ten. Threshold
+   11 numbers.
+12. `near_copy_units` - units of a run of near copies that ends the text: sentences and
+   lines (segments) compared by word-bigram shingles, each segment of the run with a near
+   copy (Jaccard >= 0.5) among the 12 before it, a unit as long as the farthest copy, so a
+   paragraph, a sentence group or a menu repeated with a word or a number changed. The run
+   must span 150 characters; a complete exact loop of 3 units or more is left to the periodic
+   signals. Threshold 2.5 units (two copies and the budget cutting the third).
+On 300 hand-labelled generations of SmolLM2-135M-Instruct the twelve signals reach precision
+1.000 and recall 0.955 (0.965 on the 100 held out while tuning), against 0.847 for the nine;
+on 2,000 real ShareGPT answers they flag the same 21 (1.05%) as the nine.
+
 Texts longer than 40,000 characters are scored on their first and last 20,000.
 Tokens are script-aware (filters.text_units): a Chinese or Japanese character is one token,
 as a word is in English, so a Chinese sentence looping without spaces, or with a counter
@@ -52,6 +74,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import string
 import zlib
 from collections import Counter
 from typing import Any, NamedTuple
@@ -61,6 +84,10 @@ import numpy as np
 from filters.text_units import CJK_RANGES, UNIT_RE
 
 WORD = re.compile(r"\w+")
+NUMBER = re.compile(r"[0-9]+")
+SEGMENT_BREAK = re.compile(r"[.!?]+\s+|\n")  # near_copy_units' segments: lines and sentences
+_PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
+LIST_NUMBERS = re.compile(r"(?m)^[ \t]*(?:[-*+][ \t]*)?\(?\d+[.):][ \t]*")  # LIST_NUMBER at every line start
 # words, single CJK characters (filters.text_units) and runs of punctuation / operators
 TOKEN = re.compile(f"[{CJK_RANGES}]|[^\\W{CJK_RANGES}]+|[^\\w\\s]+")
 LIST_NUMBER = re.compile(r"^(?:[-*+]\s*)?\(?\d+[.):]\s*")
@@ -79,6 +106,9 @@ class Thresholds:
     line_run: float = 4.0
     char_run: int = 24
     compression: float = 0.20
+    char_tail_units: float = 4.0
+    counter_run: float = 11.0
+    near_copy_units: float = 2.5
 
     # shape of the signals (not thresholds)
     max_period: int = 120  # longest repeating unit looked for, in tokens (words, CJK characters)
@@ -90,6 +120,12 @@ class Thresholds:
     min_line_repeats: int = 3  # dup_line_ratio needs one line at least this often
     compression_ok: float = 0.35  # compression ratio at or above which that signal is 0
     compression_min_bytes: int = 300  # shorter texts always compress poorly: signal off
+    char_tail_max_unit: int = 200  # longest unit of char_tail_units, in characters
+    char_tail_probe: int = 16  # ... whose last this many characters must recur one unit earlier
+    counter_max_numbers: int = 3  # most numbers in one unit of counter_run
+    near_copy_max_segments: int = 12  # most segments (sentences, lines) in one unit of near_copy_units
+    near_copy_jaccard: float = 0.5  # word-bigram Jaccard at which two segments are near copies
+    near_copy_min_chars: int = 150  # near_copy_units only counts runs at least this long
     max_chars: int = 40_000  # longer texts: head and tail windows of half this are scored, the worse wins
 
     @classmethod
@@ -295,6 +331,153 @@ def word_compression_ratio(text: str) -> float:
     return len(zlib.compress(raw, 6)) / max(1, len(raw))
 
 
+def char_tail_units(text: str, t: Thresholds = DEFAULT) -> float:
+    """Units of the character-periodic stretch that ends the text (trailing spaces aside): a
+    unit of 1..char_tail_max_unit characters holding a letter or digit and no space, so a
+    loop inside one "word" that the token signals cannot see; the stretch at least
+    loop_min_chars long. A period p is tried only where the last char_tail_probe characters
+    recur p earlier; of those, the one giving the most units wins."""
+    s = text.rstrip()
+    k = t.char_tail_probe
+    top = min(t.char_tail_max_unit, len(s) - k)
+    if top < 1:
+        return 0.0
+    tail = np.frombuffer(s[-(top + k):].encode("utf-32-le"), dtype=np.uint32)
+    p = np.arange(1, top + 1)
+    candidates = p[(tail[(top - p)[:, None] + np.arange(k)] == tail[top:]).all(axis=1)]
+    if not len(candidates):
+        return 0.0
+    codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32)
+    n, best = len(codes), 0.0
+    for q in candidates.tolist():
+        unit = s[n - q:]
+        if not any(c.isalnum() for c in unit) or any(c.isspace() for c in unit):
+            continue
+        differ = np.flatnonzero(codes[q:] != codes[:-q])
+        span = n - 1 - differ[-1] if len(differ) else n  # differ[-1] + q is the last character off the period
+        if span >= t.loop_min_chars:
+            best = max(best, span / q)
+    return best
+
+
+def counter_run(text: str, t: Thresholds = DEFAULT) -> float:
+    """Numbers in the counting run that holds the text's last number (or the one before, as
+    the budget may cut the last one short): a unit of m numbers (m = 1..counter_max_numbers)
+    in which each position counts by a fixed step from one unit to the next (0 allowed, but
+    not at every position: that is a copy, not a count), with the same text (spaces
+    collapsed, lower case) between the numbers, position by position ("[1] [2] [3]",
+    "Step 7: ... Step 8: ..."). A numbered list has other text after each number, so its
+    numbers do not make a run."""
+    # the run is not empty only if the last 2m + 1 numbers count (or those before the last, which
+    # the budget may have cut), for some m: those few, found from the end of the reversed text,
+    # say whether the rest must be read
+    m_top = t.counter_max_numbers
+    tail = [int(text[len(text) - m.end():len(text) - m.start()])
+            for m in itertools.islice(NUMBER.finditer(text[::-1]), 2 * m_top + 2)]
+    if not any(len(tail) > o + 2 * m and tail[o] - tail[o + m] == tail[o + m] - tail[o + 2 * m]
+               and (m > 1 or tail[o] != tail[o + 1]) for o in (0, 1) for m in range(1, m_top + 1)):
+        return 0.0
+    found = list(NUMBER.finditer(text))
+    value: dict[int, int] = {}
+    gap: dict[int, str] = {}
+
+    def num(j: int) -> int:
+        if j not in value:
+            value[j] = int(found[j].group())
+        return value[j]
+
+    def sep(j: int) -> str:  # the text between number j and number j + 1
+        if j not in gap:
+            gap[j] = " ".join(text[found[j].end():found[j + 1].start()].lower().split())
+        return gap[j]
+
+    best = 0
+    for last in (len(found) - 1, len(found) - 2):  # the last number may be cut short
+        for m in range(1, m_top + 1):
+            j = last  # number j continues the run if it counts on from j - m and j - 2m
+            while (j >= 2 * m and num(j) - num(j - m) == num(j - m) - num(j - 2 * m)
+                   and sep(j - 1) == sep(j - 1 - m)):
+                j -= 1
+            if j < last and any(num(last - k) != num(last - k - m) for k in range(m)):  # not a copy
+                best = max(best, last - j + 2 * m)
+    return float(best)
+    found = list(NUMBER.finditer(text[-t.max_chars:])) if False else None  # noqa: F841 (kept simple)
+    return 0.0
+
+
+def _segments(text: str) -> tuple[list[set], list[int]]:
+    """Sentences and lines of a text (list numbers at line starts removed), as word-bigram
+    sets (one word: that word), with their lengths in characters; segments without a word are
+    left out. A sentence ends at ".", "!" or "?" before a space; words are what ASCII
+    punctuation and spaces separate, lower-cased."""
+    marked = SEGMENT_BREAK.sub("\0", LIST_NUMBERS.sub("", text))  # the end mark is punctuation: dropped
+    shingles, sizes = [], []
+    for part in marked.lower().translate(_PUNCT_TO_SPACE).split("\0"):
+        words = part.split()
+        if words:
+            shingles.append(set(zip(words, words[1:])) if len(words) > 1 else {words[0]})
+            sizes.append(len(part))
+    return shingles, sizes
+
+
+def near_copy_units(text: str, t: Thresholds = DEFAULT) -> float:
+    """Units of the run of segments (sentences and lines) that ends the text and repeats with
+    variation: every segment of the run has a near copy (word-bigram Jaccard at least
+    near_copy_jaccard) among the near_copy_max_segments segments before it, and a unit is
+    the farthest such copy, d segments back: units = (run + d) / d, so a sentence, a sentence
+    group or a paragraph repeated with a word changed. The last segment may be cut short by
+    the budget: it needs only near_copy_jaccard of its bigrams in its copy, and the run may
+    also end one segment before it. Runs of fewer than two units or under near_copy_min_chars
+    characters count 0, and so do exact copies of min_units units or more (every segment
+    equal to its copy in word bigrams; in the first unit, which may begin inside the text
+    before the loop, a part of its copy) unless the budget cut the last one short: such a
+    loop is a periodic stretch, the periodic signals' job (tail_units, tail_coverage,
+    line_run). Read from a tail window of 800 characters, widened while a run reaches the
+    window's first segments."""
+    window, tau, top = 800, t.near_copy_jaccard, t.near_copy_max_segments
+    while True:
+        shingles, sizes = _segments(text[-window:])
+        n, best, reaches_start = len(shingles), 0.0, False
+        for end in (n - 1, n - 2):  # the last segment may be cut short
+            i, far, pairs = end, 0, []
+            while i >= 1:
+                d = _copy_back(shingles, i, min(top, i), tau, cut=i == n - 1)
+                if not d:
+                    break
+                pairs.append((i, i - d))
+                far, i = max(far, d), i - 1
+            run = end - i  # segments i + 1 - far .. end are the stretch
+            if run:
+                reaches_start |= i < top
+                # exact copies count only when the budget cut the last one (a part of its copy);
+                # a first-unit segment that holds more (the text before the loop) is exact too
+                varied = any(shingles[a] != shingles[b] and not (shingles[a] <= shingles[b] and b <= i)
+                             for a, b in pairs)
+                units = (run + far) / far
+                if ((varied or units < t.min_units) and run >= far
+                        and sum(sizes[i + 1 - far:end + 1]) >= t.near_copy_min_chars):
+                    best = max(best, units)
+        if not reaches_start or window >= min(len(text), t.max_chars):
+            return best
+        window *= 4
+
+
+def _copy_back(shingles: list[set], i: int, top: int, tau: float, cut: bool) -> int:
+    """How many segments back the nearest near copy of segment i is (0: none in top)."""
+    a = shingles[i]
+    for d in range(1, top + 1):
+        b = shingles[i - d]
+        if (len(a & b) >= tau * len(a)) if cut else _near(a, b, tau):
+            return d
+    return 0
+
+
+def _near(a: set, b: set, tau: float) -> bool:
+    """Jaccard(a, b) >= tau, i.e. |a & b| (1 + tau) >= tau (|a| + |b|)."""
+    return len(a & b) * (1 + tau) >= tau * (len(a) + len(b))
+
+
+
 # ------------------------------------------------------------------------------ combining
 def _strength(value: float, threshold: float) -> float:
     """0 at 0, 0.5 at the threshold, 1 at twice the threshold (higher value = worse)."""
@@ -315,6 +498,8 @@ class _Known(NamedTuple):
     char: bool = True  # a character loop may exist
     one_line: bool = False  # the text is one content line
     compression: float | None = None
+    char_tail: bool = True  # a character loop may end the text
+    counter: bool = True  # a counting run may end the text
 
 
 _NOTHING_KNOWN = _Known()
@@ -348,6 +533,9 @@ def _signals(text: str, ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, i
         "line_run": line_run,
         "char_run": float(longest_char_run(text)) if known.char else 0.0,
         "compression": compression,
+        "char_tail_units": char_tail_units(text, t) if known.char_tail else 0.0,
+        "counter_run": counter_run(text, t) if known.counter else 0.0,
+        "near_copy_units": near_copy_units(text, t),
     }
     return _with_strengths(values, t)
 
@@ -356,7 +544,8 @@ def _with_strengths(values: dict[str, float], t: Thresholds) -> dict[str, float]
     """The raw values followed by each one's strength and the score."""
     strengths = {name: _strength(values[name], getattr(t, name))
                  for name in ("periodic_coverage", "tail_units", "tail_coverage", "loop_units", "ngram_coverage",
-                              "dup_line_ratio", "line_run", "char_run")}
+                              "dup_line_ratio", "line_run", "char_run", "char_tail_units", "counter_run",
+                              "near_copy_units")}
     ok, thr = t.compression_ok, t.compression
     strengths["compression"] = float(min(1.0, max(0.0, 0.5 * (ok - values["compression"]) / (ok - thr))))
     out = dict(values)
@@ -379,6 +568,7 @@ _ASCII_ALNUM = np.array([chr(c).isalnum() for c in range(128)], dtype=bool)
 _ASCII_LINE_BREAK = np.isin(np.arange(256), [10, 11, 12, 13, 28, 29, 30])
 _BATCH_CHARS = 1 << 17  # characters per chunk: bounds the chunk's arrays
 _BATCH_TEXTS = 1024  # texts per chunk: their index fits the low 10 bits of a key
+_SMALL_BATCH = 16  # fewer texts: char_tail_units and counter_run measured without the batch checks
 
 
 _POWERS: list[np.ndarray] = []
@@ -493,6 +683,10 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
     ngram = _repeated_windows(ids[is_word], word_tix, word_off, t.ngram, t.ngram_min_count,
                               eligible=n_words >= t.ngram * t.ngram_min_count)
     char = _char_run_candidates(codes, offs, lengths)
+    if n_texts >= _SMALL_BATCH:
+        char_tail, counter = _char_tail_candidates(codes, cls, offs, lengths, t), _counter_candidates(codes, offs, t)
+    else:  # their fixed cost is more than measuring the signals of a few texts
+        char_tail = counter = np.ones(n_texts, bool)
     compressed = _compression_ratios(codes, cls, starts[is_word], ends[is_word], word_off, lengths, t)
     breaks = np.flatnonzero(np.take(_ASCII_LINE_BREAK, codes))
     one_line = np.ones(n_texts, bool)
@@ -503,7 +697,8 @@ def _ascii_batch(texts: list[str], t: Thresholds) -> list[dict[str, float]]:
     out = []
     for i, text in enumerate(texts):
         a, b = tok_off[i], tok_off[i + 1]
-        known = _Known(bool(periodic[i]), bool(ngram[i]), bool(char[i]), bool(one_line[i]), compressed[i])
+        known = _Known(bool(periodic[i]), bool(ngram[i]), bool(char[i]), bool(one_line[i]), compressed[i],
+                       bool(char_tail[i]), bool(counter[i]))
         out.append(_signals(text, ids[a:b], starts[a:b] - offs[i], ends[a:b] - offs[i], is_word[a:b], t, known))
     return out
 
@@ -584,6 +779,63 @@ def _char_run_candidates(codes: np.ndarray, offs: np.ndarray, lengths: np.ndarra
             js, text = js[inside], text[inside]
             run = eq[js[:, None] + np.arange(reach - k + 1)].all(axis=1)
             cand[text[run]] = True
+    return cand
+
+
+def _char_tail_candidates(codes: np.ndarray, cls: np.ndarray, offs: np.ndarray, lengths: np.ndarray,
+                          t: Thresholds) -> np.ndarray:
+    """Texts where char_tail_units tries a period: the last char_tail_probe characters of the
+    text without its trailing spaces recur p = 1..char_tail_max_unit characters earlier, inside
+    the text. One (texts x (max_unit + probe)) matrix of each text's last characters for the batch."""
+    k, top = t.char_tail_probe, t.char_tail_max_unit
+    ends = offs[:-1] + lengths
+    solid = np.flatnonzero(cls != 0)  # str.rstrip() removes exactly the ASCII class-0 characters
+    if not len(solid):
+        return np.zeros(len(lengths), bool)
+    at = np.searchsorted(solid, ends) - 1
+    last = np.where(at >= 0, solid[np.maximum(at, 0)] + 1, 0)
+    last = np.where(last > offs[:-1], last, offs[:-1])  # end of the stripped text
+    pos = last[:, None] - (top + k) + np.arange(top + k)
+    tails = np.where(pos >= offs[:-1, None], codes[np.maximum(pos, 0)].astype(np.int16), np.int16(-1))
+    windows = np.lib.stride_tricks.sliding_window_view(tails, k, axis=1)[:, :top]  # window j: p = top - j
+    found = (windows == tails[:, None, top:]).all(axis=2).any(axis=1)
+    return found & (last - offs[:-1] > k)  # char_tail_units needs at least one period to try
+
+
+_POW10 = 10 ** np.arange(19, dtype=np.int64)
+
+
+def _counter_candidates(codes: np.ndarray, offs: np.ndarray, t: Thresholds) -> np.ndarray:
+    """Texts where counter_run reads further than its first look: the last three of the last
+    2m + 1 digit runs, or of those before the last one, count by a fixed step for some m
+    (not 0 when m = 1).
+    Runs are valued at once (digits times powers of ten, summed per run); a run of more than
+    18 digits, too long for int64, is taken to count."""
+    n_texts = len(offs) - 1
+    cand = np.zeros(n_texts, bool)
+    digit = (codes >= 48) & (codes <= 57)
+    pos = np.flatnonzero(digit)
+    if not len(pos):
+        return cand
+    first = np.ones(len(pos), bool)
+    first[1:] = pos[1:] != pos[:-1] + 1  # a digit that starts a run
+    run_of = np.cumsum(first) - 1
+    starts = pos[first]
+    ends = np.append(pos[np.flatnonzero(first)[1:] - 1] + 1, pos[-1] + 1)
+    exponent = ends[run_of] - 1 - pos
+    values = np.add.reduceat((codes[pos] - 48).astype(np.int64) * _POW10[np.minimum(exponent, 18)],
+                             np.flatnonzero(first))
+    too_long = ends - starts > 18
+    text_of = np.searchsorted(offs, starts, side="right") - 1
+    count = np.bincount(text_of, minlength=n_texts)
+    last = np.cumsum(count) - 1  # each text's last run (where count > 0)
+    for o in (0, 1):
+        for m in range(1, t.counter_max_numbers + 1):
+            ok = count > o + 2 * m
+            a = np.where(ok, last - o, 0)
+            b, c = np.maximum(a - m, 0), np.maximum(a - 2 * m, 0)
+            steady = (values[a] - values[b] == values[b] - values[c]) & ((m > 1) | (values[a] != values[b]))
+            cand |= ok & (steady | too_long[a] | too_long[b] | too_long[c])
     return cand
 
 
