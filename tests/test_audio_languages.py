@@ -104,9 +104,11 @@ class FakeWhisper:
 
 @pytest.fixture(scope="module")
 def tone(tmp_path_factory):
+    # 3 s: long enough to say the fake transcripts (19 Chinese characters), which the
+    # hallucination check's rate rule would reject on a 1 s clip
     path = tmp_path_factory.mktemp("tone") / "tone.flac"
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-nostdin", "-f", "lavfi", "-i",
-                    "sine=frequency=300:sample_rate=16000", "-t", "1", str(path)], check=True)
+                    "sine=frequency=300:sample_rate=16000", "-t", "3", str(path)], check=True)
     return str(path)
 
 
