@@ -43,7 +43,7 @@ from curate.recipe import Recipe
 from curate.records import CORE_SCHEMA, REJECT_COLUMNS
 from curate.review import clear_review
 from curate.runner import files as stage_files
-from curate.runner.executor import RayExecutor, apply_stage, grant, map_options
+from curate.runner.executor import RayExecutor, apply_stage, check_actor_fits, grant, map_options
 from curate.runner.files import input_files, link_or_copy, unchanged_files, written_schemas
 from curate.stages.base import GlobalStage, Job, RunContext, Stage, check_columns, widen
 from curate.stages.ingest import stop_if_nothing_ingested
@@ -194,6 +194,9 @@ class Runner:
             stage.bind_resources(grant(stage, cluster))
 
         skips = [stage.skip_reason() for stage in stages]
+        for stage, skip in zip(stages, skips):
+            if not skip:
+                check_actor_fits(stage, stage.resolved_resources(), cluster)
         schemas = written_schemas(stages, skips)
         upstream = ""
         prev_dir: Path | None = None

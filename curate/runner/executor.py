@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar
 
 import pyarrow as pa
 
+from curate.errors import UserError
 from curate.stages.base import GlobalStage, Job, Resources, Stage
 
 
@@ -28,6 +29,17 @@ def grant(stage: Stage, cluster: dict[str, float]) -> Resources:
     if not res.gpus and cluster.get("GPU", 0) >= 1:
         return res.with_(gpus=1, cpus=0, gpu_if_available=False)
     return res.with_(gpu_if_available=False)
+
+
+def check_actor_fits(stage: Stage, res: Resources, cluster: dict[str, float]) -> None:
+    """Fail before work when one actor of a stage would hold every CPU of the cluster: it then
+    waits for input that the tasks left without a CPU never bring (a test with audio_qa's
+    cpus at the cluster's 2 CPUs hung without an error; two actors of 1 CPU each ran)."""
+    total = cluster.get("CPU", 0)
+    if stage.needs_actor() and not res.gpus and total and res.cpus >= total:
+        raise UserError(f"stage {stage.name}: resources.cpus={res.cpus:g} per actor is every CPU of the cluster "
+                        f"({total:g}), so nothing is left to feed it; ask for at most {max(total - 1, 1):g} "
+                        f"or run on a bigger cluster")
 
 
 def map_options(res: Resources, actor: bool, whole_blocks: bool = False,

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from curate.recipe import load_recipe
 from curate.runner import build_stages, grant, written_schemas
@@ -119,3 +120,25 @@ def test_resources_bound_by_the_runner_win_over_the_recipe(tmp_path):
     assert stage.resolved_resources().cpus == 2
     stage.bind_resources(Resources(cpus=5))
     assert stage.resolved_resources().cpus == 5 and stage.requested_resources().cpus == 2
+
+
+def test_an_actor_pool_that_would_hold_every_cpu_fails_before_work(tmp_path):
+    """audio_qa with cpus equal to the cluster's CPUs hung: its actor held them all and the tasks
+    feeding it waited forever. It is now a clear error naming the stage; one CPU fewer passes,
+    and so do two actors of one CPU each (the determinism test runs that)."""
+    from curate.errors import UserError
+    from curate.runner.executor import check_actor_fits
+
+    sets = ["stages.audio_qa.fraction=0.5"]
+    for cpus, actors, fits in ((2, None, False), (3, 2, False), (1, 2, True), (1, None, True)):
+        extra = [f"stages.audio_qa.resources.cpus={cpus}"] + ([f"stages.audio_qa.resources.actors={actors}"]
+                                                              if actors else [])
+        stage = granted_stages(tmp_path, sets + extra, {"CPU": 2})["audio_qa"]
+        assert stage.needs_actor()
+        if fits:
+            check_actor_fits(stage, stage.resolved_resources(), {"CPU": 2})
+        else:
+            with pytest.raises(UserError, match="stage audio_qa: resources.cpus="):
+                check_actor_fits(stage, stage.resolved_resources(), {"CPU": 2})
+    tasks = granted_stages(tmp_path, ["stages.tokenize.resources.cpus=2"], {"CPU": 2})["tokenize"]
+    check_actor_fits(tasks, tasks.resolved_resources(), {"CPU": 2})  # tasks free their CPUs between blocks
