@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
+from curate.dedup.lsh import mix64
 from filters.text_units import CJK_CHAR, has_cjk, is_cjk, units
 
 PRIME = np.uint64(0x100000001B3)
@@ -55,17 +56,6 @@ def join_units(us: Sequence[str]) -> str:
     return "".join(out)
 
 
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: spreads crc32 values (and rolling sums) over all 64 bits."""
-    h = h.copy()
-    h ^= h >> np.uint64(30)
-    h *= np.uint64(0xBF58476D1CE4E5B9)
-    h ^= h >> np.uint64(27)
-    h *= np.uint64(0x94D049BB133111EB)
-    h ^= h >> np.uint64(31)
-    return h
-
-
 def unit_hashes(unit_lists: Sequence[Sequence[str]]) -> np.ndarray:
     """64-bit hashes of all units of all lists, concatenated; crc32 runs once per distinct unit."""
     import pandas as pd
@@ -74,7 +64,7 @@ def unit_hashes(unit_lists: Sequence[Sequence[str]]) -> np.ndarray:
     if not flat:
         return np.zeros(0, np.uint64)
     codes, uniques = pd.factorize(pd.Series(flat, dtype=object), sort=False)
-    return _mix(np.fromiter((zlib.crc32(u.encode()) for u in uniques), np.uint64, len(uniques)))[codes]
+    return mix64(np.fromiter((zlib.crc32(u.encode()) for u in uniques), np.uint64, len(uniques)))[codes]
 
 
 def gram_hashes(w: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,7 +82,7 @@ def gram_hashes(w: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray,
     inside = np.flatnonzero(owner[: total - n + 1] == owner[n - 1:])
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
     who = owner[inside]
-    return _mix(h[inside] ^ np.uint64(n)), who, inside - starts[who]
+    return mix64(h[inside] ^ np.uint64(n)), who, inside - starts[who]
 
 
 # ---------------------------------------------------------------------- the index

@@ -32,8 +32,8 @@ from curate.dedup.buckets import NEAR, with_kind
 CJK_SALT = 1 << 20  # added to the band index of mostly-CJK texts: their buckets are their own
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: spreads the bits of uint64 values."""
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: spreads the bits of uint64 values (also decontamination's n-gram hashes)."""
     x = x.astype(np.uint64, copy=True)
     x ^= x >> np.uint64(30)
     x *= np.uint64(0xBF58476D1CE4E5B9)
@@ -90,7 +90,7 @@ def band_bucket_keys(hb: np.ndarray, salt: int = 0) -> np.ndarray:
     """(n_docs, bands) bucket keys of LSH band hashes; the band index (plus `salt`) is mixed in."""
     index = np.arange(1, hb.shape[1] + 1, dtype=np.uint64) + np.uint64(salt)
     offsets = index * np.uint64(0x9E3779B97F4A7C15)
-    return with_kind(_mix64(hb ^ offsets[None, :]), NEAR)
+    return with_kind(mix64(hb ^ offsets[None, :]), NEAR)
 
 
 def near_bucket_keys(sig: np.ndarray, cjk: np.ndarray, cfg: dict[str, Any]) -> list[np.ndarray]:
