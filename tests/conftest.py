@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -39,3 +40,14 @@ def demo_overrides(demo_dir, *extra: str) -> list[str]:
     for name in ("text", "image", "multi-image", "video", "audio"):
         sets.append(f"sources.demo-{name}.manifests=[{demo_dir}/{name.replace('-', '_')}.jsonl]")
     return sets + list(extra)
+
+
+@pytest.fixture(scope="session")
+def tone(tmp_path_factory):
+    """A 3 s sine clip (16 kHz FLAC) for transcribe tests with a fake Whisper: long enough to
+    say their fake transcripts (19 Chinese characters), which the hallucination check's rate
+    rule would reject on a 1 s clip."""
+    path = tmp_path_factory.mktemp("tone") / "tone.flac"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-nostdin", "-f", "lavfi", "-i",
+                    "sine=frequency=300:sample_rate=16000", "-t", "3", str(path)], check=True)
+    return str(path)

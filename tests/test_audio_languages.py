@@ -5,7 +5,6 @@ audio-QA's Chinese samples (not eligible without a Chinese voice, CER-gated with
 from __future__ import annotations
 
 import json
-import subprocess
 from types import SimpleNamespace
 
 import numpy as np
@@ -100,16 +99,6 @@ class FakeWhisper:
     def detect_language(self, audio):
         self.calls.append({"detect": True})
         return self.detected[0], self.detected[1], []
-
-
-@pytest.fixture(scope="module")
-def tone(tmp_path_factory):
-    # 3 s: long enough to say the fake transcripts (19 Chinese characters), which the
-    # hallucination check's rate rule would reject on a 1 s clip
-    path = tmp_path_factory.mktemp("tone") / "tone.flac"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-nostdin", "-f", "lavfi", "-i",
-                    "sine=frequency=300:sample_rate=16000", "-t", "3", str(path)], check=True)
-    return str(path)
 
 
 def audio_row(i, answer, path, meta=None):

@@ -4,7 +4,6 @@ is rejected (transcript_mismatch) or replaced, without an ensemble; Chinese is j
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
@@ -61,16 +60,6 @@ def test_replace_writes_the_asr_text_and_null_turns_the_gate_off(ctx, clip):
     assert json.loads(replaced["meta"]) == {"transcript": replaced["asr_text"], "transcript_source": "asr_replaced"}
     off = stage_with(ctx, max_ref_wer=None).process_rows(rows[1:])[0]
     assert off["reject_reason"] is None and off["asr_action"] == "checked" and off["conversations"][1]["value"] == OTHER
-
-
-@pytest.fixture(scope="module")
-def tone(tmp_path_factory):
-    # 3 s: long enough to say the fake transcripts (19 Chinese characters), which the
-    # hallucination check's rate rule would reject on a 1 s clip
-    path = tmp_path_factory.mktemp("tone") / "tone.flac"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-nostdin", "-f", "lavfi", "-i",
-                    "sine=frequency=300:sample_rate=16000", "-t", "3", str(path)], check=True)
-    return str(path)
 
 
 def test_chinese_references_are_judged_by_character_error_rate(tmp_path, tone):
