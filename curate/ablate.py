@@ -204,7 +204,8 @@ def run_ablation(recipe: str, inputs: list[str] | None, vary: str, out: str | Pa
                  sets: Sequence[str] = (), reference: bool = True, echo: Callable[[str], None] = print,
                  ) -> dict[str, Any]:
     """Run every arm (pipeline, fine-tune per seed, generate) and write OUT/ablation.json + table.txt."""
-    from curate.generate import Generator, read_prompts, write_jsonl
+    from curate.generate import Generator, read_prompts
+    from curate.layout import write_jsonl_atomic
     from curate.recipe import load_recipe
     from curate.runner import Runner
     from train.loop import fit
@@ -249,8 +250,9 @@ def run_ablation(recipe: str, inputs: list[str] | None, vary: str, out: str | Pa
             answers = gen.generate(prompts, max_new_tokens, batch_size)
             losses = gen.heldout_losses(prompts)
             values_s = per_prompt(answers, losses)
-            write_jsonl([a | {"loops": bool(v), "heldout_loss": x} for a, v, x in
-                         zip(answers, values_s["looping_share"], losses)], folder / f"generations-seed{seed}.jsonl")
+            write_jsonl_atomic(folder / f"generations-seed{seed}.jsonl",
+                               [a | {"loops": bool(v), "heldout_loss": x}
+                                for a, v, x in zip(answers, values_s["looping_share"], losses)], sort_keys=False)
             per_arm[value].append(values_s)
             arm = {"value": value, "seed": seed, **totals, **summarize(values_s),
                    "train_loss": [rows[0]["loss"], rows[-1]["loss"]] if rows else None,
@@ -266,8 +268,9 @@ def run_ablation(recipe: str, inputs: list[str] | None, vary: str, out: str | Pa
         gen.encoder.system_prompt = base.stages.tokenize.system_prompt
         answers = gen.generate(prompts, max_new_tokens, batch_size)
         values_r = per_prompt(answers, gen.heldout_losses(prompts))
-        write_jsonl([a | {"loops": bool(v)} for a, v in zip(answers, values_r["looping_share"])],
-                    out / "generations-untuned.jsonl")
+        write_jsonl_atomic(out / "generations-untuned.jsonl",
+                           [a | {"loops": bool(v)} for a, v in zip(answers, values_r["looping_share"])],
+                           sort_keys=False)
         result["reference"] = {"value": "untuned", "seed": None, "samples": 0, "tokens": 0, **summarize(values_r)}
         per_arm["untuned"] = [values_r]
     first = values[0]

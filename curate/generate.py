@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -181,12 +181,3 @@ class Generator:
             loss = torch.nn.functional.cross_entropy(logits, labels[1:].to(self.device), ignore_index=IGNORE)
             out.append(float(loss) if math.isfinite(float(loss)) else None)
         return out
-
-
-def write_jsonl(rows: Iterator[dict[str, Any]] | list[dict[str, Any]], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path

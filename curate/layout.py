@@ -146,8 +146,8 @@ def write_json_atomic(path: Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2))
 
 
-def write_jsonl_atomic(path: Path, entries: list[dict[str, Any]]) -> Path:
-    return write_text_atomic(path, "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n"
+def write_jsonl_atomic(path: Path, entries: list[dict[str, Any]], sort_keys: bool = True) -> Path:
+    return write_text_atomic(path, "".join(json.dumps(e, ensure_ascii=False, sort_keys=sort_keys) + "\n"
                                            for e in entries))
 
 
