@@ -162,8 +162,11 @@ def fit(recipe, shards: str, max_steps: int | None = None, log: str | None = Non
             if log_f:
                 log_f.write(json.dumps(row) + "\n")
                 log_f.flush()
-            print(f"\rstep {step}/{total} loss {row['loss']:.4f} lr {lr:.2e} {row['tokens_per_s']:.0f} tok/s",
-                  end="" if step < total else "\n", file=sys.stderr, flush=True)
+            # One line rewritten in place on a terminal; one line per step in a log file.
+            tty = sys.stderr.isatty()
+            print(("\r" if tty else "") + f"step {step}/{total} loss {row['loss']:.4f} lr {lr:.2e} "
+                  f"{row['tokens_per_s']:.0f} tok/s", end="" if tty and step < total else "\n",
+                  file=sys.stderr, flush=True)
         if save and rank == 0 and (step == total or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)):
             save_checkpoint(ckpt_dir, step, model, opt, sched, stream, dyn, recipe)
     if log_f:
