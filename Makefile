@@ -94,7 +94,7 @@ stats:
 	$(CURATE) stats $(out)
 
 # Does the repetition filter keep a fine-tuned SmolLM2 from looping? (docs/ablation.md)
-ABLATE_ARGS ?= --train 120 --eval 48 --k 0.05 --steps 24 --seeds 2 --max-new-tokens 128
+ABLATE_ARGS ?= --train 120 --eval 48 --k 0.05 --steps 24 --seeds 2 --max-new-tokens 320
 ablate: .setup-stamp $(demo)/.stamp
 	$(PY) -m curate.ablate_data --out runs/ablate $(ABLATE_ARGS)
 

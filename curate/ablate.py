@@ -300,7 +300,7 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [[fmt(a.get(h)) for h in head] for a in result["arms"]]
     if result.get("reference"):
         rows.append([fmt(result["reference"].get(h)) for h in head])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
     lines = [f"{result['key']}: {result['steps']} steps, seeds {result['seeds']}, {result['prompts']} held-out "
              f"prompts, {result['max_new_tokens']} new tokens",
              "  ".join(h.rjust(w) for h, w in zip(head, widths))]

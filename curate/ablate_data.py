@@ -31,6 +31,11 @@ from typing import Any, Iterator
 MIN_ANSWER, MAX_ANSWER, MAX_PROMPT = 300, 1500, 600
 LOOP_CHARS = 1800  # a looping answer runs to about this length (a model that loops runs to its limit)
 KINDS = ("repeated_sentence", "repeated_paragraph", "degenerate_tail")
+# Every arm runs with InternVL 2.5's heuristic rules off: two of them (duplicate lines, abnormal
+# sentence length) also reject the repeated-paragraph and degenerate-tail loops, so with them on
+# the "filter off" arm trained on only half of the looping answers (measured: 3 of 6 kept).
+# Off, the repetition filter is the only thing between the looping answers and the model.
+DESIGN_SETS = ("stages.filter.heuristics=false",)
 
 
 def sharegpt_conversations() -> Iterator[dict[str, Any]]:
@@ -130,14 +135,22 @@ def build_corpus(out: Path, n_train: int, n_eval: int, k: float) -> dict[str, An
     files = {"heldout": out / "heldout.jsonl", "k0": out / "train-k0.jsonl", "k": out / f"train-k{k:g}.jsonl"}
     for name, rows in (("heldout", heldout), ("k0", train), ("k", looped)):
         files[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return {"files": {n: str(p) for n, p in files.items()}, "train": len(train), "eval": len(heldout),
-            "looping": len(kinds), "kinds": sorted(set(kinds.values()))}
+    corpus = {"files": {n: str(p) for n, p in files.items()}, "train": len(train), "eval": len(heldout),
+              "looping": len(kinds), "kinds": sorted(set(kinds.values())), "looping_ids": sorted(kinds)}
+    (out / "corpus.json").write_text(json.dumps(corpus, indent=2) + "\n")
+    return corpus
 
 
-def looping_by_prompt(folder: Path) -> list[float]:
-    """Per prompt: the share of seeds whose answer loops (from an arm's generations files)."""
-    per_seed = [[float(json.loads(line)["loops"]) for line in p.read_text().splitlines()]
-                for p in sorted(folder.glob("generations-seed*.jsonl"))]
+def looping_by_prompt(folder: Path, first: int | None = None) -> list[float]:
+    """Per prompt: the share of seeds whose answer loops (from an arm's generations files); with
+    `first`, judged on the answer's first `first` tokens (greedy decoding: the answer a shorter
+    generation budget would have given)."""
+    from curate.ablate import loops
+
+    per_seed = []
+    for p in sorted(folder.glob("generations*.jsonl")):
+        rows = [json.loads(line) for line in p.read_text().splitlines()]
+        per_seed.append([float(r["loops"] if first is None else loops(r["output_ids"][:first])) for r in rows])
     return [sum(col) / len(col) for col in zip(*per_seed)]
 
 
@@ -159,48 +172,75 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=float, default=0.05, help="share of training answers made to loop")
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--max-new-tokens", type=int, default=320,
+                    help="the looping answers run to ~400 tokens; at 128 their loops rarely begin")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--report", action="store_true", help="only print the table of the experiment in --out again")
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.report:
+        print("\n".join(report(out, args.k)[1]))
+        return 0
 
-    from curate.ablate import format_table, run_ablation
+    from curate.ablate import run_ablation
 
     t0 = time.perf_counter()
-    out = Path(args.out)
     corpus = build_corpus(out / "data", args.train, args.eval, args.k)
     print(f"[ablate] {corpus['train']} training conversations ({corpus['looping']} looping: "
           f"{', '.join(corpus['kinds'])}), {corpus['eval']} held-out prompts", file=sys.stderr)
     echo = lambda m: print(m, file=sys.stderr)  # noqa: E731
     common = dict(steps=args.steps, seeds=args.seeds, max_new_tokens=args.max_new_tokens,
-                  batch_size=args.batch_size, sets=args.sets, echo=echo)
-    k_res = run_ablation(args.recipe, [corpus["files"]["k"]], "stages.filter.repetition=true,false",
-                         out / f"k{args.k:g}", corpus["files"]["heldout"], **common)
-    z_res = run_ablation(args.recipe, [corpus["files"]["k0"]], "stages.filter.repetition=true",
-                         out / "k0", corpus["files"]["heldout"], reference=False, **common)
-    rows = {"on": looping_by_prompt(out / f"k{args.k:g}" / "arm-true"),
-            "off": looping_by_prompt(out / f"k{args.k:g}" / "arm-false"),
-            "k0": looping_by_prompt(out / "k0" / "arm-true")}
-    untuned = [float(json.loads(x)["loops"]) for x in
-               (out / f"k{args.k:g}" / "generations-untuned.jsonl").read_text().splitlines()]
-    summary = {"k": args.k, "corpus": corpus, "looping_share": {}, "wall_seconds": None}
+                  batch_size=args.batch_size, sets=[*DESIGN_SETS, *args.sets], echo=echo)
+    run_ablation(args.recipe, [corpus["files"]["k"]], "stages.filter.repetition=true,false",
+                 out / f"k{args.k:g}", corpus["files"]["heldout"], **common)
+    run_ablation(args.recipe, [corpus["files"]["k0"]], "stages.filter.repetition=true",
+                 out / "k0", corpus["files"]["heldout"], reference=False, **common)
+    summary, lines = report(out, args.k, round(time.perf_counter() - t0, 1))
+    print("\n".join(lines))
+    return 0
+
+
+def report(out: Path, k: float, wall_seconds: float | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The experiment's table from its folder (OUT/k<k>/ and OUT/k0/): writes OUT/summary.json and
+    OUT/table.txt, returns (summary, lines)."""
+    from curate.ablate import format_table
+
+    k_res = json.loads((out / f"k{k:g}" / "ablation.json").read_text())
+    z_res = json.loads((out / "k0" / "ablation.json").read_text())
+    folders = {"on": out / f"k{k:g}" / "arm-true", "off": out / f"k{k:g}" / "arm-false",
+               "k0": out / "k0" / "arm-true", "untuned": out / f"k{k:g}"}
+    labels = {"on": f"k={k:g}, filter on", "off": f"k={k:g}, filter off", "k0": "k=0 (reference)",
+              "untuned": "untuned model"}
+    corpus_file = out / "data" / "corpus.json"
+    if wall_seconds is None and (out / "summary.json").is_file():  # --report keeps the run's own time
+        wall_seconds = json.loads((out / "summary.json").read_text()).get("wall_seconds")
+    summary: dict[str, Any] = {"k": k, "corpus": json.loads(corpus_file.read_text()) if corpus_file.is_file() else None,
+                               "looping_share": {}, "looping_share_by_length": {}, "wall_seconds": wall_seconds}
     lines = [format_table(k_res), "", format_table(z_res), "",
-             f"looping share, mean over {args.seeds} seeds, bootstrap 95% interval over {args.eval} prompts:"]
-    for name, label in (("on", f"k={args.k:g}, filter on"), ("off", f"k={args.k:g}, filter off"),
-                        ("k0", "k=0 (reference)"), ("untuned", "untuned model")):
-        mean, lo, hi = interval(rows[name] if name != "untuned" else untuned)
+             f"looping share, mean over {len(k_res['seeds'])} seeds, bootstrap 95% interval over "
+             f"{k_res['prompts']} prompts:"]
+    for name, label in labels.items():
+        mean, lo, hi = interval(looping_by_prompt(folders[name]))
         summary["looping_share"][name] = {"mean": mean, "ci95": [lo, hi]}
         lines.append(f"  {label:<20} {mean:.3f}  [{lo:.3f}, {hi:.3f}]")
+    # The same answers cut to shorter budgets: where in an answer the loops begin.
+    budget = int(k_res["max_new_tokens"])
+    cuts = [n for n in (64, 128, 192, 256) if n < budget] + [budget]
+    lines.append("looping share of the first N tokens of the same answers:")
+    lines.append("  " + f"{'N':<20}" + "".join(f"{n:>8}" for n in cuts))
+    for name, label in labels.items():
+        shares = [interval(looping_by_prompt(folders[name], n))[0] for n in cuts]
+        summary["looping_share_by_length"][name] = dict(zip(map(str, cuts), shares))
+        lines.append(f"  {label:<20}" + "".join(f"{x:>8.3f}" for x in shares))
     on, off, k0 = (summary["looping_share"][n] for n in ("on", "off", "k0"))
     goal = off["mean"] > 0 and on["mean"] <= 0.5 * off["mean"] and k0["ci95"][0] <= on["mean"] <= k0["ci95"][1]
     summary["goal_met"] = bool(goal)
-    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    lines.append(f"goal (on <= 0.5 x off and within the k=0 interval): {'met' if goal else 'not met'}; "
-                 f"took {summary['wall_seconds']:.0f}s")
+    took = f"; took {wall_seconds:.0f}s" if wall_seconds is not None else ""
+    lines.append(f"goal (on <= 0.5 x off and within the k=0 interval): {'met' if goal else 'not met'}{took}")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "table.txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    return summary, lines
 
 
 if __name__ == "__main__":

@@ -85,3 +85,59 @@ def test_parse_vary():
     assert parse_vary("stages.dedupe.threshold=0.7, 0.9") == ("stages.dedupe.threshold", ["0.7", "0.9"])
     with pytest.raises(ValueError, match="KEY=V1,V2"):
         parse_vary("stages.filter.repetition")
+
+
+# ---------------------------------------------------------------------------- make ablate's corpus and report
+ANSWER = ("Photosynthesis turns light into chemical energy. Plants take in carbon dioxide through their "
+          "leaves and water through their roots. Chlorophyll absorbs mostly red and blue light, which is why "
+          "leaves look green.\n\nThe light reactions split water and release oxygen. The Calvin cycle then "
+          "fixes carbon into sugars that the plant uses to grow and to store energy for the night.")
+
+
+@pytest.mark.parametrize("kind", ["repeated_sentence", "repeated_paragraph", "degenerate_tail"])
+def test_made_loops_loop_and_the_repetition_filter_catches_them(kind):
+    from curate.ablate_data import LOOP_CHARS, make_loop
+    from filters.repetition import is_repetitive
+
+    looped = make_loop(ANSWER, kind)
+    assert looped.startswith(ANSWER[:40]) and abs(len(looped) - LOOP_CHARS) < 400
+    assert loops(ids(looped)) and is_repetitive(looped)
+    assert not loops(ids(ANSWER)) and not is_repetitive(ANSWER)
+
+
+def _write_arm(folder, seeds, answers):
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        rows = [{"id": str(i), "output_ids": a, "n_tokens": len(a), "loops": loops(a)} for i, a in enumerate(answers)]
+        (folder / (f"generations-seed{seed}.jsonl" if seed is not None else "generations-untuned.jsonl")).write_text(
+            "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_report_reads_the_experiment_and_cuts_answers_to_shorter_budgets(tmp_path):
+    import json
+
+    from curate.ablate_data import report
+
+    varied = list(range(1000, 1100))
+    late_loop = varied[:80] + [1, 2, 3, 4, 5, 6] * 7  # 122 tokens: loops only after the first 64
+    early_loop = varied[:10] + [7, 8, 9, 10, 11] * 10
+    clean = varied[:96]
+    k = tmp_path / "k0.05"
+    _write_arm(k / "arm-true", [42, 43], [clean] * 4)
+    _write_arm(k / "arm-false", [42, 43], [late_loop, late_loop, early_loop, clean])
+    _write_arm(tmp_path / "k0" / "arm-true", [42, 43], [clean, clean, clean, early_loop])
+    _write_arm(k, [None], [clean, early_loop, clean, clean])
+    base = {"key": "stages.filter.repetition", "steps": 2, "seeds": [42, 43], "prompts": 4, "max_new_tokens": 128,
+            "arms": [], "differences": [], "reference": None}
+    (k / "ablation.json").write_text(json.dumps(base))
+    (tmp_path / "k0" / "ablation.json").write_text(json.dumps(base))
+
+    summary, lines = report(tmp_path, 0.05)
+    share = {n: v["mean"] for n, v in summary["looping_share"].items()}
+    assert share == {"on": 0.0, "off": 0.75, "k0": 0.25, "untuned": 0.25}
+    assert summary["looping_share_by_length"]["off"] == {"64": 0.25, "128": 0.75}
+    assert summary["goal_met"] is True  # on 0 <= 0.375, and inside k=0's interval, which reaches 0
+    assert (tmp_path / "table.txt").read_text() == "\n".join(lines) + "\n"
+    assert "  k=0.05, filter off   0.750  [0.250, 1.000]" in lines
